@@ -1,0 +1,178 @@
+"""All cryptography anonmail uses; the ONLY module that imports `nacl`.
+
+Primitives: Ed25519 signatures, X25519 key agreement, XChaCha20-Poly1305 AEAD, BLAKE2b-256 hashing
+and keyed derivation, argon2id passphrase stretching. Invariants:
+
+* every hash and every signature is domain-separated: the tag names the use, so bytes signed or
+  hashed for one purpose can never be replayed as another (DESIGN.md §2);
+* hash inputs are length-prefixed, so ("ab", "c") and ("a", "bc") never collide;
+* failures raise typed errors (`BadSignature`, `DecryptError`), never nacl's own;
+* key generation takes an injected `Rng` (seeded in simulations, the OS CSPRNG for real keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import nacl.bindings as _b
+import nacl.exceptions
+import nacl.pwhash.argon2id as _argon2id
+import nacl.signing
+
+from anonmail.errors import BadSignature, DecryptError, LocalError, UserError
+from anonmail.rng import Rng
+
+HASH_SIZE = 32
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+AEAD_KEY_SIZE = 32
+AEAD_NONCE_SIZE = 24
+AEAD_TAG_SIZE = 16
+_PREFIX = b"anonmail/v1\x00"
+
+
+def _frame(part: bytes) -> bytes:
+    return len(part).to_bytes(8, "big") + part
+
+
+def hash(tag: str, *parts: bytes) -> bytes:  # noqa: A001 - the project's one hash function
+    """BLAKE2b-256 over a domain tag and length-prefixed parts."""
+    h = hashlib.blake2b(digest_size=HASH_SIZE)
+    h.update(_PREFIX)
+    h.update(_frame(tag.encode()))
+    for p in parts:
+        h.update(_frame(p))
+    return h.digest()
+
+
+def kdf(key: bytes, tag: str, *parts: bytes, size: int = 32) -> bytes:
+    """Keyed BLAKE2b: derive `size` bytes from secret `key` for the use named by `tag`."""
+    h = hashlib.blake2b(digest_size=size, key=key[:64])
+    h.update(_frame(tag.encode()))
+    for p in parts:
+        h.update(_frame(p))
+    return h.digest()
+
+
+def leading_zero_bits(data: bytes) -> int:
+    """Number of leading zero bits (for puzzles and proof-of-work stamps)."""
+    n = int.from_bytes(data, "big")
+    return len(data) * 8 - n.bit_length()
+
+
+def constant_time_eq(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def _signed_message(domain: str, message: bytes) -> bytes:
+    return _PREFIX + _frame(domain.encode()) + message
+
+
+class SigningKey:
+    """An Ed25519 identity key. `public` is the 32-byte verify key."""
+
+    __slots__ = ("_sk", "public")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != 32:
+            raise LocalError("an Ed25519 seed is 32 bytes")
+        self._sk = nacl.signing.SigningKey(seed)
+        self.public: bytes = bytes(self._sk.verify_key)
+
+    @classmethod
+    def generate(cls, rng: Rng) -> SigningKey:
+        return cls(rng.bytes(32))
+
+    def seed(self) -> bytes:
+        """The 32-byte secret seed (only for writing an encrypted key file)."""
+        return bytes(self._sk)
+
+    def sign(self, domain: str, message: bytes) -> bytes:
+        return bytes(self._sk.sign(_signed_message(domain, message)).signature)
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"SigningKey(public={self.public.hex()[:16]}…)"
+
+
+def verify(public: bytes, domain: str, message: bytes, signature: bytes) -> None:
+    """Raise `BadSignature` unless `signature` is `public`'s signature of `message` in `domain`."""
+    if len(public) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        raise BadSignature("malformed key or signature")
+    try:
+        _b.crypto_sign_open(signature + _signed_message(domain, message), public)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError) as e:
+        raise BadSignature(f"bad signature ({domain})") from e
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """An X25519 key pair for key agreement."""
+
+    secret: bytes
+    public: bytes
+
+    @classmethod
+    def generate(cls, rng: Rng) -> KeyPair:
+        secret = rng.bytes(32)
+        return cls(secret, _b.crypto_scalarmult_base(secret))
+
+    def __repr__(self) -> str:
+        return f"KeyPair(public={self.public.hex()[:16]}…)"
+
+
+def x25519(secret: bytes, peer_public: bytes) -> bytes:
+    """Diffie-Hellman; raises `RemoteProtocolError` (DecryptError) for low-order peer keys."""
+    try:
+        shared = _b.crypto_scalarmult(secret, peer_public)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, ValueError) as e:
+        raise DecryptError("invalid X25519 public key") from e
+    if shared == bytes(32):
+        raise DecryptError("low-order X25519 public key")
+    return bytes(shared)
+
+
+def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes = b"") -> bytes:
+    """XChaCha20-Poly1305. The caller guarantees a nonce is never reused under a key."""
+    return bytes(_b.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, key))
+
+
+def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes = b"") -> bytes:
+    try:
+        return bytes(_b.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, ad, nonce, key))
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError) as e:
+        raise DecryptError("ciphertext failed authentication") from e
+
+
+def counter_nonce(counter: int) -> bytes:
+    """A 24-byte AEAD nonce from a message counter (for keys used for one stream only)."""
+    return counter.to_bytes(AEAD_NONCE_SIZE, "little")
+
+
+@dataclass(frozen=True, slots=True)
+class PassphraseParams:
+    """argon2id cost. MODERATE is the default for key files; tests may use INTERACTIVE."""
+
+    opslimit: int
+    memlimit: int
+
+
+INTERACTIVE = PassphraseParams(_argon2id.OPSLIMIT_INTERACTIVE, _argon2id.MEMLIMIT_INTERACTIVE)
+MODERATE = PassphraseParams(_argon2id.OPSLIMIT_MODERATE, _argon2id.MEMLIMIT_MODERATE)
+ARGON2_SALT_SIZE = _argon2id.SALTBYTES
+
+
+def passphrase_key(passphrase: bytes, salt: bytes, params: PassphraseParams) -> bytes:
+    """Stretch a passphrase into a 32-byte key with argon2id."""
+    if len(salt) != ARGON2_SALT_SIZE:
+        raise DecryptError("bad salt length")
+    if not (
+        _argon2id.OPSLIMIT_MIN <= params.opslimit <= _argon2id.OPSLIMIT_SENSITIVE
+        and _argon2id.MEMLIMIT_MIN <= params.memlimit <= _argon2id.MEMLIMIT_SENSITIVE
+    ):
+        raise UserError("key file asks for argon2id costs outside the supported range")
+    return bytes(
+        _argon2id.kdf(AEAD_KEY_SIZE, passphrase, salt, opslimit=params.opslimit,
+                      memlimit=params.memlimit)
+    )

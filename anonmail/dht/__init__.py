@@ -1,0 +1,1 @@
+"""The Kademlia substrate hardened after S/Kademlia: ids, routing table, RPCs, lookups."""

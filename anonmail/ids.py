@@ -1,0 +1,66 @@
+"""256-bit identifiers and the XOR metric (DESIGN.md §2).
+
+Every id is BLAKE2b-256 over a domain tag and its parts, so ids of different kinds never collide
+on purpose. A node id is H("node", signing key): self-certifying. The S/Kademlia static puzzle
+(Baumgart & Mies 2007, §4.1) asks that H("puzzle", node id) start with `c1` zero bits, which makes
+choosing one's own position in the keyspace cost 2^c1 key generations per try.
+"""
+
+from __future__ import annotations
+
+from anonmail import crypto
+
+ID_BITS = 256
+ID_BYTES = 32
+
+NodeId = bytes
+Key = bytes
+
+
+def node_id(public_key: bytes) -> NodeId:
+    return crypto.hash("node", public_key)
+
+
+def puzzle_bits(nid: NodeId) -> int:
+    """How many leading zero bits the static puzzle hash of this node id has."""
+    return crypto.leading_zero_bits(crypto.hash("puzzle", nid))
+
+
+def cert_key(address: str) -> Key:
+    """Where an address certificate is stored (seed 002 Table 1: address + "-certificate")."""
+    return crypto.hash("cert", address.encode())
+
+
+def inbox_key(address: str) -> Key:
+    return crypto.hash("inbox", address.encode())
+
+
+def requests_key(address: str) -> Key:
+    return crypto.hash("requests", address.encode())
+
+
+def body_key(message_id: str) -> Key:
+    return crypto.hash("body", message_id.encode())
+
+
+def fragment_key(ciphertext: bytes) -> Key:
+    return crypto.hash("fragment", ciphertext)
+
+
+def devices_key(address: str) -> Key:
+    return crypto.hash("devices", address.encode())
+
+
+def distance(a: bytes, b: bytes) -> int:
+    """The Kademlia XOR distance as an integer."""
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+def common_prefix_len(a: bytes, b: bytes) -> int:
+    """Number of leading bits `a` and `b` share (256 when equal)."""
+    return ID_BITS - distance(a, b).bit_length()
+
+
+def short(nid: bytes) -> str:
+    """A short printable form for logs and tables (not a secret: node ids are public)."""
+    return nid.hex()[:10]

@@ -1,0 +1,1 @@
+"""The transport boundary: one `Network` interface, a real TCP transport and a simulated one."""

@@ -1,0 +1,71 @@
+"""Request/response message registry and the typed error reply every transport uses.
+
+A layer above declares its request and response types with `@request(tag)` / `@response(tag)`;
+transports decode incoming bodies against exactly these sets (anything else is a
+RemoteProtocolError). Tag ranges: 1-9 records, 10-19 net, 20-29 dht, 30-59 store, 60-79 permit,
+80-99 anon, 100+ mail.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from anonmail import wire
+from anonmail.wire import Size
+
+T = TypeVar("T")
+
+REQUEST_TYPES: dict[type, int] = {}
+RESPONSE_TYPES: dict[type, int] = {}
+
+
+def request(tag: int) -> Callable[[type[T]], type[T]]:
+    def deco(cls: type[T]) -> type[T]:
+        wire.message(tag)(cls)
+        REQUEST_TYPES[cls] = tag
+        return cls
+
+    return deco
+
+
+def response(tag: int) -> Callable[[type[T]], type[T]]:
+    def deco(cls: type[T]) -> type[T]:
+        wire.message(tag)(cls)
+        RESPONSE_TYPES[cls] = tag
+        return cls
+
+    return deco
+
+
+class ErrorCode(enum.IntEnum):
+    MALFORMED = 1  # the request failed decoding or validation
+    REFUSED = 2  # well-formed but not allowed (policy, quota, authentication)
+    BUSY = 3  # too many requests in flight from this peer; try later
+    UNSUPPORTED = 4  # no handler for this request type
+    INTERNAL = 5  # our fault; details are not sent
+
+
+@response(tag=19)
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    code: ErrorCode
+    detail: Annotated[str, Size(0, 200)]
+
+
+def request_types() -> tuple[type, ...]:
+    return tuple(REQUEST_TYPES)
+
+
+def response_types() -> tuple[type, ...]:
+    return tuple(RESPONSE_TYPES)
+
+
+def decode_request(body: bytes, max_size: int) -> Any:
+    return wire.decode_any(body, request_types(), max_size=max_size)
+
+
+def decode_response(body: bytes, max_size: int) -> Any:
+    return wire.decode_any(body, response_types(), max_size=max_size)

@@ -1,0 +1,49 @@
+"""Storage receipts: a storing node's signed statement that it holds something (seed 002 §4).
+
+A receipt names the operation, the key, a digest of what was stored, its expiry, the node, and
+the time, signed by the node's key under the "receipt" domain. A sender verifies every receipt
+against the NodeCert it cross-checked; a node that signs and then drops the data has signed
+evidence against it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated
+
+from anonmail import crypto, ids, wire
+from anonmail.errors import RemoteProtocolError
+from anonmail.wire import Size
+
+RECEIPT_DOMAIN = "receipt"
+
+
+class StoreOp(enum.IntEnum):
+    STORE = 1
+    APPEND = 2
+
+
+@wire.message(tag=3)
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    op: StoreOp
+    key: Annotated[bytes, Size(32)]
+    digest: Annotated[bytes, Size(32)]
+    expires: Annotated[int, wire.U64]
+    node_id: Annotated[bytes, Size(32)]
+    time: Annotated[int, wire.U64]
+    signature: Annotated[bytes, Size(64)]
+
+    @classmethod
+    def issue(cls, key: crypto.SigningKey, op: StoreOp, store_key: bytes, digest: bytes,
+              expires: int, now: float) -> Receipt:
+        unsigned = cls(op, store_key, digest, expires, ids.node_id(key.public), int(now),
+                       bytes(64))
+        sig = key.sign(RECEIPT_DOMAIN, wire.signing_bytes(unsigned))
+        return cls(op, store_key, digest, expires, unsigned.node_id, int(now), sig)
+
+    def verify(self, node_public_key: bytes) -> None:
+        if ids.node_id(node_public_key) != self.node_id:
+            raise RemoteProtocolError("receipt signed by a different node")
+        crypto.verify(node_public_key, RECEIPT_DOMAIN, wire.signing_bytes(self), self.signature)

@@ -1,0 +1,1 @@
+"""Simulation: scenarios, adversaries, metrics, reports (DESIGN.md §9)."""

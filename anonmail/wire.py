@@ -1,0 +1,328 @@
+"""Canonical CBOR encoding; the ONLY module that imports `cbor2`.
+
+A message type is a frozen dataclass registered with `@message(tag)`; a nested structure with
+`@struct`. Field annotations carry the schema: `Annotated[bytes, Size(32)]`, `Annotated[int,
+Range(0, 65535)]`, `Annotated[tuple[X, ...], Size(0, 20)]`, `Optional[X]`, `IntEnum`s, `bool`, and
+other structs. On the wire a message is the CBOR array `[tag, version, field1, field2, ...]`, a
+struct the array of its fields.
+
+Decoding is, in order: size cap → CBOR parse with a depth cap → canonical check (re-encoding must
+give the same bytes: no trailing data, no indefinite lengths, no non-minimal integers, so every
+value has exactly one encoding and signatures over canonical bytes are unambiguous) → schema →
+frozen dataclass. Any failure on the way raises `RemoteProtocolError`, never anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import cbor2
+
+from anonmail.errors import LocalError, RemoteProtocolError
+
+T = TypeVar("T")
+MAX_DEPTH = 24
+DEFAULT_MAX_SIZE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    """Length bounds for bytes and str (in bytes / characters) and element count for tuples."""
+
+    min: int
+    max: int | None = None  # None: exactly `min`
+
+    @property
+    def hi(self) -> int:
+        return self.min if self.max is None else self.max
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Inclusive bounds for an int field."""
+
+    lo: int
+    hi: int
+
+
+U64 = Range(0, (1 << 64) - 1)
+
+_Decoder = Callable[[Any], Any]
+_Encoder = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    cls: type
+    names: tuple[str, ...]
+    decoders: tuple[_Decoder, ...]
+    encoders: tuple[_Encoder, ...]
+    tag: int | None
+    version: int
+
+
+_SCHEMAS: dict[type, _Schema] = {}
+_BY_TAG: dict[int, _Schema] = {}
+
+
+def _fail(where: str, why: str) -> typing.NoReturn:
+    raise RemoteProtocolError(f"{where}: {why}")
+
+
+def _compile(tp: Any, where: str) -> tuple[_Decoder, _Encoder]:
+    """Build (decoder, encoder) for one annotated field type."""
+    meta: tuple[Any, ...] = ()
+    if typing.get_origin(tp) is typing.Annotated:
+        tp, *rest = typing.get_args(tp)
+        meta = tuple(rest)
+    size = next((m for m in meta if isinstance(m, Size)), None)
+    rng = next((m for m in meta if isinstance(m, Range)), None)
+    origin = typing.get_origin(tp)
+
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise LocalError(f"{where}: only Optional[X] unions are supported")
+        inner_tp = typing.Annotated[(args[0], *meta)] if meta else args[0]
+        dec, enc = _compile(inner_tp, where)
+        return (lambda v: None if v is None else dec(v)), (lambda v: None if v is None else enc(v))
+
+    if tp is bytes:
+        if size is None:
+            raise LocalError(f"{where}: bytes fields need a Size")
+        lo, hi = size.min, size.hi
+
+        def dec_bytes(v: Any) -> bytes:
+            if type(v) is not bytes:
+                _fail(where, "expected bytes")
+            if not lo <= len(v) <= hi:
+                _fail(where, f"length {len(v)} outside [{lo}, {hi}]")
+            return v
+
+        return dec_bytes, lambda v: v
+
+    if tp is str:
+        if size is None:
+            raise LocalError(f"{where}: str fields need a Size")
+        lo, hi = size.min, size.hi
+
+        def dec_str(v: Any) -> str:
+            if type(v) is not str:
+                _fail(where, "expected text")
+            if not lo <= len(v) <= hi:
+                _fail(where, f"length {len(v)} outside [{lo}, {hi}]")
+            return v
+
+        return dec_str, lambda v: v
+
+    if tp is bool:
+
+        def dec_bool(v: Any) -> bool:
+            if type(v) is not bool:
+                _fail(where, "expected bool")
+            return bool(v)
+
+        return dec_bool, lambda v: v
+
+    if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
+        enum_tp = tp
+
+        def dec_enum(v: Any) -> Any:
+            if type(v) is not int:
+                _fail(where, "expected enum int")
+            try:
+                return enum_tp(v)
+            except ValueError:
+                _fail(where, f"unknown {enum_tp.__name__} {v}")
+
+        return dec_enum, lambda v: int(v)
+
+    if tp is int:
+        r = rng or U64
+
+        def dec_int(v: Any) -> int:
+            if type(v) is not int:
+                _fail(where, "expected int")
+            if not r.lo <= v <= r.hi:
+                _fail(where, f"{v} outside [{r.lo}, {r.hi}]")
+            return int(v)
+
+        return dec_int, lambda v: v
+
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise LocalError(f"{where}: only tuple[X, ...] is supported")
+        if size is None:
+            raise LocalError(f"{where}: tuple fields need a Size")
+        lo, hi = size.min, size.hi
+        item_dec, item_enc = _compile(args[0], where + "[]")
+
+        def dec_tuple(v: Any) -> tuple[Any, ...]:
+            if type(v) is not list:
+                _fail(where, "expected array")
+            if not lo <= len(v) <= hi:
+                _fail(where, f"{len(v)} items outside [{lo}, {hi}]")
+            return tuple(item_dec(x) for x in v)
+
+        return dec_tuple, lambda v: [item_enc(x) for x in v]
+
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        nested = tp
+
+        def dec_struct(v: Any) -> Any:
+            return _decode_fields(schema_of(nested), v, where)
+
+        return dec_struct, lambda v: _encode_fields(schema_of(nested), v)
+
+    raise LocalError(f"{where}: unsupported field type {tp!r}")
+
+
+def _register(cls: type[T], tag: int | None, version: int) -> type[T]:
+    if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise LocalError(f"{cls.__name__} must be a frozen dataclass")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = dataclasses.fields(cls)
+    pairs = [_compile(hints[f.name], f"{cls.__name__}.{f.name}") for f in fields]
+    schema = _Schema(
+        cls=cls,
+        names=tuple(f.name for f in fields),
+        decoders=tuple(p[0] for p in pairs),
+        encoders=tuple(p[1] for p in pairs),
+        tag=tag,
+        version=version,
+    )
+    _SCHEMAS[cls] = schema
+    if tag is not None:
+        if tag in _BY_TAG and _BY_TAG[tag].cls.__qualname__ != cls.__qualname__:
+            raise LocalError(f"wire tag {tag} used by {_BY_TAG[tag].cls.__name__} and {cls.__name__}")
+        _BY_TAG[tag] = schema
+    return cls
+
+
+def struct(cls: type[T]) -> type[T]:
+    """Register a frozen dataclass as a nested wire structure (encoded as an array)."""
+    return _register(cls, None, 1)
+
+
+def message(tag: int, version: int = 1) -> Callable[[type[T]], type[T]]:
+    """Register a frozen dataclass as a top-level message with a unique type tag."""
+
+    def deco(cls: type[T]) -> type[T]:
+        return _register(cls, tag, version)
+
+    return deco
+
+
+def schema_of(cls: type) -> _Schema:
+    try:
+        return _SCHEMAS[cls]
+    except KeyError:
+        raise LocalError(f"{cls.__name__} is not registered with wire") from None
+
+
+def _encode_fields(schema: _Schema, obj: Any) -> list[Any]:
+    return [enc(getattr(obj, n)) for n, enc in zip(schema.names, schema.encoders, strict=True)]
+
+
+def _decode_fields(schema: _Schema, v: Any, where: str) -> Any:
+    if type(v) is not list:
+        _fail(where, f"{schema.cls.__name__}: expected array")
+    if len(v) != len(schema.names):
+        _fail(where, f"{schema.cls.__name__}: {len(v)} fields, expected {len(schema.names)}")
+    return schema.cls(*[dec(x) for dec, x in zip(schema.decoders, v, strict=True)])
+
+
+def _dumps(value: Any) -> bytes:
+    return bytes(cbor2.dumps(value, canonical=True))
+
+
+def to_value(obj: Any) -> list[Any]:
+    """The CBOR data model value of a registered message (array with tag and version)."""
+    schema = schema_of(type(obj))
+    if schema.tag is None:
+        return _encode_fields(schema, obj)
+    return [schema.tag, schema.version, *_encode_fields(schema, obj)]
+
+
+def encode(obj: Any) -> bytes:
+    """Canonical bytes of a registered message or struct."""
+    return _dumps(to_value(obj))
+
+
+def signing_bytes(obj: Any, exclude: str = "signature") -> bytes:
+    """Canonical bytes of a record without its signature field: what its signer signs."""
+    schema = schema_of(type(obj))
+    value = [
+        enc(getattr(obj, n))
+        for n, enc in zip(schema.names, schema.encoders, strict=True)
+        if n != exclude
+    ]
+    if schema.tag is not None:
+        value = [schema.tag, schema.version, *value]
+    return _dumps(value)
+
+
+def _parse(data: bytes, max_size: int) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise LocalError("decode takes bytes")
+    data = bytes(data)
+    if len(data) > max_size:
+        _fail("wire", f"{len(data)} bytes exceeds the cap of {max_size}")
+    try:
+        value = cbor2.loads(data, max_depth=MAX_DEPTH, allow_indefinite=False,
+                            allow_duplicate_keys=False)
+        canonical = _dumps(value)
+    except RecursionError:
+        _fail("wire", "nesting too deep")
+    except Exception as e:  # cbor2 raises many types on hostile input; all are the peer's fault
+        _fail("wire", f"malformed CBOR ({type(e).__name__})")
+    if canonical != data:
+        _fail("wire", "not canonical CBOR (or trailing bytes)")
+    return value
+
+
+def decode(data: bytes, expect: type[T], *, max_size: int = DEFAULT_MAX_SIZE) -> T:
+    """Decode one message of type `expect` (or a struct encoded on its own)."""
+    value = _parse(data, max_size)
+    schema = schema_of(expect)
+    if schema.tag is None:
+        return typing.cast(T, _decode_fields(schema, value, expect.__name__))
+    return typing.cast(T, _decode_tagged(value, {schema.tag: schema}))
+
+
+def decode_any(data: bytes, allowed: tuple[type, ...], *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
+    """Decode one message whose type is any of `allowed` (dispatch on the tag)."""
+    value = _parse(data, max_size)
+    table = {}
+    for cls in allowed:
+        s = schema_of(cls)
+        if s.tag is None:
+            raise LocalError("decode_any takes tagged messages")
+        table[s.tag] = s
+    return _decode_tagged(value, table)
+
+
+def _decode_tagged(value: Any, table: dict[int, _Schema]) -> Any:
+    if type(value) is not list or len(value) < 2:
+        _fail("wire", "a message is an array [tag, version, ...]")
+    tag, version = value[0], value[1]
+    if type(tag) is not int or type(version) is not int:
+        _fail("wire", "tag and version are integers")
+    schema = table.get(tag)
+    if schema is None:
+        _fail("wire", f"unexpected message tag {tag}")
+    if version != schema.version:
+        _fail("wire", f"{schema.cls.__name__} version {version} not supported")
+    return _decode_fields(schema, value[2:], schema.cls.__name__)
+
+
+def registered_messages() -> dict[int, type]:
+    """Every registered top-level message by tag (for docs and property tests)."""
+    return {tag: s.cls for tag, s in sorted(_BY_TAG.items())}
