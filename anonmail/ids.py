@@ -9,6 +9,7 @@ choosing one's own position in the keyspace cost 2^c1 key generations per try.
 from __future__ import annotations
 
 from anonmail import crypto
+from anonmail.rng import Rng
 
 ID_BITS = 256
 ID_BYTES = 32
@@ -64,3 +65,15 @@ def common_prefix_len(a: bytes, b: bytes) -> int:
 def short(nid: bytes) -> str:
     """A short printable form for logs and tables (not a secret: node ids are public)."""
     return nid.hex()[:10]
+
+
+def grind_node_key(puzzle_bits: int, rng: Rng) -> crypto.SigningKey:
+    """Generate signing keys until the node id solves the static puzzle (expected 2^bits tries)."""
+    while True:
+        key = crypto.SigningKey.generate(rng)
+        if puzzle_bits == 0 or puzzle_bits_of_key(key.public) >= puzzle_bits:
+            return key
+
+
+def puzzle_bits_of_key(public_key: bytes) -> int:
+    return puzzle_bits(node_id(public_key))

@@ -1,0 +1,121 @@
+"""The node's TOML configuration (an edge).
+
+Unknown keys and bad values are refused with one line naming the key and what is accepted, so a
+typo never silently falls back to a default. Example (what `anonmail node --init` writes):
+
+    [node]
+    listen = "0.0.0.0:7600"        # where to accept connections
+    advertise = "203.0.113.7:7600" # what to put in our NodeCert, if not the listen address
+    bootstrap = ["198.51.100.1:7600"]
+
+    [network]
+    name = "main"                  # or "test": a local testnet (cheap puzzle, loopback allowed)
+    # puzzle_bits = 4              # testnet only
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anonmail import params as params_mod
+from anonmail import wire
+from anonmail.certs import Endpoint
+from anonmail.errors import RemoteProtocolError, UserError
+from anonmail.params import NetworkParams
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    listen: Endpoint
+    advertise: Endpoint | None
+    bootstrap: tuple[Endpoint, ...]
+    params: NetworkParams
+
+
+DEFAULT_PORT = 7600
+_TESTNET_TUNABLES = {"puzzle_bits", "k", "alpha", "disjoint_paths", "replication",
+                     "rpc_timeout_ms", "refresh_interval"}
+
+
+def template(listen: str = f"0.0.0.0:{DEFAULT_PORT}", bootstrap: tuple[str, ...] = (),
+             network: str = "main", extra_network: dict[str, int] | None = None) -> str:
+    boot = ", ".join(f'"{b}"' for b in bootstrap)
+    lines = [
+        "# anonmail node configuration",
+        "[node]",
+        f'listen = "{listen}"',
+        '# advertise = "203.0.113.7:7600"  # the public address others should dial',
+        f"bootstrap = [{boot}]",
+        "",
+        "[network]",
+        f'name = "{network}"',
+    ]
+    lines += [f"{k} = {v}" for k, v in (extra_network or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _endpoint(value: Any, key: str) -> Endpoint:
+    if not isinstance(value, str):
+        raise UserError(f"config: {key} must be a string like \"1.2.3.4:7600\"")
+    try:
+        return Endpoint.parse(value)
+    except UserError as e:
+        raise UserError(f"config: {key}: {e}") from None
+
+
+def parse(text: str, source: str = "config.toml") -> NodeConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{source} is not valid TOML ({e}); fix it or delete it to start over") \
+            from None
+    unknown = set(data) - {"node", "network"}
+    if unknown:
+        raise UserError(f"{source}: unknown section [{sorted(unknown)[0]}]; use [node], [network]")
+    node = data.get("node", {})
+    net = data.get("network", {})
+    bad = set(node) - {"listen", "advertise", "bootstrap"}
+    if bad:
+        raise UserError(f"{source}: unknown key node.{sorted(bad)[0]}; "
+                        "use listen, advertise, bootstrap")
+    listen = _endpoint(node.get("listen", f"0.0.0.0:{DEFAULT_PORT}"), "node.listen")
+    advertise = _endpoint(node["advertise"], "node.advertise") if "advertise" in node else None
+    boot_list = node.get("bootstrap", [])
+    if not isinstance(boot_list, list):
+        raise UserError(f"{source}: node.bootstrap must be a list of \"host:port\" strings")
+    bootstrap = tuple(_endpoint(b, "node.bootstrap") for b in boot_list)
+
+    name = net.get("name", "main")
+    if name == "main":
+        params = params_mod.MAINNET
+        if set(net) - {"name"}:
+            raise UserError(f"{source}: the main network's parameters are fixed; "
+                            "only [network] name may be set")
+    elif name == "test":
+        bad = set(net) - {"name"} - _TESTNET_TUNABLES
+        if bad:
+            raise UserError(f"{source}: unknown key network.{sorted(bad)[0]}; "
+                            f"testnets may set {', '.join(sorted(_TESTNET_TUNABLES))}")
+        changes = {k: v for k, v in net.items() if k != "name"}
+        for k, v in changes.items():
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise UserError(f"{source}: network.{k} must be a whole number")
+        params = params_mod.testnet(**changes)
+        try:  # the wire schema holds every parameter's bounds
+            wire.decode(wire.encode(params), NetworkParams)
+        except RemoteProtocolError as e:
+            raise UserError(f"{source}: [network] value out of range ({e})") from None
+    else:
+        raise UserError(f'{source}: network.name must be "main" or "test", not {name!r}')
+    return NodeConfig(listen, advertise, bootstrap, params)
+
+
+def load(path: Path) -> NodeConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"no configuration at {path}; run `anonmail node --init` first") from None
+    return parse(text, str(path))

@@ -1,0 +1,124 @@
+"""The local control socket of a running node (an edge).
+
+A Unix socket in the node's home directory, mode 0600 inside a 0700 directory, so only the user
+who runs the node can talk to it. One JSON object per line each way; requests are capped at
+64 KiB. Operations: `status`, `lookup` (key as 64 hex digits, optional k), `contacts`, `stop`.
+Used by `anonmail status` / `anonmail lookup` and by tests that drive real node processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from anonmail import ids
+from anonmail.errors import AnonmailError, UserError
+from anonmail.node import Node
+
+log = logging.getLogger("anonmail.control")
+MAX_REQUEST = 64 * 1024
+
+
+def _status(node: Node) -> dict[str, Any]:
+    return {
+        "node_id": node.node_id.hex(),
+        "endpoint": str(node.endpoint),
+        "contacts": len(node.dht.contacts()),
+        "restored": node.restored,
+        "network": node.params.network_id.decode(errors="replace"),
+    }
+
+
+async def _dispatch(node: Node, req: dict[str, Any], stop: trio.CancelScope) -> dict[str, Any]:
+    op = req.get("op")
+    if op == "status":
+        return _status(node)
+    if op == "contacts":
+        return {"contacts": [c.node_id.hex() for c in node.dht.contacts()]}
+    if op == "lookup":
+        try:
+            key = bytes.fromhex(str(req.get("key", "")))
+        except ValueError:
+            key = b""
+        if len(key) != ids.ID_BYTES:
+            raise UserError("lookup key must be 64 hex digits")
+        k = req.get("k")
+        if k is not None and (not isinstance(k, int) or not 1 <= k <= 64):
+            raise UserError("k must be a whole number from 1 to 64")
+        result = await node.lookup(key, k)
+        return {"nodes": [c.node_id.hex() for c in result.nodes], "hops": result.hops}
+    if op == "stop":
+        stop.cancel()
+        return {"stopping": True}
+    raise UserError(f"unknown control operation {op!r}")
+
+
+async def _serve_one(node: Node, stream: trio.SocketStream, stop: trio.CancelScope) -> None:
+    async with stream:
+        buf = b""
+        while b"\n" not in buf:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            buf += chunk
+            if len(buf) > MAX_REQUEST:
+                return
+        line = buf.split(b"\n", 1)[0]
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise UserError("a control request is a JSON object")
+            reply = {"ok": True, **await _dispatch(node, req, stop)}
+        except (ValueError, AnonmailError) as e:
+            reply = {"ok": False, "error": str(e)}
+        await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+async def serve_control(node: Node, path: Path, stop: trio.CancelScope, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    path.unlink(missing_ok=True)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket file is born 0600
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(_serve_one, node, stream, stop)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def call(path: Path, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    """Send one request to a running node (blocking; for the command line and tests)."""
+    if not path.exists():
+        raise UserError(f"no node is running with home {path.parent} (start `anonmail node`)")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise UserError(f"the node at {path.parent} is not running") from None
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    reply: dict[str, Any] = json.loads(buf) if buf else {"ok": False, "error": "no answer"}
+    if not reply.get("ok"):
+        raise UserError(f"node refused: {reply.get('error')}")
+    return reply

@@ -1,0 +1,126 @@
+"""A running node: TCP transport + DHT (+ storage and relay roles in later layers).
+
+Invariants: the node's identity is its key file (same key → same node id across restarts); the
+routing table is saved to the home directory periodically and on shutdown, and restored (every
+certificate re-verified) on start; the node keeps serving whatever a peer sends it — a peer's
+error is counted, never fatal. Time and randomness are injected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from anonmail import crypto, ids, wire
+from anonmail.certs import CertCache, Endpoint, NodeCert
+from anonmail.clock import Clock
+from anonmail.dht.lookup import LookupResult
+from anonmail.dht.messages import ContactList
+from anonmail.dht.node import DhtNode
+from anonmail.errors import RemoteProtocolError
+from anonmail.fileio import write_private
+from anonmail.net.base import Peer
+from anonmail.net.tcp import TcpNetwork
+from anonmail.params import NetworkParams
+from anonmail.rng import Rng
+
+log = logging.getLogger("anonmail.node")
+
+SAVE_INTERVAL = 60.0
+CERT_RENEW_FRACTION = 0.5  # reissue our NodeCert when half its lifetime has passed
+
+
+class Node:
+    """One DHT node. Start with `await nursery.start(node.run)`; cancel the scope to stop."""
+
+    def __init__(self, key: crypto.SigningKey, params: NetworkParams, clock: Clock, rng: Rng, *,
+                 listen: Endpoint, advertise: Endpoint | None = None,
+                 bootstrap: Sequence[Endpoint] = (), contacts_file: Path | None = None) -> None:
+        self.key = key
+        self.params = params
+        self.clock = clock
+        self.rng = rng
+        self.listen = listen
+        self.advertise = advertise
+        self.bootstrap_endpoints = tuple(bootstrap)
+        self.contacts_file = contacts_file
+        self.cert_cache = CertCache()
+        self.net = TcpNetwork(key, params, clock, rng, cert_cache=self.cert_cache)
+        self.dht = DhtNode(self.net, key, params, clock, rng, self.cert_cache)
+        self.endpoint: Endpoint | None = None
+        self.restored = 0  # contacts restored from the saved table at start
+
+    @property
+    def node_id(self) -> bytes:
+        return ids.node_id(self.key.public)
+
+    @property
+    def cert(self) -> NodeCert:
+        return self.net.local_cert
+
+    async def handle(self, peer: Peer, msg: Any) -> Any:
+        """Every incoming request: route to the service that owns its type."""
+        return await self.dht.handle(peer, msg)
+
+    def _issue_cert(self) -> None:
+        assert self.endpoint is not None
+        self.net.cert = NodeCert.issue(self.key, (self.advertise or self.endpoint,),
+                                       self.clock.now(), self.params)
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        self.endpoint = await self.net.bind(self.listen.host, self.listen.port)
+        self._issue_cert()
+        self.restored = restored = self.restore_contacts()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.net.serve, self.handle)
+                await nursery.start(self.dht.maintain)
+                nursery.start_soon(self._housekeeping)
+                learned = await self.join()
+                self.save_contacts()  # a crash right after joining keeps the table
+                log.info("node %s up: %d contacts restored, %d after join",
+                         ids.short(self.node_id), restored, learned)
+                task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True):
+                self.save_contacts()
+                await self.net.aclose()
+
+    async def join(self) -> int:
+        """Bootstrap from the configured endpoints (and from restored contacts)."""
+        try:
+            return await self.dht.bootstrap(self.bootstrap_endpoints)
+        except Exception as e:  # an unreachable bootstrap node must not stop ours
+            log.warning("bootstrap incomplete: %s", type(e).__name__)
+            return len(self.dht.contacts())
+
+    async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
+        return await self.dht.lookup(key, k)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(SAVE_INTERVAL)
+            self.save_contacts()
+            cert = self.net.local_cert
+            if self.clock.now() > cert.issued + (cert.expires - cert.issued) * CERT_RENEW_FRACTION:
+                self._issue_cert()
+
+    def save_contacts(self) -> None:
+        if self.contacts_file is None:
+            return
+        data = wire.encode(ContactList(tuple(self.dht.contacts())))
+        write_private(self.contacts_file, data)
+
+    def restore_contacts(self) -> int:
+        if self.contacts_file is None or not self.contacts_file.exists():
+            return 0
+        try:
+            saved = wire.decode(self.contacts_file.read_bytes(), ContactList, max_size=8 << 20)
+        except RemoteProtocolError:
+            log.warning("saved contacts unreadable; starting from bootstrap only")
+            return 0
+        return self.dht.add_contacts(saved.certs)
