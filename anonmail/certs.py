@@ -46,9 +46,13 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str) -> Endpoint:
         """Parse `host:port` or `[v6]:port`; raises UserError with the accepted form."""
-        m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text.strip())
+        # [0-9], not \d: \d also matches other scripts' digits, and int() of a very long digit
+        # string raises ValueError (Python's int-conversion limit), not a UserError.
+        m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([0-9]{1,5})|([0-9.]+):([0-9]{1,5})",
+                         text.strip())
         if not m:
-            raise UserError(f"bad endpoint {text!r}: write IPv4 as 1.2.3.4:7000, IPv6 as [::1]:7000")
+            raise UserError(
+                f"bad endpoint {text!r}: write IPv4 as 1.2.3.4:7000, IPv6 as [::1]:7000")
         host = m.group(1) or m.group(3)
         port = int(m.group(2) or m.group(4))
         try:

@@ -37,7 +37,7 @@ def _frame(part: bytes) -> bytes:
     return len(part).to_bytes(8, "big") + part
 
 
-def hash(tag: str, *parts: bytes) -> bytes:  # noqa: A001 - the project's one hash function
+def hash(tag: str, *parts: bytes) -> bytes:  # shadows the builtin: the project's one hash
     """BLAKE2b-256 over a domain tag and length-prefixed parts."""
     h = hashlib.blake2b(digest_size=HASH_SIZE)
     h.update(_PREFIX)
@@ -124,6 +124,11 @@ class KeyPair:
 
 def x25519(secret: bytes, peer_public: bytes) -> bytes:
     """Diffie-Hellman; raises `RemoteProtocolError` (DecryptError) for low-order peer keys."""
+    # PyNaCl passes the buffers to libsodium unchecked: a short key would be read out of bounds.
+    if len(secret) != 32:
+        raise LocalError("an X25519 secret is 32 bytes")
+    if len(peer_public) != PUBLIC_KEY_SIZE:
+        raise DecryptError("an X25519 public key is 32 bytes")
     try:
         shared = _b.crypto_scalarmult(secret, peer_public)
     except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, ValueError) as e:

@@ -156,13 +156,13 @@ def _compile(tp: Any, where: str) -> tuple[_Decoder, _Encoder]:
         return dec_int, lambda v: v
 
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) != 2 or args[1] is not Ellipsis:
+        targs = typing.get_args(tp)
+        if len(targs) != 2 or targs[1] is not Ellipsis:
             raise LocalError(f"{where}: only tuple[X, ...] is supported")
         if size is None:
             raise LocalError(f"{where}: tuple fields need a Size")
         lo, hi = size.min, size.hi
-        item_dec, item_enc = _compile(args[0], where + "[]")
+        item_dec, item_enc = _compile(targs[0], where + "[]")
 
         def dec_tuple(v: Any) -> tuple[Any, ...]:
             if type(v) is not list:
@@ -200,8 +200,12 @@ def _register(cls: type[T], tag: int | None, version: int) -> type[T]:
     )
     _SCHEMAS[cls] = schema
     if tag is not None:
-        if tag in _BY_TAG and _BY_TAG[tag].cls.__qualname__ != cls.__qualname__:
-            raise LocalError(f"wire tag {tag} used by {_BY_TAG[tag].cls.__name__} and {cls.__name__}")
+        # the same class re-registered (a module reloaded) is fine; another class is not, even
+        # one of the same name in another module
+        old = _BY_TAG[tag].cls if tag in _BY_TAG else cls
+        if (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise LocalError(f"wire tag {tag} used by {old.__module__}.{old.__qualname__} "
+                             f"and {cls.__module__}.{cls.__qualname__}")
         _BY_TAG[tag] = schema
     return cls
 
