@@ -13,7 +13,10 @@ from pathlib import Path
 def write_private(path: Path, data: bytes) -> None:
     """Write `data` atomically (temp file, fsync, rename, fsync dir) with mode 0600."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A leftover temp file (a crash, or planted by someone else) keeps its own mode if merely
+    # truncated; remove it and create ours exclusively so the file is born 0600.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import os
@@ -120,10 +121,8 @@ def cmd_node(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     node = Node(key, cfg.params, SystemClock(), SystemRng(), listen=cfg.listen,
                 advertise=cfg.advertise, bootstrap=cfg.bootstrap, contacts_file=home.contacts)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
         trio.run(_run_node, node, home)
-    except KeyboardInterrupt:
-        pass
     print("node stopped", flush=True)
     return 0
 
