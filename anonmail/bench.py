@@ -1,0 +1,204 @@
+"""`anonmail bench`: how fast this machine serves the protocol, beside what its crypto allows.
+
+An edge module: it reads the real clock and the OS RNG.
+
+`anonmail bench rpc` starts, in this process, one server node on loopback TCP that answers
+FIND_NODE from a table of synthetic certificates (closest by a plain XOR sort), and drives it from
+several client connections, each asking one request at a time. It prints requests served per
+second and the mean latency, beside two bounds measured on this machine: Ed25519 verifications per
+second (a DHT client verifies every certificate it is told about) and AEAD frame encrypt+decrypt
+per second at the size of one FIND_NODE answer (the record layer's share of every request).
+
+Server and clients share one CPU core (one trio thread), so the RPC rate is a floor for a real
+server, which does not pay for its clients.
+
+Adding a measurement over another transport (the simulated network) is one function with the
+signature of `rpc_over_tcp`, listed in `RPC_TRANSPORTS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from anonmail import crypto, ids, params, wire
+from anonmail.certs import Endpoint, NodeCert
+from anonmail.clock import SystemClock
+from anonmail.dht.messages import FindNode, Nodes
+from anonmail.errors import UserError
+from anonmail.net.base import Peer
+from anonmail.net.frames import FrameDecoder, FrameEncoder
+from anonmail.net.tcp import Response, TcpLimits, TcpNetwork
+from anonmail.rng import SystemRng
+
+TABLE_SIZE = 200
+PARAMS = params.testnet(puzzle_bits=0)  # loopback endpoints allowed; keys are cheap to make
+
+
+@dataclass(frozen=True, slots=True)
+class RpcResult:
+    transport: str
+    clients: int
+    seconds: float
+    requests: int
+    latency_total: float  # seconds, summed over completed requests
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def mean_latency(self) -> float:
+        return self.latency_total / max(self.requests, 1)
+
+
+def synthetic_table(n: int = TABLE_SIZE) -> tuple[NodeCert, ...]:
+    rng, now = SystemRng(), SystemClock().now()
+    return tuple(
+        NodeCert.issue(crypto.SigningKey.generate(rng),
+                       (Endpoint(f"10.{i // 250}.{i % 250}.1", 7000),), now, PARAMS)
+        for i in range(n))
+
+
+def closest(table: list[tuple[bytes, NodeCert]], target: bytes,
+            count: int) -> tuple[NodeCert, ...]:
+    """The `count` certs nearest `target`; `table` holds (node id, cert) as a routing table would,
+    so the ids are not re-hashed per request."""
+    ranked = sorted(table, key=lambda entry: ids.distance(entry[0], target))
+    return tuple(cert for _, cert in ranked[:count])
+
+
+async def rpc_over_tcp(seconds: float, clients: int) -> RpcResult:
+    """One server on 127.0.0.1, `clients` connections asking FIND_NODE back to back."""
+    table = [(cert.node_id, cert) for cert in synthetic_table()]
+    clock, rng = SystemClock(), SystemRng()
+
+    async def handler(peer: Peer, msg: Any) -> Any:
+        if isinstance(msg, FindNode):
+            return Nodes(closest(table, msg.target, msg.count))
+        raise NotImplementedError
+
+    server = TcpNetwork(crypto.SigningKey.generate(rng), PARAMS, clock, rng,
+                        limits=TcpLimits(max_connections_per_source=clients + 1))
+    server.cert = NodeCert.issue(server.key, (await server.bind("127.0.0.1", 0),), clock.now(),
+                                 PARAMS)
+    nets = [TcpNetwork(crypto.SigningKey.generate(rng), PARAMS, clock, rng)
+            for _ in range(clients)]
+    for net in nets:
+        net.cert = NodeCert.issue(net.key, (), clock.now(), PARAMS)
+    done, latency = 0, 0.0
+
+    async def client(net: TcpNetwork) -> None:
+        nonlocal done, latency
+        while True:
+            started = trio.current_time()
+            await net.request(server.local_cert, FindNode(rng.bytes(32), PARAMS.k))
+            latency += trio.current_time() - started
+            done += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, handler)
+            with trio.move_on_after(seconds):
+                async with trio.open_nursery() as drivers:
+                    for net in nets:
+                        drivers.start_soon(client, net)
+            nursery.cancel_scope.cancel()
+    finally:
+        for net in [*nets, server]:
+            await net.aclose()
+    return RpcResult("tcp", clients, seconds, done, latency)
+
+
+# Measurements of the same workload over other transports. To add the simulated network: write
+# `rpc_over_sim(seconds, clients) -> RpcResult` driving a SimNetwork and list it here as "sim".
+RPC_TRANSPORTS: dict[str, Callable[[float, int], Awaitable[RpcResult]]] = {
+    "tcp": rpc_over_tcp,
+}
+
+
+def _per_second(seconds: float, op: Callable[[], object]) -> float:
+    n, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while (now := time.perf_counter()) < deadline:
+        for _ in range(50):
+            op()
+        n += 50
+    return n / (now - start)
+
+
+def verify_rate(seconds: float) -> float:
+    """Ed25519 verifications per second (`crypto.verify` of a certificate-sized message)."""
+    key = crypto.SigningKey.generate(SystemRng())
+    message = bytes(200)
+    signature = key.sign("bench", message)
+    return _per_second(seconds, lambda: crypto.verify(key.public, "bench", message, signature))
+
+
+def frame_size() -> int:
+    """Plaintext bytes of one FIND_NODE answer frame (k certificates)."""
+    nodes = Nodes(synthetic_table(PARAMS.k))
+    return len(wire.encode(Response(2**32, wire.encode(nodes))))
+
+
+def aead_rate(seconds: float, size: int) -> float:
+    """Frames of `size` bytes sealed and opened per second."""
+    key = SystemRng().bytes(crypto.AEAD_KEY_SIZE)
+    enc, dec = FrameEncoder(key, size), FrameDecoder(key, size)
+    plaintext = bytes(size)
+
+    def round_trip() -> None:
+        dec.receive_data(enc.encode(plaintext))
+        dec.next_frame()
+
+    return _per_second(seconds, round_trip)
+
+
+def report(rpc: RpcResult, verify: float, aead: float, size: int) -> str:
+    k = PARAMS.k
+    rows = [
+        (f"FIND_NODE answered ({k} of {TABLE_SIZE} certs)", rpc.rate),
+        ("Ed25519 verify (crypto.verify)", verify),
+        (f"  = FIND_NODE answers a client can check ({k} each)", verify / k),
+        (f"AEAD frame seal+open ({size:,} B)", aead),
+    ]
+    lines = [
+        f"anonmail bench rpc: {rpc.transport}, {rpc.clients} client(s), {rpc.seconds:g} s, "
+        "server and clients in one process",
+        "",
+        f"{'':52} {'per second':>12} {'x RPC':>8}",
+    ]
+    lines += [f"{name:52} {rate:>12,.0f} {rate / max(rpc.rate, 1e-9):>8.2f}" for name, rate in rows]
+    lines.append(f"{'mean RPC latency':52} {rpc.mean_latency * 1000:>9.2f} ms")
+    return "\n".join(lines)
+
+
+def _cmd_rpc(args: argparse.Namespace) -> int:
+    if not args.seconds > 0:
+        raise UserError("--seconds must be positive")
+    if not 1 <= args.clients <= 1000:
+        raise UserError("--clients must be between 1 and 1000")
+    measure = RPC_TRANSPORTS[args.transport]
+    rpc = trio.run(measure, args.seconds, args.clients)
+    crypto_seconds = min(max(args.seconds / 5, 0.3), 2.0)
+    size = frame_size()
+    print(report(rpc, verify_rate(crypto_seconds), aead_rate(crypto_seconds, size), size))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `anonmail bench` and its subcommands to the command line."""
+    bench = subparsers.add_parser("bench", help="measure this machine's throughput")
+    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    rpc = sub.add_parser("rpc", help="requests/second over loopback, beside the crypto bound")
+    rpc.add_argument("--seconds", type=float, default=5.0, help="how long to drive (default 5)")
+    rpc.add_argument("--clients", type=int, default=8,
+                     help="concurrent client connections (default 8)")
+    rpc.add_argument("--transport", choices=sorted(RPC_TRANSPORTS), default="tcp",
+                     help="which network to measure over (default tcp)")
+    rpc.set_defaults(func=_cmd_rpc)
