@@ -1,0 +1,280 @@
+"""A DHT node: answers PING / FIND_NODE, keeps its routing table, runs lookups and maintenance.
+
+Request handling (`answer`, `observe`) is synchronous and pure given `now`; `handle` is its
+`Handler` wrapper. Lookups, bootstrap and maintenance are trio code that talks only to the
+`Network` interface (DESIGN.md §1), so the same node runs over TCP and over `net.sim`.
+
+Invariants:
+* a contact enters the routing table only as a verified NodeCert (S/Kademlia §4.1) of a server
+  we heard from directly: a node that answered our request, or a requester whose cert lists the
+  address we observed it at. Nodes merely named in a FIND_NODE reply are lookup candidates only,
+  so a liar cannot fill our table with nodes it made up (Kademlia §2.2 updates a bucket on
+  messages *received from* a node);
+* every cert in a NODES reply is verified before use; a reply with an invalid cert, more certs
+  than asked for, or of the wrong type is a fault of the replier (RemoteProtocolError
+  semantics): the whole reply is discarded, the replier leaves our table and its fault is
+  counted. Nothing a peer sends can crash the node;
+* timeouts are liveness failures (`params.failure_limit` in a row drop a contact, Kademlia
+  §4.1); typed error replies are neither faults nor liveness failures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from anonmail import crypto
+from anonmail.certs import CertCache, Endpoint, NodeCert
+from anonmail.clock import Clock
+from anonmail.dht.lookup import DisjointLookup, LookupResult, drive
+from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
+from anonmail.dht.routing import AddResult, Contact, ContactCache, RoutingTable
+from anonmail.errors import LocalError, Refused, RemoteProtocolError, TransportError
+from anonmail.ids import ID_BYTES
+from anonmail.net.base import Network, Peer
+from anonmail.params import NetworkParams
+from anonmail.rng import Rng
+
+
+@dataclass
+class DhtStats:
+    handled: int = 0  # requests answered
+    requests: int = 0  # FIND_NODE requests sent
+    timeouts: int = 0
+    refused: int = 0
+    faults: int = 0  # hostile or broken replies and requests
+    lookups: int = 0
+    fault_by_peer: Counter[bytes] = field(default_factory=Counter)
+
+
+@dataclass
+class _Tally:
+    queried: int = 0
+    failures: int = 0
+    faults: int = 0
+    refused: int = 0
+
+
+class DhtNode:
+    def __init__(self, net: Network, key: crypto.SigningKey, params: NetworkParams, clock: Clock,
+                 rng: Rng, cert_cache: CertCache | ContactCache) -> None:
+        """`cert_cache`: a `ContactCache` (shareable between the nodes of one simulation) or a
+        plain `CertCache` to build a private one on."""
+        self.net = net
+        self.key = key
+        self.params = params
+        self.clock = clock
+        self.rng = rng
+        if isinstance(cert_cache, ContactCache):
+            if cert_cache.params != params:
+                raise LocalError("the contact cache belongs to another network")
+            self.contacts_cache = cert_cache
+        else:
+            self.contacts_cache = ContactCache(params, cert_cache)
+        cert = net.local_cert
+        if cert.public_key != key.public:
+            raise LocalError("the network's certificate is not this node's key")
+        self.node_id = cert.node_id
+        self.table = RoutingTable(self.node_id, params, clock.now())
+        self.stats = DhtStats()
+
+    @property
+    def cert(self) -> NodeCert:
+        return self.net.local_cert
+
+    # -- serving (sans-I/O) --------------------------------------------------------------------
+
+    async def handle(self, peer: Peer, msg: Any) -> Any:
+        """The `Handler` for DHT requests."""
+        return self.answer(peer, msg, self.clock.now())
+
+    def answer(self, peer: Peer, msg: Any, now: float) -> Any:
+        self.observe(peer, now)
+        self.stats.handled += 1
+        if isinstance(msg, FindNode):
+            # Never name the requester to itself: it knows where it is.
+            near = self.table.closest(msg.target, msg.count, exclude=(peer.node_id,))
+            return Nodes(tuple(c.cert for c in near))
+        if isinstance(msg, Ping):
+            return Pong()
+        raise RemoteProtocolError(f"not a DHT request: {type(msg).__name__}")
+
+    def observe(self, peer: Peer, now: float | None = None) -> AddResult:
+        """A request came from `peer`: add it if it is a server reachable where we saw it.
+
+        The address check stops a node from planting a cert whose endpoints point elsewhere
+        (another host, or a victim to flood) by merely sending us requests."""
+        now = self.clock.now() if now is None else now
+        if not peer.cert.is_server:
+            return AddResult.REFUSED
+        if peer.address is not None and all(ep.host != peer.address
+                                            for ep in peer.cert.endpoints):
+            return AddResult.REFUSED
+        try:
+            contact = self.contacts_cache.contact(peer.cert, now)
+        except RemoteProtocolError:
+            self._fault(peer.node_id)
+            raise
+        return self.table.add(contact, now)
+
+    # -- contacts ------------------------------------------------------------------------------
+
+    def add_contacts(self, certs: Iterable[NodeCert]) -> int:
+        """Restore saved contacts (each verified); returns how many entered the table."""
+        now = self.clock.now()
+        added = 0
+        for cert in certs:
+            try:
+                contact = self.contacts_cache.contact(cert, now)
+            except RemoteProtocolError:
+                continue  # expired or damaged: a saved file is not a peer to blame
+            if self.table.add(contact, now) is AddResult.ADDED:
+                added += 1
+        return added
+
+    def contacts(self) -> list[NodeCert]:
+        return self.table.contacts()
+
+    def _fault(self, node_id: bytes) -> None:
+        self.stats.faults += 1
+        self.stats.fault_by_peer[node_id] += 1
+        self.table.remove(node_id)
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    async def lookup(self, key: bytes, k: int | None = None, *,
+                     paths: int | None = None) -> LookupResult:
+        """The `k` live nodes closest to `key` (module docstring of `dht.lookup`)."""
+        if len(key) != ID_BYTES:
+            raise LocalError("lookup keys are 32 bytes")
+        k = self.params.k if k is None else k
+        d = self.params.disjoint_paths if paths is None else paths
+        now = self.clock.now()
+        self.table.touch(key, now)
+        self.stats.lookups += 1
+        own: Contact | None = None
+        if self.cert.is_server:
+            try:
+                own = self.contacts_cache.contact(self.cert, now)
+            except RemoteProtocolError:
+                own = None  # our cert lapsed: others will not accept us as a contact either
+        state = DisjointLookup(key, k, d, self.params.alpha, self.table.closest(key, k), own,
+                               self.node_id)
+        tally = _Tally()
+
+        async def query(c: Contact, count: int) -> Sequence[Contact] | None:
+            return await self._find_node(c, key, count, tally)
+
+        await drive(state, query)
+        return LookupResult(key, tuple(c.cert for c in state.result()), state.hops,
+                            tally.queried, tally.failures, tally.faults, tally.refused, d)
+
+    async def _find_node(self, c: Contact, key: bytes, count: int,
+                         tally: _Tally) -> Sequence[Contact] | None:
+        tally.queried += 1
+        self.stats.requests += 1
+        try:
+            reply = await self.net.request(c.cert, FindNode(key, count),
+                                           timeout=self.params.rpc_timeout)
+            now = self.clock.now()
+            learned = self._check_nodes(reply, count, now)
+        except TransportError:
+            tally.failures += 1
+            self.stats.timeouts += 1
+            self.table.record_failure(c.node_id)
+            return None
+        except Refused:
+            tally.refused += 1
+            self.stats.refused += 1
+            return None
+        except RemoteProtocolError:
+            tally.faults += 1
+            self._fault(c.node_id)
+            return None
+        self.table.add(c, now)  # it answered: alive, and reachable at its cert
+        return learned
+
+    def _check_nodes(self, reply: Any, count: int, now: float) -> list[Contact]:
+        if not isinstance(reply, Nodes):
+            raise RemoteProtocolError(f"FIND_NODE answered with {type(reply).__name__}")
+        if len(reply.certs) > count:
+            raise RemoteProtocolError(f"{len(reply.certs)} certs for a request of {count}")
+        verify = self.contacts_cache.contact
+        contacts = [verify(cert, now) for cert in reply.certs]  # raises on any invalid cert
+        # Clients are useless as contacts but not hostile; duplicates the lookup ignores.
+        return [c for c in contacts if c.cert.endpoints]
+
+    async def ping(self, cert: NodeCert) -> bool:
+        """Is `cert`'s node alive? Updates liveness like any request."""
+        try:
+            contact = self.contacts_cache.contact(cert, self.clock.now())
+            reply = await self.net.request(cert, Ping(), timeout=self.params.rpc_timeout)
+        except TransportError:
+            self.stats.timeouts += 1
+            self.table.record_failure(cert.node_id)
+            return False
+        except Refused:
+            return False
+        except RemoteProtocolError:
+            self._fault(cert.node_id)
+            return False
+        if not isinstance(reply, Pong):
+            self._fault(cert.node_id)
+            return False
+        self.table.add(contact, self.clock.now())
+        return True
+
+    # -- joining and maintenance (Kademlia §2.3) -----------------------------------------------
+
+    async def bootstrap(self, endpoints: Iterable[Endpoint], *, paths: int | None = None) -> int:
+        """Join through known endpoints; returns the routing table size afterwards.
+
+        Kademlia §2.3: insert the introducer, look up our own id (which also makes our
+        neighbours learn about us), then refresh every bucket farther than our closest
+        neighbour. `paths` overrides d for these lookups."""
+        now = self.clock.now()
+        for ep in endpoints:
+            try:
+                cert = await self.net.introduce(ep, timeout=self.params.rpc_timeout)
+                contact = self.contacts_cache.contact(cert, now)
+            except TransportError:
+                continue
+            except RemoteProtocolError:
+                self.stats.faults += 1
+                continue
+            self.table.add(contact, now)
+        if not len(self.table):
+            return 0
+        await self.lookup(self.node_id, paths=paths)
+        await self.refresh(below=self.table.deepest(), paths=paths)
+        return len(self.table)
+
+    async def refresh(self, *, below: int | None = None, stale_after: float | None = None,
+                      paths: int | None = None) -> int:
+        """Look up a random id in buckets: those with index < `below`, or else those not
+        looked into for `stale_after` seconds. Returns how many lookups were made."""
+        if below is not None:
+            due = list(range(below))
+        else:
+            interval = self.params.refresh_interval if stale_after is None else stale_after
+            due = self.table.stale_buckets(self.clock.now(), interval)
+        for i in due:
+            await self.lookup(self.table.random_id_in_bucket(i, self.rng.bytes(ID_BYTES)),
+                              paths=paths)
+        return len(due)
+
+    async def maintain(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                       ) -> None:
+        """Refresh buckets not looked into for `params.refresh_interval` (Kademlia §2.3), for
+        ever. Liveness needs no separate probing: every request's outcome is counted."""
+        interval = float(self.params.refresh_interval)
+        task_status.started()
+        while True:
+            await self.refresh(stale_after=interval)
+            due = self.table.next_refresh(interval)
+            now = self.clock.now()
+            await trio.sleep(interval if due is None else max(1.0, due - now))

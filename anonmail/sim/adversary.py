@@ -1,0 +1,52 @@
+"""Adversaries for simulations: alternative handlers, never monkey-patches (DESIGN.md §1, §9).
+
+`Collusion` is the lookup adversary of S/Kademlia (Baumgart & Mies 2007, §5): a fraction of the
+nodes are hostile and collude. A hostile node behaves in every way but one: asked FIND_NODE, it
+names only colluding nodes, the ones closest to the target, trying to pull the lookup into a
+region it controls. Its lies are well-formed (real, validly signed certs of real colluders,
+no more than asked for), so signature checks alone do not catch them; disjoint paths do.
+Hostile nodes sit at random places in the id space, as the static puzzle forces (§4.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from anonmail.dht.messages import FindNode, Nodes
+from anonmail.net.base import Handler, Peer
+from anonmail.sim.scenario import IdIndex, Scenario, SimNode
+
+
+class Collusion:
+    """A set of colluding hostile nodes installed on a scenario's world."""
+
+    def __init__(self, scenario: Scenario, members: Iterable[SimNode]) -> None:
+        self.scenario = scenario
+        self.members = list(members)
+        self.ids = frozenset(node.node_id for node in self.members)
+        self.index = IdIndex(node.contact for node in self.members)
+
+    def reply(self, target: bytes, count: int) -> Nodes:
+        """The lie: the `count` colluders closest to `target`."""
+        return Nodes(tuple(c.cert for c in self.index.closest(target, count)))
+
+    def handler(self, honest: Handler) -> Handler:
+        async def hostile(peer: Peer, msg: Any) -> Any:
+            if isinstance(msg, FindNode):
+                return self.reply(msg.target, msg.count)
+            return await honest(peer, msg)
+
+        return hostile
+
+    def install(self) -> Collusion:
+        for node in self.members:
+            self.scenario.world.set_handler(node.node_id, self.handler(node.dht.handle))
+        return self
+
+    def uninstall(self) -> None:
+        for node in self.members:
+            self.scenario.world.set_handler(node.node_id, node.dht.handle)
+
+    def honest(self) -> list[SimNode]:
+        return [node for node in self.scenario.nodes if node.node_id not in self.ids]
