@@ -8,7 +8,7 @@ its own trio run under a MockClock; it holds no trio objects) and shared by the 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import trio
@@ -22,8 +22,8 @@ JOINED_NODES = 1000
 K = 20
 
 
-def _run(async_fn: object, *args: object) -> object:
-    return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))  # type: ignore[arg-type]
+def _run(async_fn: Callable[[], Awaitable[None]]) -> None:
+    trio.run(async_fn, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +49,10 @@ def _histogram(title: str, hops: Counter[int]) -> None:
 
 
 async def _exact_rate(sc: Scenario, lookups: int, seed: int, title: str) -> float:
-    rng = SeededRng(seed)
-    live = sc.live()
-    exact = 0
-    hops: Counter[int] = Counter()
     with trio.fail_after(30 * 86400):
-        for _ in range(lookups):
-            node = sc.random_node(rng, live)
-            key = sc.random_key(rng)
-            result = await node.dht.lookup(key, K)
-            truth = tuple(c.node_id for c in sc.oracle(key, K))
-            exact += result.node_ids == truth
-            hops[result.hops] += 1
-    rate = exact / lookups
+        runs = await sc.run_lookups(lookups, SeededRng(seed), k=K)
+    rate = sum(run.exact for run in runs) / lookups
+    hops = Counter(run.result.hops for run in runs)
     _histogram(f"{title}: exact {100 * rate:.1f}% of {lookups} lookups (d=8, k={K})", hops)
     return rate
 

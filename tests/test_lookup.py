@@ -193,6 +193,15 @@ async def test_find_node_handler_and_observe(autojump_clock: trio.testing.MockCl
     assert a.node_id in b.dht.table  # b heard from a server at its advertised address
 
 
+async def test_unknown_requests_are_refused_not_fatal(
+        autojump_clock: trio.testing.MockClock) -> None:
+    sc = await _scenario(10)
+    a, b = sc.nodes[0], sc.nodes[1]
+    with pytest.raises(RemoteProtocolError):
+        b.dht.answer(Peer(a.cert, a.net.address), object(), b.dht.clock.now())
+    assert isinstance(await a.net.request(b.cert, Ping()), Pong)  # still serving
+
+
 async def test_observe_refuses_clients_and_wrong_addresses(
         autojump_clock: trio.testing.MockClock) -> None:
     sc = await _scenario(20)

@@ -118,18 +118,16 @@ async def run_hardened(scenario: Scenario, config: ExperimentConfig,
 async def run_plain(scenario: Scenario, config: ExperimentConfig,
                     progress: Callable[[Cell], None] | None = None) -> list[Cell]:
     """Exact-match rate and hops against the oracle, no adversaries."""
-    rng = scenario.rng.fork("plain")
-    pairs = _pairs(scenario, scenario.live(), config.lookups, rng)
     cells = []
     for d in config.paths:
         cell = Cell(0.0, d)
-        for node, key in pairs:
-            result = await node.dht.lookup(key, config.k, paths=d)
-            truth = tuple(c.node_id for c in scenario.oracle(key, config.k))
+        # The same seed for every d: the same (initiator, key) pairs.
+        for run in await scenario.run_lookups(config.lookups, scenario.rng.fork("plain"),
+                                              k=config.k, paths=d):
             cell.lookups += 1
-            cell.exact += result.node_ids == truth
-            cell.hops[result.hops] += 1
-            cell.requests += result.queried
+            cell.exact += run.exact
+            cell.hops[run.result.hops] += 1
+            cell.requests += run.result.queried
         cells.append(cell)
         if progress is not None:
             progress(cell)

@@ -25,6 +25,7 @@ from typing import Literal
 from anonmail import crypto, ids
 from anonmail.certs import CertCache, Endpoint, NodeCert
 from anonmail.clock import TrioClock
+from anonmail.dht.lookup import LookupResult
 from anonmail.dht.node import DhtNode
 from anonmail.dht.routing import AddResult, Contact, ContactCache
 from anonmail.errors import LocalError
@@ -67,6 +68,14 @@ class SimNode:
     @property
     def node_id(self) -> bytes:
         return self.contact.node_id
+
+
+@dataclass(frozen=True, eq=False)
+class LookupRun:
+    node: SimNode
+    key: bytes
+    result: LookupResult
+    exact: bool  # the result is the oracle's k closest live nodes, in order
 
 
 class IdIndex:
@@ -116,6 +125,11 @@ def _random_order(rng: SeededRng, lo: int, hi: int) -> Iterator[int]:
 
 
 class Scenario:
+    """N simulated DHT nodes on one SimWorld, built by `build` (see the module docstring).
+
+    `nodes` in creation order, `by_id` by node id; `world` for faults and adversaries;
+    `contacts` is the ContactCache every node shares (one verification per cert per run)."""
+
     def __init__(self, n: int, *, seed: int = 0, params: NetworkParams | None = None,
                  encode: bool = False, loss: float = 0.0,
                  latency: tuple[float, float] = (0.010, 0.150)) -> None:
@@ -230,6 +244,22 @@ class Scenario:
         if self._live is None:
             self._live = IdIndex(node.contact for node in self.live())
         return self._live.closest(key, n)
+
+    async def run_lookups(self, count: int, rng: SeededRng, *, k: int | None = None,
+                          paths: int | None = None,
+                          among: Sequence[SimNode] | None = None) -> list[LookupRun]:
+        """`count` lookups of random keys from random live nodes (of `among`), one after the
+        other, each judged against the oracle."""
+        k = self.params.k if k is None else k
+        pool = self.live() if among is None else among
+        runs = []
+        for _ in range(count):
+            node = self.random_node(rng, pool)
+            key = self.random_key(rng)
+            result = await node.dht.lookup(key, k, paths=paths)
+            truth = tuple(c.node_id for c in self.oracle(key, k))
+            runs.append(LookupRun(node, key, result, result.node_ids == truth))
+        return runs
 
     def random_key(self, rng: SeededRng) -> bytes:
         return rng.bytes(ids.ID_BYTES)
