@@ -8,6 +8,8 @@ choosing one's own position in the keyspace cost 2^c1 key generations per try.
 
 from __future__ import annotations
 
+import functools
+
 from anonmail import crypto
 from anonmail.rng import Rng
 
@@ -18,7 +20,9 @@ NodeId = bytes
 Key = bytes
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def node_id(public_key: bytes) -> NodeId:
+    # Cached: routing code derives ids from certificates constantly (sorting, lookups).
     return crypto.hash("node", public_key)
 
 

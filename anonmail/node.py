@@ -8,6 +8,7 @@ error is counted, never fatal. Time and randomness are injected.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,14 +25,24 @@ from anonmail.dht.node import DhtNode
 from anonmail.errors import RemoteProtocolError
 from anonmail.fileio import write_private
 from anonmail.net.base import Peer
-from anonmail.net.tcp import TcpNetwork
+from anonmail.net.tcp import TcpLimits, TcpNetwork
 from anonmail.params import NetworkParams
 from anonmail.rng import Rng
 
 log = logging.getLogger("anonmail.node")
 
-SAVE_INTERVAL = 60.0
+SAVE_CHECK_INTERVAL = 1.0  # how often to look for routing-table changes worth saving
 CERT_RENEW_FRACTION = 0.5  # reissue our NodeCert when half its lifetime has passed
+
+
+def limits_for(params: NetworkParams) -> TcpLimits:
+    """Connection limits for a node on this network. A testnet runs many nodes behind one
+    address (127.0.0.1), so the per-source limit there is the total limit; on a real network a
+    single address gets a small share (net/tcp.py)."""
+    if params.allow_private_endpoints:
+        base = TcpLimits()
+        return dataclasses.replace(base, max_connections_per_source=base.max_connections)
+    return TcpLimits()
 
 
 class Node:
@@ -49,10 +60,12 @@ class Node:
         self.bootstrap_endpoints = tuple(bootstrap)
         self.contacts_file = contacts_file
         self.cert_cache = CertCache()
-        self.net = TcpNetwork(key, params, clock, rng, cert_cache=self.cert_cache)
+        self.net = TcpNetwork(key, params, clock, rng, cert_cache=self.cert_cache,
+                              limits=limits_for(params))
         self.dht = DhtNode(self.net, key, params, clock, rng, self.cert_cache)
         self.endpoint: Endpoint | None = None
         self.restored = 0  # contacts restored from the saved table at start
+        self._saved = b""
 
     @property
     def node_id(self) -> bytes:
@@ -103,17 +116,21 @@ class Node:
 
     async def _housekeeping(self) -> None:
         while True:
-            await trio.sleep(SAVE_INTERVAL)
+            await trio.sleep(SAVE_CHECK_INTERVAL)
             self.save_contacts()
             cert = self.net.local_cert
             if self.clock.now() > cert.issued + (cert.expires - cert.issued) * CERT_RENEW_FRACTION:
                 self._issue_cert()
 
     def save_contacts(self) -> None:
+        """Write the routing table if it changed since the last save (so a SIGKILL loses at
+        most SAVE_CHECK_INTERVAL seconds of contacts)."""
         if self.contacts_file is None:
             return
         data = wire.encode(ContactList(tuple(self.dht.contacts())))
-        write_private(self.contacts_file, data)
+        if data != self._saved:
+            write_private(self.contacts_file, data)
+            self._saved = data
 
     def restore_contacts(self) -> int:
         if self.contacts_file is None or not self.contacts_file.exists():

@@ -65,7 +65,8 @@ def _home(args: argparse.Namespace) -> Home:
 def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
     if args.passphrase_file:
         try:
-            return args.passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
+            text: str = args.passphrase_file.read_text(encoding="utf-8")
+            return text.rstrip("\r\n")
         except OSError as e:
             raise UserError(f"cannot read passphrase file {args.passphrase_file}: "
                             f"{e.strerror}") from None

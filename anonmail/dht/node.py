@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from anonmail import crypto
+from anonmail import crypto, ids
 from anonmail.certs import CertCache, Endpoint, NodeCert
 from anonmail.clock import Clock
 from anonmail.dht.lookup import DisjointLookup, LookupResult, drive
@@ -75,10 +75,9 @@ class DhtNode:
             self.contacts_cache = cert_cache
         else:
             self.contacts_cache = ContactCache(params, cert_cache)
-        cert = net.local_cert
-        if cert.public_key != key.public:
-            raise LocalError("the network's certificate is not this node's key")
-        self.node_id = cert.node_id
+        # The id comes from the key, not from net.local_cert: a TCP node binds (and so learns
+        # the port its certificate will name) only after it is constructed.
+        self.node_id = ids.node_id(key.public)
         self.table = RoutingTable(self.node_id, params, clock.now())
         self.stats = DhtStats()
 
