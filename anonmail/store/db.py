@@ -1,0 +1,439 @@
+"""SQLite persistence of one node's stored objects, inbox entries and seen owner-proof nonces.
+
+One `StoreDb` owns one connection (stdlib `sqlite3`); the StoreService is its only user. Every
+change happens inside `transaction()`, which runs `BEGIN IMMEDIATE` ... `COMMIT`; a handler signs
+its receipt only after `transaction()` has returned, i.e. after COMMIT returned, and with
+`journal_mode=WAL` + `synchronous=FULL` a returned COMMIT is on disk (the WAL is fsynced at every
+commit). So a node never signs for data a crash can take back (DESIGN.md §4: a receipt is
+evidence). A failing commit rolls back and raises `StorageFailure`: no receipt.
+
+Invariants:
+* schema versioned: `meta.schema_version` is `SCHEMA_VERSION`; an unknown version is refused
+  rather than guessed at;
+* `meta.used_bytes` equals the sum of the `size` columns of objects and entries plus the fixed
+  overheads of ACK tombstones and nonces; it is updated in the same transaction as the rows, so
+  it is right after any crash (`recount()` recomputes it, for tests);
+* the schema holds only what nodes see on the wire: keys (hashes), ciphertext blobs, entry
+  bytes, digests, delete hashes (never the secrets), times. No address, name or plaintext field
+  exists (threat T-STORE-READ);
+* an object row with `blob IS NULL` is a tombstone: the object was deleted and its key stays
+  refused until `expires`, so a stale replica cannot bring it back (store/handlers.py);
+* the database file is created 0600 (SQLite gives its -wal and -shm files the same mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from anonmail.errors import LocalError
+from anonmail.store.errors import StorageFailure
+
+SCHEMA_VERSION = 1
+
+# Accounted bytes beyond the payload: rows, index entries and keys are not free, and without a
+# per-row charge a flood of tiny objects would be unbounded in everything but bytes.
+OBJECT_OVERHEAD = 160
+HASH_OVERHEAD = 48
+ENTRY_OVERHEAD = 128
+ACKED_OVERHEAD = 64
+NONCE_OVERHEAD = 64
+
+_SCHEMA = """
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE objects (
+    key BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    blob BLOB,                    -- NULL: deleted, a tombstone until `expires`
+    digest BLOB NOT NULL,         -- messages.blob_digest(blob)
+    expires INTEGER NOT NULL,
+    cert_issued INTEGER,          -- CERT: the held certificate's `issued`
+    deletable INTEGER NOT NULL,   -- 0: stored without delete hashes, only its TTL removes it
+    touched REAL NOT NULL,        -- last STORE of it (republish skips recently pushed keys)
+    size INTEGER NOT NULL         -- accounted bytes (payload + overheads)
+) WITHOUT ROWID;
+CREATE INDEX objects_expires ON objects (expires);
+CREATE TABLE delete_hashes (
+    key BLOB NOT NULL,
+    hash BLOB NOT NULL,           -- H("delete", secret); the secret is never stored
+    removed INTEGER NOT NULL,     -- 1: used by a DELETE; remembered so no merge re-adds it
+    PRIMARY KEY (key, hash)
+) WITHOUT ROWID;
+CREATE TABLE entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: the READ cursor
+    inbox BLOB NOT NULL,
+    entry_id BLOB NOT NULL,       -- messages.entry_id(entry)
+    entry BLOB NOT NULL,          -- sealed header: ciphertext
+    proof BLOB,                   -- the encoded AppendProof, kept for re-checks at replication
+    expires INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    UNIQUE (inbox, entry_id)
+);
+CREATE INDEX entries_expires ON entries (expires);
+CREATE TABLE acked (
+    inbox BLOB NOT NULL,
+    entry_id BLOB NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (inbox, entry_id)
+) WITHOUT ROWID;
+CREATE INDEX acked_expires ON acked (expires);
+CREATE TABLE nonces (
+    scope BLOB PRIMARY KEY,       -- H(inbox, nonce) of an accepted owner proof
+    expires INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX nonces_expires ON nonces (expires);
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """Split a schema script into statements (comments dropped first: they contain ';')."""
+    text = "\n".join(line.split("--")[0] for line in script.splitlines())
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRow:
+    key: bytes
+    kind: int
+    blob: bytes | None  # None: tombstone
+    digest: bytes
+    expires: int
+    cert_issued: int | None
+    deletable: bool
+    touched: float
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    seq: int
+    entry_id: bytes
+    entry: bytes
+    proof: bytes | None
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    objects: int = 0
+    entries: int = 0
+    acked: int = 0
+    nonces: int = 0
+
+
+def object_size(blob: bytes | None, hashes: int) -> int:
+    return OBJECT_OVERHEAD + (0 if blob is None else len(blob)) + HASH_OVERHEAD * hashes
+
+
+def entry_size(entry: bytes, proof: bytes | None) -> int:
+    return ENTRY_OVERHEAD + len(entry) + (0 if proof is None else len(proof))
+
+
+class StoreDb:
+    """The store's SQLite database. `path` ":memory:" gives a private in-memory database
+    (simulations); anything else is a file, created 0600."""
+
+    def __init__(self, path: str | Path, *, threads: bool = False) -> None:
+        """`threads`: allow use from a worker thread (the service serialises all use)."""
+        self.path = str(path)
+        self.threads = threads
+        if self.path != ":memory:":
+            # Born 0600: blobs are ciphertext, but which keys a node holds is nobody's business.
+            try:
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError as e:
+                raise StorageFailure(f"cannot open the store database: {e}") from e
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None,
+                                         check_same_thread=not threads)
+        except sqlite3.Error as e:
+            raise StorageFailure(f"cannot open the store database: {e}") from e
+        self._in_tx = False
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self) -> None:
+        c = self._conn
+        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if self.path != ":memory:" and str(mode).lower() != "wal":
+            raise StorageFailure(f"the store database refused WAL mode ({mode})")
+        # FULL: the WAL is fsynced at every commit, so a returned COMMIT survives power loss.
+        c.execute("PRAGMA synchronous=FULL")
+        c.execute("PRAGMA foreign_keys=OFF")
+        have = c.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if have is None:
+            with self.transaction():
+                for stmt in _statements(_SCHEMA):
+                    c.execute(stmt)
+                c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                c.execute("INSERT INTO meta VALUES ('used_bytes', 0)")
+        version = self._meta("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StorageFailure(f"store database has schema version {version}; this program "
+                                 f"knows version {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> StoreDb:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the block atomically. Exceptions roll back and propagate (sqlite3 errors as
+        `StorageFailure`); the block's changes are durable once this returns."""
+        if self._in_tx:
+            raise LocalError("store transactions do not nest")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StorageFailure(f"store database: {e}") from e
+        self._in_tx = True
+        try:
+            yield
+            self._commit()
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise StorageFailure(f"store database: {e}") from e
+            raise
+        finally:
+            self._in_tx = False
+
+    def _commit(self) -> None:
+        """COMMIT (a separate method so tests can make it fail)."""
+        self._conn.execute("COMMIT")
+
+    def _need_tx(self) -> None:
+        if not self._in_tx:
+            raise LocalError("store writes happen inside transaction()")
+
+    def _meta(self, name: str) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise StorageFailure(f"store database lacks meta.{name}")
+        return int(row[0])
+
+    def _adjust(self, delta: int) -> None:
+        if delta:
+            self._conn.execute("UPDATE meta SET value = value + ? WHERE name='used_bytes'",
+                               (delta,))
+
+    # -- usage -----------------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        return self._meta("used_bytes")
+
+    def recount(self) -> int:
+        """Recompute used bytes from the rows (tests compare it with `used_bytes`)."""
+        c = self._conn
+        objects = c.execute("SELECT COALESCE(SUM(size), 0) FROM objects").fetchone()[0]
+        entries = c.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+        acked = c.execute("SELECT COUNT(*) FROM acked").fetchone()[0]
+        nonces = c.execute("SELECT COUNT(*) FROM nonces").fetchone()[0]
+        return int(objects + entries + ACKED_OVERHEAD * acked + NONCE_OVERHEAD * nonces)
+
+    # -- objects ---------------------------------------------------------------------------------
+
+    def get_object(self, key: bytes) -> ObjectRow | None:
+        row = self._conn.execute(
+            "SELECT key, kind, blob, digest, expires, cert_issued, deletable, touched "
+            "FROM objects WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        return ObjectRow(bytes(row[0]), int(row[1]), None if row[2] is None else bytes(row[2]),
+                         bytes(row[3]), int(row[4]), None if row[5] is None else int(row[5]),
+                         bool(row[6]), float(row[7]))
+
+    def get_hashes(self, key: bytes) -> tuple[set[bytes], set[bytes]]:
+        """(live delete hashes, removed delete hashes) of an object."""
+        live: set[bytes] = set()
+        removed: set[bytes] = set()
+        for h, gone in self._conn.execute(
+                "SELECT hash, removed FROM delete_hashes WHERE key=?", (key,)):
+            (removed if gone else live).add(bytes(h))
+        return live, removed
+
+    def put_object(self, row: ObjectRow, live: Iterable[bytes], removed: Iterable[bytes]) -> None:
+        """Insert or replace an object together with its whole delete-hash state."""
+        self._need_tx()
+        self.drop_object(row.key)
+        live_set, removed_set = set(live), set(removed) - set(live)
+        size = object_size(row.blob, len(live_set) + len(removed_set))
+        c = self._conn
+        c.execute("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (row.key, row.kind, row.blob, row.digest, row.expires, row.cert_issued,
+                   int(row.deletable), row.touched, size))
+        c.executemany("INSERT INTO delete_hashes VALUES (?, ?, ?)",
+                      [(row.key, h, 0) for h in sorted(live_set)]
+                      + [(row.key, h, 1) for h in sorted(removed_set)])
+        self._adjust(size)
+
+    def drop_object(self, key: bytes) -> bool:
+        """Forget an object entirely (no tombstone). True if there was one."""
+        self._need_tx()
+        c = self._conn
+        row = c.execute("SELECT size FROM objects WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return False
+        c.execute("DELETE FROM objects WHERE key=?", (key,))
+        c.execute("DELETE FROM delete_hashes WHERE key=?", (key,))
+        self._adjust(-int(row[0]))
+        return True
+
+    def stored_size(self, key: bytes) -> int:
+        """Accounted bytes of an object row (0 if none)."""
+        row = self._conn.execute("SELECT size FROM objects WHERE key=?", (key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def object_keys(self, now: float) -> list[tuple[bytes, int, float]]:
+        """(key, kind, touched) of every live (not deleted, not expired) object, by key."""
+        return [(bytes(k), int(kind), float(t)) for k, kind, t in self._conn.execute(
+            "SELECT key, kind, touched FROM objects WHERE blob IS NOT NULL AND expires > ? "
+            "ORDER BY key", (now,))]
+
+    def count_objects(self) -> int:
+        return int(self._conn.execute(
+            "SELECT COUNT(*) FROM objects WHERE blob IS NOT NULL").fetchone()[0])
+
+    # -- inbox entries ---------------------------------------------------------------------------
+
+    def inbox_usage(self, inbox: bytes, now: float) -> tuple[int, int]:
+        """(entries, accounted bytes) of an inbox's unexpired entries."""
+        row = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries WHERE inbox=? AND expires > ?",
+            (inbox, now)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def has_entry(self, inbox: bytes, eid: bytes) -> int | None:
+        """The expiry of an entry this inbox holds, or None."""
+        row = self._conn.execute("SELECT expires FROM entries WHERE inbox=? AND entry_id=?",
+                                 (inbox, eid)).fetchone()
+        return None if row is None else int(row[0])
+
+    def is_acked(self, inbox: bytes, eid: bytes) -> bool:
+        return self._conn.execute("SELECT 1 FROM acked WHERE inbox=? AND entry_id=?",
+                                  (inbox, eid)).fetchone() is not None
+
+    def add_entry(self, inbox: bytes, eid: bytes, entry: bytes, proof: bytes | None,
+                  expires: int) -> None:
+        self._need_tx()
+        size = entry_size(entry, proof)
+        self._conn.execute(
+            "INSERT INTO entries (inbox, entry_id, entry, proof, expires, size) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (inbox, eid, entry, proof, expires, size))
+        self._adjust(size)
+
+    def extend_entry(self, inbox: bytes, eid: bytes, expires: int) -> None:
+        self._need_tx()
+        self._conn.execute(
+            "UPDATE entries SET expires = MAX(expires, ?) WHERE inbox=? AND entry_id=?",
+            (expires, inbox, eid))
+
+    def read_entries(self, inbox: bytes, after: int, now: float, max_bytes: int,
+                     max_count: int) -> tuple[list[EntryRow], bool]:
+        """Unexpired entries with seq > `after`, oldest first, at most `max_count` and (beyond
+        the first) `max_bytes` of entry bytes; and whether more remain."""
+        out: list[EntryRow] = []
+        total = 0
+        cur = self._conn.execute(
+            "SELECT seq, entry_id, entry, proof, expires FROM entries "
+            "WHERE inbox=? AND seq > ? AND expires > ? ORDER BY seq", (inbox, after, now))
+        for seq, eid, entry, proof, expires in cur:
+            if len(out) >= max_count or (out and total + len(entry) > max_bytes):
+                cur.close()
+                return out, True
+            total += len(entry)
+            out.append(EntryRow(int(seq), bytes(eid), bytes(entry),
+                                None if proof is None else bytes(proof), int(expires)))
+        return out, False
+
+    def inbox_entries(self, inbox: bytes, now: float) -> list[EntryRow]:
+        rows, _ = self.read_entries(inbox, 0, now, 1 << 62, 1 << 62)
+        return rows
+
+    def ack(self, inbox: bytes, eids: Iterable[bytes], default_expires: int) -> int:
+        """Delete these entries and remember them as ACKed until their expiry (unknown ids until
+        `default_expires`), so no replica can hand them back. Returns how many were held."""
+        self._need_tx()
+        c = self._conn
+        held = 0
+        for eid in eids:
+            row = c.execute("SELECT expires, size FROM entries WHERE inbox=? AND entry_id=?",
+                            (inbox, eid)).fetchone()
+            expires = default_expires
+            if row is not None:
+                held += 1
+                expires = int(row[0])
+                c.execute("DELETE FROM entries WHERE inbox=? AND entry_id=?", (inbox, eid))
+                self._adjust(-int(row[1]))
+            old = c.execute("SELECT 1 FROM acked WHERE inbox=? AND entry_id=?",
+                            (inbox, eid)).fetchone()
+            if old is None:
+                c.execute("INSERT INTO acked VALUES (?, ?, ?)", (inbox, eid, expires))
+                self._adjust(ACKED_OVERHEAD)
+        return held
+
+    def inbox_keys(self, now: float) -> list[bytes]:
+        return [bytes(k) for (k,) in self._conn.execute(
+            "SELECT DISTINCT inbox FROM entries WHERE expires > ? ORDER BY inbox", (now,))]
+
+    def drop_entries(self, inbox: bytes, eids: Iterable[bytes]) -> int:
+        """Forget these entries (handover; no ACK tombstone)."""
+        self._need_tx()
+        c = self._conn
+        dropped = 0
+        for eid in eids:
+            row = c.execute("SELECT size FROM entries WHERE inbox=? AND entry_id=?",
+                            (inbox, eid)).fetchone()
+            if row is not None:
+                c.execute("DELETE FROM entries WHERE inbox=? AND entry_id=?", (inbox, eid))
+                self._adjust(-int(row[0]))
+                dropped += 1
+        return dropped
+
+    # -- owner-proof nonces ----------------------------------------------------------------------
+
+    def nonce_seen(self, scope: bytes) -> bool:
+        return self._conn.execute("SELECT 1 FROM nonces WHERE scope=?",
+                                  (scope,)).fetchone() is not None
+
+    def add_nonce(self, scope: bytes, expires: int) -> None:
+        self._need_tx()
+        self._conn.execute("INSERT INTO nonces VALUES (?, ?)", (scope, expires))
+        self._adjust(NONCE_OVERHEAD)
+
+    # -- expiry ----------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> Expired:
+        """Drop everything whose time has come (objects and tombstones, entries, ACK
+        tombstones, nonces). Runs its own transaction."""
+        c = self._conn
+        with self.transaction():
+            keys = [bytes(k) for (k,) in c.execute(
+                "SELECT key FROM objects WHERE expires <= ?", (now,))]
+            for key in keys:
+                self.drop_object(key)
+            freed = c.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries "
+                              "WHERE expires <= ?", (now,)).fetchone()
+            c.execute("DELETE FROM entries WHERE expires <= ?", (now,))
+            acked = c.execute("DELETE FROM acked WHERE expires <= ?", (now,)).rowcount
+            nonces = c.execute("DELETE FROM nonces WHERE expires <= ?", (now,)).rowcount
+            self._adjust(-int(freed[1]) - ACKED_OVERHEAD * acked - NONCE_OVERHEAD * nonces)
+        return Expired(len(keys), int(freed[0]), acked, nonces)

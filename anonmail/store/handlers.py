@@ -1,0 +1,393 @@
+"""The storage primitives as synchronous handlers: (context, request, now) -> response.
+
+`StoreContext` bundles what a handler needs: the database, the node key (to sign receipts), the
+network parameters, the trusted CA keys, the limits and the append policy. Handlers do no I/O
+but SQLite and no waiting; they are the whole semantics of the store (DESIGN.md §4, seed 002
+§2.2), testable with a fixed `now`. `dispatch` routes a request to its handler.
+
+Semantics and invariants:
+* a receipt is signed only after the transaction that made the data durable has committed
+  (`StoreDb.transaction`); a failed commit raises and signs nothing;
+* delete rights are hash preimages (DESIGN.md §4, a deliberate deviation from seed 002's
+  certificate sets, which would tell storage nodes who the recipients are): an object keeps the
+  set of H("delete", secret) it was stored with; DELETE with a secret removes its hash; the
+  object goes when the set is empty. One body serves all recipients;
+* STORE of an existing key with the same blob digest merges: delete hashes are added, the expiry
+  becomes the later of the two. Merging can only ever add hashes, never remove one, so an
+  attacker who adds its own hash can at worst keep the object alive until its TTL, which anyone
+  holding the blob could do anyway by storing it again; it cannot delete someone else's object.
+  An object stored without delete hashes is undeletable (lives to its TTL) and merges add no
+  hashes to it (else an attacker could add one and then delete the object);
+* deletion is sticky: a used hash is remembered as removed (merges never re-add it), and a
+  deleted object leaves a tombstone until its expiry, so a stale replica's republish cannot
+  resurrect it; a DELETE repeated with a used secret answers Deleted again (idempotent);
+* a different blob under an existing key is refused, except CERT, where a certificate with a
+  later `issued` replaces the held one (seed 002 §2.4: certificates are long-lived and renewed);
+* FRAGMENT keys must equal `ids.fragment_key(blob)` and CERT blobs must be a valid AddressCert
+  stored under `ids.cert_key(address)`: the node checks both, so it never serves a fragment or
+  certificate that fails the reader's own check;
+* inbox entries are named by `entry_id(entry)`: duplicate APPENDs and replicas collapse. READ
+  and ACK need an owner proof (store/proofs.py). ACK deletes and remembers the ids until the
+  entries' expiry, so replication cannot hand them back;
+* every TTL is clamped to `limits.max_ttl`; sizes, per-inbox counts and bytes and the node's
+  total bytes are bounded; exceeding a bound is `QuotaExceeded` (not a fault: store/errors.py).
+
+APPEND authorisation is pluggable: `AppendPolicy(inbox, entry, proof, peer_node_id, now)`
+raises a StoreRefusal to refuse. The default, `accept_within_quotas`, accepts anything the
+quotas admit. The RTS/CTS permit check of DESIGN.md §6 plugs in here (the permit layer sits
+above the store and hands its policy to the StoreService). A policy must judge the proof alone,
+not the peer: entries arrive through relays (DESIGN.md §7) and by replication (`Replicate`,
+which re-runs the policy on the entry's original proof).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from anonmail import crypto, ids, wire
+from anonmail.certs import AddressCert
+from anonmail.errors import RemoteProtocolError
+from anonmail.params import NetworkParams
+from anonmail.receipts import Receipt, StoreOp
+from anonmail.store import proofs
+from anonmail.store.db import ObjectRow, StoreDb, entry_size, object_size
+from anonmail.store.errors import Denied, Invalid, QuotaExceeded, StoreRefusal
+from anonmail.store.messages import (
+    MAX_BLOB,
+    MAX_ENTRY,
+    MAX_PAGE,
+    Ack,
+    Acked,
+    Append,
+    Appended,
+    AppendProof,
+    Delete,
+    Deleted,
+    Entries,
+    Fetch,
+    Fetched,
+    InboxEntry,
+    ItemKind,
+    Needs,
+    NotFound,
+    ObjectKind,
+    OwnerOp,
+    Probe,
+    Read,
+    Replicate,
+    Replicated,
+    Store,
+    Stored,
+    Wanted,
+    args_digest_ack,
+    args_digest_read,
+    blob_digest,
+    delete_hash,
+    entry_id,
+)
+
+DAY = 86400
+MAX_PROBE_TOTAL = 4096  # entry ids across one Probe's items (bounds the handler's work)
+
+AppendPolicy = Callable[[bytes, bytes, AppendProof | None, bytes, float], None]
+
+
+def accept_within_quotas(inbox: bytes, entry: bytes, proof: AppendProof | None,
+                         peer_node_id: bytes, now: float) -> None:
+    """The default append policy: anything the quotas admit (until permits, DESIGN.md §6)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """A node's storage limits. Proposed as NetworkParams fields where the whole network must
+    agree (max_ttl, max_blob, max_entry): see docs/storage.md."""
+
+    max_ttl: int = 30 * DAY  # every TTL is clamped to this
+    max_blob: int = MAX_BLOB  # bytes per object (the fragment size of large bodies)
+    max_entry: int = MAX_ENTRY  # bytes per inbox entry
+    node_bytes: int = 1 << 30  # accounted bytes this node stores in total
+    inbox_entries: int = 1000  # unexpired entries per inbox
+    inbox_bytes: int = 8 << 20  # accounted bytes per inbox
+    max_delete_hashes: int = 1024  # live + removed delete hashes per object
+    read_page_bytes: int = 512 << 10  # entry bytes per READ answer (the frame is 1 MiB)
+
+
+@dataclass(slots=True)
+class StoreContext:
+    db: StoreDb
+    key: crypto.SigningKey
+    params: NetworkParams
+    trusted_cas: frozenset[bytes] = frozenset()
+    limits: StoreLimits = field(default_factory=StoreLimits)
+    append_policy: AppendPolicy = accept_within_quotas
+    node_id: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.node_id = ids.node_id(self.key.public)
+
+
+def _check_room(ctx: StoreContext, delta: int) -> None:
+    if delta > 0 and ctx.db.used_bytes() + delta > ctx.limits.node_bytes:
+        raise QuotaExceeded("quota: node storage full")
+
+
+def _expires(ctx: StoreContext, ttl: int, now: float) -> int:
+    return int(now) + min(ttl, ctx.limits.max_ttl)
+
+
+# -- STORE / FETCH / DELETE -----------------------------------------------------------------------
+
+
+def _check_cert(ctx: StoreContext, req: Store, now: float) -> AddressCert:
+    try:
+        cert = wire.decode(req.blob, AddressCert, max_size=MAX_BLOB)
+    except RemoteProtocolError as e:
+        raise Invalid("CERT blob is not an address certificate") from e
+    if cert.key != req.key:
+        raise Invalid("certificate stored under another key than its address's")
+    try:
+        cert.verify(ctx.trusted_cas, now, ctx.params.clock_skew)
+    except RemoteProtocolError as e:
+        raise Invalid(f"certificate refused: {e}") from e
+    return cert
+
+
+def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
+    lim, db = ctx.limits, ctx.db
+    if len(req.blob) > lim.max_blob:
+        raise QuotaExceeded("quota: object too large")
+    hashes = set(req.delete_hashes)
+    if len(hashes) > lim.max_delete_hashes:
+        raise QuotaExceeded("quota: too many delete hashes")
+    expires = _expires(ctx, req.ttl, now)
+    cert_issued: int | None = None
+    if req.kind is ObjectKind.FRAGMENT:
+        if ids.fragment_key(req.blob) != req.key:
+            raise Invalid("fragment does not match its content address")
+    elif req.kind is ObjectKind.CERT:
+        cert = _check_cert(ctx, req, now)
+        cert_issued = cert.issued
+        expires = min(expires, cert.expires)
+        if expires <= now:
+            raise Denied("certificate expires now")
+    digest = blob_digest(req.blob)
+    removed: set[bytes]
+    fresh = ObjectRow(req.key, int(req.kind), req.blob, digest, expires, cert_issued,
+                      bool(hashes), now)
+
+    old = db.get_object(req.key)
+    if old is not None and old.expires <= now:
+        old = None  # expired, not yet collected: as good as absent
+    row, live, removed = fresh, hashes, set()
+    if old is None:
+        pass
+    elif old.kind != req.kind:
+        raise Denied("this key holds another kind of object")
+    elif req.kind is ObjectKind.CERT and (old.cert_issued or 0) < (cert_issued or 0):
+        pass  # a renewed certificate replaces the old one, with the new delete hashes
+    elif old.blob is None:
+        raise Denied("object was deleted")
+    elif old.digest != digest:
+        if req.kind is ObjectKind.CERT:
+            raise Denied("a certificate as new or newer is held")
+        raise Denied("another object is stored under this key")
+    else:
+        live, removed = db.get_hashes(req.key)
+        if old.deletable:
+            live |= hashes - removed
+        if len(live) + len(removed) > lim.max_delete_hashes:
+            raise QuotaExceeded("quota: too many delete hashes")
+        # `touched` stays: only a STORE that placed the object here delays its republish (a
+        # merge refreshing it would let anyone holding the blob suppress repair for ever).
+        row = ObjectRow(old.key, old.kind, old.blob, old.digest, max(old.expires, expires),
+                        old.cert_issued, old.deletable, old.touched)
+    _check_room(ctx, object_size(row.blob, len(live) + len(removed)) - db.stored_size(req.key))
+    with db.transaction():
+        db.put_object(row, live, removed)
+    # Signed only now: the transaction above has committed (durable).
+    receipt = Receipt.issue(ctx.key, StoreOp.STORE, req.key, digest, row.expires, now)
+    return Stored(receipt)
+
+
+def handle_fetch(ctx: StoreContext, req: Fetch, now: float) -> Fetched | NotFound:
+    row = ctx.db.get_object(req.key)
+    if row is None or row.blob is None or row.expires <= now:
+        return NotFound()
+    return Fetched(ObjectKind(row.kind), row.blob, row.expires)
+
+
+def handle_delete(ctx: StoreContext, req: Delete, now: float) -> Deleted | NotFound:
+    db = ctx.db
+    row = db.get_object(req.key)
+    if row is None or row.expires <= now:
+        return NotFound()
+    h = delete_hash(req.secret)
+    live, removed = db.get_hashes(req.key)
+    if h in removed:
+        return Deleted()  # a repeated DELETE (its answer was lost): idempotent
+    if row.blob is None:
+        return NotFound()
+    if h not in live:
+        raise Denied("delete secret does not match")
+    live.discard(h)
+    removed.add(h)
+    with db.transaction():
+        if live:
+            db.put_object(row, live, removed)
+        else:  # the last right is used: drop the blob, keep a tombstone until expiry
+            db.put_object(ObjectRow(row.key, row.kind, None, row.digest, row.expires,
+                                    row.cert_issued, row.deletable, row.touched), (), removed)
+    return Deleted()
+
+
+# -- APPEND / READ / ACK --------------------------------------------------------------------------
+
+
+def _inbox_room(ctx: StoreContext, inbox: bytes, now: float, count: int, size: int) -> None:
+    """Raise QuotaExceeded unless the inbox and the node have room for `count` more entries of
+    `size` accounted bytes in total."""
+    held, used = ctx.db.inbox_usage(inbox, now)
+    if held + count > ctx.limits.inbox_entries:
+        raise QuotaExceeded("quota: inbox full (entries)")
+    if used + size > ctx.limits.inbox_bytes:
+        raise QuotaExceeded("quota: inbox full (bytes)")
+    _check_room(ctx, size)
+
+
+def handle_append(ctx: StoreContext, req: Append, peer_node_id: bytes, now: float) -> Appended:
+    db = ctx.db
+    if len(req.entry) > ctx.limits.max_entry:
+        raise QuotaExceeded("quota: entry too large")
+    eid = entry_id(req.entry)
+    if db.is_acked(req.inbox, eid):
+        raise Denied("entry already acknowledged by the owner")
+    expires = _expires(ctx, req.ttl, now)
+    held = db.has_entry(req.inbox, eid)
+    proof = None if req.proof is None else wire.encode(req.proof)
+    if held is None:
+        _inbox_room(ctx, req.inbox, now, 1, entry_size(req.entry, proof))
+    ctx.append_policy(req.inbox, req.entry, req.proof, peer_node_id, now)
+    with db.transaction():
+        if held is None:
+            db.add_entry(req.inbox, eid, req.entry, proof, expires)
+        else:
+            db.extend_entry(req.inbox, eid, expires)
+    receipt = Receipt.issue(ctx.key, StoreOp.APPEND, req.inbox, eid,
+                            expires if held is None else max(held, expires), now)
+    return Appended(receipt)
+
+
+def handle_read(ctx: StoreContext, req: Read, now: float) -> Entries:
+    db = ctx.db
+    scope = proofs.check_owner_proof(db, req.proof, OwnerOp.READ, req.inbox,
+                                     args_digest_read(req.after), ctx.node_id, ctx.trusted_cas,
+                                     ctx.params, now)
+    rows, more = db.read_entries(req.inbox, req.after, now, ctx.limits.read_page_bytes,
+                                 MAX_PAGE)
+    with db.transaction():
+        proofs.record_nonce(db, scope, req.proof, ctx.params)
+    return Entries(tuple(InboxEntry(r.entry, r.expires) for r in rows),
+                   rows[-1].seq if rows else req.after, more)
+
+
+def handle_ack(ctx: StoreContext, req: Ack, now: float) -> Acked:
+    db = ctx.db
+    scope = proofs.check_owner_proof(db, req.proof, OwnerOp.ACK, req.inbox,
+                                     args_digest_ack(req.entry_ids), ctx.node_id,
+                                     ctx.trusted_cas, ctx.params, now)
+    with db.transaction():
+        proofs.record_nonce(db, scope, req.proof, ctx.params)
+        # An id we do not hold is remembered too (until the longest TTL): its entry may still
+        # reach us by replication from a replica that missed this ACK.
+        db.ack(req.inbox, dict.fromkeys(req.entry_ids), int(now) + ctx.limits.max_ttl)
+    return Acked()
+
+
+# -- node-to-node repair --------------------------------------------------------------------------
+
+
+def handle_probe(ctx: StoreContext, req: Probe, now: float) -> Needs:
+    """Which of the offered objects and entries does this node lack and would take?"""
+    db = ctx.db
+    if sum(len(item.ids) for item in req.items) > MAX_PROBE_TOTAL:
+        raise Invalid("probe offers too many ids")
+    out: list[Wanted] = []
+    for item in req.items:
+        if item.what is ItemKind.OBJECT:
+            if len(item.ids) != 1:
+                raise Invalid("an object probe offers one digest")
+            row = db.get_object(item.key)
+            if row is None or row.expires <= now:
+                want: tuple[bytes, ...] = item.ids
+            elif row.blob is not None and row.kind == ObjectKind.CERT:
+                # Maybe a newer certificate: STORE decides, by `issued`.
+                want = () if row.digest == item.ids[0] else item.ids
+            else:
+                want = ()  # held, a tombstone, or a conflicting blob: nothing to push
+        else:
+            want = tuple(eid for eid in dict.fromkeys(item.ids)
+                         if db.has_entry(item.key, eid) is None
+                         and not db.is_acked(item.key, eid))
+        out.append(Wanted(want))
+    return Needs(tuple(out))
+
+
+def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
+                     now: float) -> Replicated:
+    """Take entries another replica pushes (republish). Each is judged as an APPEND would be
+    (quota, then the append policy on its original proof); one refused entry does not spoil
+    the batch, a full inbox ends it."""
+    db = ctx.db
+    take: list[tuple[bytes, bytes, bytes | None, int]] = []
+    seen: set[bytes] = set()
+    count = size = 0
+    for item in req.entries:
+        eid = entry_id(item.entry)
+        if (eid in seen or len(item.entry) > ctx.limits.max_entry
+                or db.has_entry(req.inbox, eid) is not None or db.is_acked(req.inbox, eid)):
+            continue
+        proof = None if item.proof is None else wire.encode(item.proof)
+        esize = entry_size(item.entry, proof)
+        try:
+            _inbox_room(ctx, req.inbox, now, count + 1, size + esize)
+        except QuotaExceeded:
+            break
+        try:
+            ctx.append_policy(req.inbox, item.entry, item.proof, peer_node_id, now)
+        except StoreRefusal:
+            continue  # e.g. a permit revoked since: that entry stays out
+        seen.add(eid)
+        count += 1
+        size += esize
+        take.append((eid, item.entry, proof, _expires(ctx, item.ttl, now)))
+    if take:
+        with db.transaction():
+            for eid, entry, proof, expires in take:
+                db.add_entry(req.inbox, eid, entry, proof, expires)
+    return Replicated(len(take))
+
+
+# -- dispatch -------------------------------------------------------------------------------------
+
+
+def dispatch(ctx: StoreContext, peer_node_id: bytes, msg: Any, now: float) -> Any:
+    """Answer one store request. Raises StoreRefusal (see store/errors.py) to refuse."""
+    if isinstance(msg, Store):
+        return handle_store(ctx, msg, now)
+    if isinstance(msg, Fetch):
+        return handle_fetch(ctx, msg, now)
+    if isinstance(msg, Delete):
+        return handle_delete(ctx, msg, now)
+    if isinstance(msg, Append):
+        return handle_append(ctx, msg, peer_node_id, now)
+    if isinstance(msg, Read):
+        return handle_read(ctx, msg, now)
+    if isinstance(msg, Ack):
+        return handle_ack(ctx, msg, now)
+    if isinstance(msg, Probe):
+        return handle_probe(ctx, msg, now)
+    if isinstance(msg, Replicate):
+        return handle_replicate(ctx, msg, peer_node_id, now)
+    raise Invalid(f"not a store request: {type(msg).__name__}")

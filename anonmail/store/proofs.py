@@ -1,0 +1,81 @@
+"""Owner proofs for READ and ACK, with replay protection (DESIGN.md §4; seed 002 §2.2 "the node
+will permit this operation only to user agents that can authenticate themselves as the owner").
+
+An `OwnerProof` is the address key's signature (AddressCert.sign_key, domain "owner-proof") over
+an `OwnerStatement`: (op, inbox key, serving node id, time, nonce, digest of the request's
+arguments). It carries the AddressCert. A node accepts it when, cheapest check first:
+
+1. the proof names this node (a proof made for one replica is useless at another);
+2. |time - now| <= `params.clock_skew`;
+3. the inbox key is `ids.inbox_key(cert.address)` or `ids.requests_key(cert.address)` (the RTS
+   request inbox of DESIGN.md §6 belongs to the same owner);
+4. the nonce was not seen before for this inbox;
+5. the AddressCert verifies (trusted CA, or self-certifying `.anon`; valid now);
+6. the signature verifies.
+
+Replays: an accepted nonce is stored in SQLite, in the same transaction as the operation, until
+time + skew, after which check 2 refuses the proof anyway. So a replay is refused even after a
+restart. The arguments digest stops a relay (the anonymizer Z of DESIGN.md §7, or anyone who
+sees the request) from turning the proof into an ACK of other entries.
+"""
+
+from __future__ import annotations
+
+from anonmail import crypto, ids, wire
+from anonmail.certs import AddressCert
+from anonmail.errors import RemoteProtocolError
+from anonmail.params import NetworkParams
+from anonmail.rng import Rng
+from anonmail.store.db import StoreDb
+from anonmail.store.errors import Denied, Invalid
+from anonmail.store.messages import NONCE_SIZE, OwnerOp, OwnerProof, OwnerStatement
+
+OWNER_PROOF_DOMAIN = "owner-proof"
+
+
+def statement_bytes(op: OwnerOp, inbox: bytes, node_id: bytes, time: int, nonce: bytes,
+                    args: bytes) -> bytes:
+    return wire.encode(OwnerStatement(op, inbox, node_id, time, nonce, args))
+
+
+def make_owner_proof(sign_key: crypto.SigningKey, cert: AddressCert, op: OwnerOp, inbox: bytes,
+                     node_id: bytes, args: bytes, now: float, rng: Rng) -> OwnerProof:
+    """Sign one READ or ACK for one node (the user agent's side)."""
+    nonce = rng.bytes(NONCE_SIZE)
+    t = int(now)
+    sig = sign_key.sign(OWNER_PROOF_DOMAIN, statement_bytes(op, inbox, node_id, t, nonce, args))
+    return OwnerProof(cert, node_id, t, nonce, sig)
+
+
+def nonce_scope(inbox: bytes, nonce: bytes) -> bytes:
+    return crypto.hash("owner-nonce", inbox, nonce)
+
+
+def check_owner_proof(db: StoreDb, proof: OwnerProof, op: OwnerOp, inbox: bytes, args: bytes,
+                      own_node_id: bytes, trusted_cas: frozenset[bytes], params: NetworkParams,
+                      now: float) -> bytes:
+    """Raise a StoreRefusal unless `proof` authorises `op` on `inbox` here and now. Returns the
+    nonce scope, which the caller records with `record_nonce` in the operation's transaction."""
+    if proof.node_id != own_node_id:
+        raise Invalid("owner proof is for another node")
+    if abs(proof.time - now) > params.clock_skew:
+        raise Denied("owner proof time outside the clock skew")  # honest clocks drift
+    address = proof.cert.address
+    if inbox not in (ids.inbox_key(address), ids.requests_key(address)):
+        raise Invalid("owner proof certificate does not own this inbox")
+    scope = nonce_scope(inbox, proof.nonce)
+    if db.nonce_seen(scope):
+        raise Invalid("owner proof replayed")
+    try:
+        proof.cert.verify(trusted_cas, now, params.clock_skew)
+        crypto.verify(proof.cert.sign_key, OWNER_PROOF_DOMAIN,
+                      statement_bytes(op, inbox, own_node_id, proof.time, proof.nonce, args),
+                      proof.signature)
+    except RemoteProtocolError as e:
+        raise Invalid(f"owner proof: {e}") from e
+    return scope
+
+
+def record_nonce(db: StoreDb, scope: bytes, proof: OwnerProof, params: NetworkParams) -> None:
+    """Remember an accepted nonce until its proof is stale anyway (inside a transaction)."""
+    db.add_nonce(scope, proof.time + params.clock_skew + 1)

@@ -1,0 +1,163 @@
+"""SQLite persistence (anonmail/store/db.py): schema versioning, WAL + synchronous=FULL, a 0600
+file, transactions that roll back completely, byte accounting, and crash safety: a process that
+dies without closing the database (after the commit a receipt was signed for) loses nothing."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from anonmail.errors import LocalError
+from anonmail.store.db import (
+    ACKED_OVERHEAD,
+    NONCE_OVERHEAD,
+    SCHEMA_VERSION,
+    ObjectRow,
+    StoreDb,
+    object_size,
+)
+from anonmail.store.errors import StorageFailure
+from anonmail.store.messages import blob_digest
+
+NOW = 1_800_000_000.0
+KEY = b"\x01" * 32
+INBOX = b"\x02" * 32
+
+
+def row(key: bytes = KEY, blob: bytes | None = b"blob", expires: int = int(NOW) + 60) -> ObjectRow:
+    return ObjectRow(key, 1, blob, blob_digest(blob or b""), expires, None, True, NOW)
+
+
+def test_schema_is_versioned_and_unknown_versions_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    StoreDb(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone() == (
+        SCHEMA_VERSION,)
+    conn.execute("UPDATE meta SET value=99 WHERE name='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageFailure, match="schema version 99"):
+        StoreDb(path)
+
+
+def test_wal_full_sync_and_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    old = os.umask(0)
+    try:
+        db = StoreDb(path)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        conn = db._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        with db.transaction():
+            db.put_object(row(), [b"h" * 32], [])
+        wal = path.with_name(path.name + "-wal")
+        assert wal.exists() and stat.S_IMODE(wal.stat().st_mode) == 0o600
+    finally:
+        db.close()
+
+
+def test_transactions_roll_back_whole_and_do_not_nest() -> None:
+    db = StoreDb(":memory:")
+    try:
+        with pytest.raises(ValueError), db.transaction():
+            db.put_object(row(), [b"h" * 32], [])
+            db.add_entry(INBOX, b"e" * 32, b"entry", None, int(NOW) + 60)
+            raise ValueError("refused half way")
+        assert db.get_object(KEY) is None and db.inbox_usage(INBOX, NOW) == (0, 0)
+        assert db.used_bytes() == 0
+        with pytest.raises(LocalError, match="nest"), db.transaction(), db.transaction():
+            pass
+        with pytest.raises(LocalError, match="inside transaction"):
+            db.put_object(row(), [], [])
+    finally:
+        db.close()
+
+
+def test_used_bytes_follow_every_change() -> None:
+    db = StoreDb(":memory:")
+    try:
+        with db.transaction():
+            db.put_object(row(), [b"a" * 32, b"b" * 32], [])
+            db.add_entry(INBOX, b"e" * 32, b"entry", b"proof", int(NOW) + 10)
+            db.add_nonce(b"n" * 32, int(NOW) + 5)
+        assert db.used_bytes() == db.recount()
+        assert db.stored_size(KEY) == object_size(b"blob", 2)
+        with db.transaction():
+            db.put_object(row(blob=None), [], [b"a" * 32, b"b" * 32])  # tombstone
+            db.ack(INBOX, [b"e" * 32, b"f" * 32], int(NOW) + 100)
+        assert db.used_bytes() == db.recount() == (
+            object_size(None, 2) + NONCE_OVERHEAD + 2 * ACKED_OVERHEAD)
+        gone = db.expire(NOW + 60)
+        assert (gone.objects, gone.nonces, gone.acked) == (1, 1, 1)
+        assert db.used_bytes() == db.recount() == ACKED_OVERHEAD
+        db.expire(NOW + 100)
+        assert db.used_bytes() == db.recount() == 0
+    finally:
+        db.close()
+
+
+def test_commit_is_visible_to_another_connection_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    db = StoreDb(path)
+    try:
+        with db.transaction():
+            db.put_object(row(), [], [])
+        other = StoreDb(path)  # no checkpoint, no close of the first
+        try:
+            got = other.get_object(KEY)
+            assert got is not None and got.blob == b"blob"
+        finally:
+            other.close()
+    finally:
+        db.close()
+
+
+CRASHER = textwrap.dedent("""
+    import os, sys
+    from anonmail import crypto
+    from anonmail.params import testnet
+    from anonmail.store.db import StoreDb
+    from anonmail.store.handlers import StoreContext, handle_append, handle_store
+    from anonmail.store.messages import Append, ObjectKind, Store
+    ctx = StoreContext(StoreDb(sys.argv[1]), crypto.SigningKey(b"\\x11" * 32), testnet())
+    r = handle_store(ctx, Store(b"\\x01" * 32, ObjectKind.BODY, b"durable blob", 3600, ()),
+                     1_800_000_000.0)
+    handle_append(ctx, Append(b"\\x02" * 32, b"durable entry", 3600, None), b"\\x00" * 32,
+                  1_800_000_000.0)
+    sys.stdout.write(r.receipt.digest.hex())
+    sys.stdout.flush()
+    os._exit(0)  # die: no close, no checkpoint, no atexit
+""")
+
+
+def test_data_survives_a_process_that_dies_without_closing(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    out = subprocess.run([sys.executable, "-c", CRASHER, str(path)], capture_output=True,
+                         check=True, timeout=60)
+    assert bytes.fromhex(out.stdout.decode()) == blob_digest(b"durable blob")
+    assert path.with_name(path.name + "-wal").stat().st_size > 0  # it was in the WAL only
+    db = StoreDb(path)
+    try:
+        got = db.get_object(b"\x01" * 32)
+        assert got is not None and got.blob == b"durable blob"
+        assert [r.entry for r in db.inbox_entries(b"\x02" * 32, NOW)] == [b"durable entry"]
+        assert db.used_bytes() == db.recount()
+    finally:
+        db.close()
+
+
+def test_unusable_path_is_a_storage_failure(tmp_path: Path) -> None:
+    with pytest.raises(StorageFailure, match="cannot open"):
+        StoreDb(tmp_path / "missing-dir" / "s.sqlite")

@@ -1,0 +1,447 @@
+"""The storage service in simulation (anonmail/store/service.py + client.py on net.sim).
+
+A few hundred nodes (sim/scenario.py, oracle-filled routing tables, every message encoded and
+decoded), each running a StoreService on an in-memory database, under trio's MockClock with
+autojump: replicated STORE/APPEND with receipts, republish after crashes, handover by nodes no
+longer among the r closest, READ/ACK across replicas, tampering and dropping replicas, the
+client's retry with a fresh node set, and the GC loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from anonmail import crypto, ids, wire
+from anonmail.certs import AddressCert, CertificateAuthority
+from anonmail.dht.node import DhtNode
+from anonmail.errors import LocalError, Refused
+from anonmail.net.base import Peer
+from anonmail.net.rpc import ErrorCode, ErrorReply
+from anonmail.receipts import StoreOp
+from anonmail.rng import SeededRng
+from anonmail.sim.scenario import Scenario, SimNode
+from anonmail.store.client import (
+    ack_all,
+    append_replicated,
+    check_receipt,
+    delete_all,
+    fetch_any,
+    fetch_cert,
+    read_all,
+    store_replicated,
+)
+from anonmail.store.db import StoreDb
+from anonmail.store.handlers import StoreLimits
+from anonmail.store.messages import (
+    Append,
+    Fetched,
+    ObjectKind,
+    Store,
+    blob_digest,
+    delete_hash,
+)
+from anonmail.store.service import StoreService
+
+N = 300
+R = 8  # params.replication (the default)
+DAY = 86400
+CA = CertificateAuthority(crypto.SigningKey(b"\x33" * 32))
+TIMEOUT = 20 * DAY  # virtual seconds: a deadlock jumps here and fails
+
+
+@dataclass
+class Sim:
+    s: Scenario
+    svc: dict[bytes, StoreService]
+
+    def node(self, i: int) -> SimNode:
+        return self.s.nodes[i]
+
+    def closest(self, key: bytes, n: int = R) -> list[SimNode]:
+        """The true n closest live nodes."""
+        live = [x for x in self.s.nodes if x.net.up]
+        return sorted(live, key=lambda x: ids.distance(x.node_id, key))[:n]
+
+    def holders(self, key: bytes) -> set[bytes]:
+        out = set()
+        for nid, svc in self.svc.items():
+            row = svc.db.get_object(key)
+            if row is not None and row.blob is not None:
+                out.add(nid)
+        return out
+
+    def inbox_holders(self, inbox: bytes, now: float) -> dict[bytes, int]:
+        counts = {nid: svc.db.inbox_usage(inbox, now)[0] for nid, svc in self.svc.items()}
+        return {nid: c for nid, c in counts.items() if c}
+
+    async def republish_all(self, *, force: bool = False,
+                            skip: frozenset[bytes] = frozenset()) -> None:
+        for x in self.s.nodes:
+            if x.net.up and x.node_id not in skip:
+                await self.svc[x.node_id].republish(force=force)
+
+    def far_node(self, key: bytes) -> SimNode:
+        return sorted(self.s.nodes, key=lambda x: ids.distance(x.node_id, key))[-1]
+
+
+def route(svc: StoreService, dht: DhtNode) -> Callable[[Peer, Any], Awaitable[Any]]:
+    """What a node's handler does: store requests to the store, the rest to the DHT."""
+
+    async def handle(peer: Peer, msg: Any) -> Any:
+        if svc.handles(msg):
+            return await svc.handle(peer, msg)
+        return await dht.handle(peer, msg)
+
+    return handle
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Sim]:
+    """Tests take `autojump_clock` themselves: pytest-trio picks the clock from the test's own
+    arguments only."""
+    s = Scenario(N, seed=7, encode=True)
+    await s.build("oracle")
+    svc = {}
+    for i, x in enumerate(s.nodes):
+        svc[x.node_id] = StoreService(x.net, x.dht, x.key, s.params, s.clock,
+                                      s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
+                                      trusted_cas=frozenset({CA.public}))
+        x.net.set_handler(route(svc[x.node_id], x.dht))
+    try:
+        yield Sim(s, svc)
+    finally:
+        for service in svc.values():
+            service.db.close()
+
+
+def rts_owner(name: str) -> tuple[crypto.SigningKey, AddressCert]:
+    key = crypto.SigningKey(crypto.hash("test-owner", name.encode()))
+    return key, CA.issue(f"{name}@example.org", key.public, b"\x55" * 32, 1_800_000_000.0)
+
+
+# -- objects --------------------------------------------------------------------------------------
+
+
+async def test_store_on_r_closest_survives_crashes_and_handover(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    s = sim.s
+    agent = sim.node(0)
+    key = ids.body_key("<crash-test@anonmail>")
+    blob = b"body ciphertext" * 50
+    secrets = [b"s" * 32, b"t" * 32]
+    with trio.fail_after(TIMEOUT):
+        receipts = await store_replicated(agent.net, agent.dht, key, ObjectKind.BODY, blob,
+                                          2 * DAY, [delete_hash(x) for x in secrets], R,
+                                          clock=s.clock)
+        first = sim.closest(key)
+        assert {r.node_id for r in receipts} == {x.node_id for x in first}
+        assert sim.holders(key) == {x.node_id for x in first}
+
+        crashed = first[:3]
+        for x in crashed:
+            s.world.crash(x.node_id)
+        await trio.sleep(3700)  # past the republish interval
+        await sim.republish_all()
+        after = sim.closest(key)
+        assert {x.node_id for x in after} <= sim.holders(key)
+        reader = sim.node(1)
+        assert await fetch_any(reader.net, reader.dht, key, R, digest=blob_digest(blob)) == blob
+
+        # The crashed replicas come back (and say so by looking themselves up); the nodes
+        # that stood in for them are no longer among the r closest: they hand over and drop.
+        for x in crashed:
+            s.world.restart(x.node_id)
+            await x.dht.lookup(x.node_id)
+        await trio.sleep(3700)
+        await sim.republish_all()
+        assert sim.holders(key) == {x.node_id for x in first}
+        assert sum(sim.svc[x.node_id].stats.handed_over for x in after) == 3
+
+        # The delete hashes travelled with the pushes: both secrets remove it everywhere.
+        for secret in secrets:
+            assert await delete_all(reader.net, reader.dht, key, secret, R) == R
+        assert sim.holders(key) == set()
+
+
+async def test_a_node_far_from_the_key_hands_over_and_drops(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    s = sim.s
+    key = ids.body_key("<far@anonmail>")
+    inbox = ids.inbox_key("far@example.org")
+    far = sim.far_node(key)
+    far_svc = sim.svc[far.node_id]
+    agent = sim.node(5)
+    with trio.fail_after(TIMEOUT):
+        # Someone (a stale agent) stored straight onto a node that is not responsible.
+        reply = await agent.net.request(far.cert, Store(key, ObjectKind.BODY, b"blob", DAY,
+                                                        (delete_hash(b"x" * 32),)))
+        check_receipt(reply.receipt, far.cert, StoreOp.STORE, key, blob_digest(b"blob"))
+        sent = []
+        for i in range(5):
+            entry = b"entry %d" % i
+            sent.append(entry)
+            await agent.net.request(far.cert, Append(inbox, entry, DAY, None))
+        await far_svc.republish(force=True)
+        assert far.node_id not in sim.holders(key)
+        assert sim.holders(key) == {x.node_id for x in sim.closest(key)}
+        now = s.clock.now()
+        assert sim.inbox_holders(inbox, now) == {x.node_id: 5 for x in sim.closest(inbox)}
+        assert far_svc.stats.handed_over == 2
+        assert far_svc.db.used_bytes() == far_svc.db.recount()
+
+
+async def test_certificates_are_republished_and_repaired_by_readers(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    s = sim.s
+    sign = crypto.SigningKey(b"\x44" * 32)
+    now = s.clock.now()
+    old, new, newest = (CA.issue("dora@example.org", sign.public, bytes([i]) * 32, now - 100 + i)
+                        for i in range(3))
+    key = old.key
+    agent = sim.node(3)
+
+    def held() -> set[bytes]:
+        out = set()
+        for x in closest:
+            row = sim.svc[x.node_id].db.get_object(key)
+            out.add(b"" if row is None or row.blob is None else row.blob)
+        return out
+
+    with trio.fail_after(TIMEOUT):
+        closest = sim.closest(key)
+        for x in closest[:2]:  # only two replicas got it
+            await agent.net.request(x.cert, Store(key, ObjectKind.CERT, wire.encode(old),
+                                                  30 * DAY, ()))
+        await trio.sleep(3700)
+        await sim.republish_all()
+        assert held() == {wire.encode(old)}
+        # The owner renews; one replica hears of it. Republish converges on the newest even
+        # if that replica never republishes: the others' pushes of the older one are refused,
+        # and they pull the newer one from it.
+        await agent.net.request(closest[5].cert, Store(key, ObjectKind.CERT, wire.encode(new),
+                                                       30 * DAY, ()))
+        await sim.republish_all(force=True, skip=frozenset({closest[5].node_id}))
+        assert held() == {wire.encode(new)}
+        # A reader finds the newest among the replicas and repairs the rest (seed 002 §2.4).
+        await agent.net.request(closest[7].cert, Store(key, ObjectKind.CERT,
+                                                       wire.encode(newest), 30 * DAY, ()))
+        got = await fetch_cert(agent.net, agent.dht, "dora@example.org", R,
+                               frozenset({CA.public}), s.clock)
+        assert got == newest
+        assert held() == {wire.encode(newest)}
+
+
+# -- inboxes --------------------------------------------------------------------------------------
+
+
+async def test_inbox_append_read_ack_across_replicas_and_crashes(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    s = sim.s
+    bob_key, bob_cert = rts_owner("bob")
+    inbox = ids.inbox_key(bob_cert.address)
+    sender, bob = sim.node(10), sim.node(11)
+    rng = SeededRng(b"bob-agent")
+    entries = [b"sealed header %d" % i for i in range(3)]
+    with trio.fail_after(TIMEOUT):
+        for e in entries:
+            receipts = await append_replicated(sender.net, sender.dht, inbox, e, DAY, None, R,
+                                               clock=s.clock)
+            assert len(receipts) == R
+        first = sim.closest(inbox)
+        for x in first[:2]:
+            s.world.crash(x.node_id)
+        await trio.sleep(3700)
+        await sim.republish_all()
+        now = s.clock.now()
+        assert set(sim.inbox_holders(inbox, now)) >= {x.node_id for x in sim.closest(inbox)}
+
+        got = await read_all(bob.net, bob.dht, inbox, bob_key, bob_cert, R, s.clock, rng)
+        assert sorted(e.entry for e in got.entries.values()) == entries
+        assert len(got.nodes) == R and not got.failed
+        acked = await ack_all(bob.net, bob.dht, inbox, list(got.entries), bob_key, bob_cert,
+                              R, s.clock, rng, nodes=got.nodes)
+        assert acked == R
+        # The crashed replicas come back holding the entries; republish must not bring the
+        # ACKed entries back to the others, and the returning replicas' copies are no
+        # longer needed... but they still hold them until Bob ACKs there too.
+        for x in first[:2]:
+            s.world.restart(x.node_id)
+            await x.dht.lookup(x.node_id)
+        await trio.sleep(3700)
+        await sim.republish_all()
+        again = await read_all(bob.net, bob.dht, inbox, bob_key, bob_cert, R, s.clock, rng)
+        stale = {e.entry for e in again.entries.values()}
+        assert stale <= set(entries)
+        for x in sim.closest(inbox):
+            if x not in first[:2]:
+                assert sim.svc[x.node_id].db.inbox_usage(inbox, s.clock.now())[0] == 0
+        await ack_all(bob.net, bob.dht, inbox, list(again.entries), bob_key, bob_cert, R,
+                      s.clock, rng)
+        final = await read_all(bob.net, bob.dht, inbox, bob_key, bob_cert, R, s.clock, rng)
+        assert final.entries == {}
+
+
+# -- hostile replicas -----------------------------------------------------------------------------
+
+
+@pytest.mark.threat("T-STORE-TAMPER")
+async def test_reader_skips_replicas_serving_tampered_content(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    agent = sim.node(20)
+    body_key = ids.body_key("<tamper@anonmail>")
+    frag = b"fragment ciphertext"
+    frag_key = ids.fragment_key(frag)
+    with trio.fail_after(TIMEOUT):
+        await store_replicated(agent.net, agent.dht, body_key, ObjectKind.BODY, b"body", DAY,
+                               [], R)
+        await store_replicated(agent.net, agent.dht, frag_key, ObjectKind.FRAGMENT, frag, DAY,
+                               [], R)
+        for key in (body_key, frag_key):
+            for liar in sim.closest(key)[:3]:  # the three closest serve altered bytes
+                honest = route(sim.svc[liar.node_id], liar.dht)
+
+                async def lie(peer: Peer, msg: Any, honest: Any = honest) -> Any:
+                    reply = await honest(peer, msg)
+                    if isinstance(reply, Fetched):
+                        return Fetched(reply.kind, reply.blob + b"!", reply.expires)
+                    return reply
+
+                liar.net.set_handler(lie)
+        reader = sim.node(21)
+        assert await fetch_any(reader.net, reader.dht, body_key, R,
+                               digest=blob_digest(b"body")) == b"body"
+        assert await fetch_any(reader.net, reader.dht, frag_key, R) == frag
+        assert await fetch_any(reader.net, reader.dht, body_key, R,
+                               digest=blob_digest(b"other")) is None
+
+
+@pytest.mark.threat("T-RECEIPT-DROP")
+async def test_replicas_that_sign_then_drop_are_caught_and_outlived(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    s = sim.s
+    key = ids.body_key("<dropper@anonmail>")
+    droppers = sim.closest(key)[:2]
+    for d in droppers:
+        svc = sim.svc[d.node_id]
+        honest = route(svc, d.dht)
+
+        async def sign_then_drop(peer: Peer, msg: Any, svc: StoreService = svc,
+                                 honest: Any = honest) -> Any:
+            reply = await honest(peer, msg)
+            if isinstance(msg, Store):
+                with svc.db.transaction():
+                    svc.db.drop_object(msg.key)
+            return reply
+
+        d.net.set_handler(sign_then_drop)
+    agent = sim.node(30)
+    with trio.fail_after(TIMEOUT):
+        receipts = await store_replicated(agent.net, agent.dht, key, ObjectKind.BODY, b"mail",
+                                          DAY, [], R, clock=s.clock)
+        assert len(receipts) == R
+        # The droppers' receipts are valid signed evidence that they took the data.
+        by_node = {r.node_id: r for r in receipts}
+        for d in droppers:
+            check_receipt(by_node[d.node_id], d.cert, StoreOp.STORE, key, blob_digest(b"mail"),
+                          s.clock.now())
+            assert d.node_id not in sim.holders(key)
+        for _ in range(3):
+            await trio.sleep(3700)
+            await sim.republish_all()
+            honest_closest = {x.node_id for x in sim.closest(key)} - {d.node_id for d in droppers}
+            assert honest_closest <= sim.holders(key)
+        reader = sim.node(31)
+        assert await fetch_any(reader.net, reader.dht, key, R,
+                               digest=blob_digest(b"mail")) == b"mail"
+
+
+# -- the client's retry, refusals, loops ----------------------------------------------------------
+
+
+async def test_client_retries_on_a_fresh_set_and_refusals_are_typed(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    s = sim.s
+    key = ids.body_key("<retry@anonmail>")
+    closest = sim.closest(key, R + 1)
+    full = closest[1]
+    sim.svc[full.node_id].ctx.limits = StoreLimits(node_bytes=10)  # refuses: quota
+    agent = sim.node(40)
+    with trio.fail_after(TIMEOUT):
+        receipts = await store_replicated(agent.net, agent.dht, key, ObjectKind.BODY, b"b" * 100,
+                                          DAY, [], R, clock=s.clock)
+        got = {r.node_id for r in receipts}
+        assert got == {x.node_id for x in closest} - {full.node_id}
+        # Over quota: REFUSED, and not counted as the requester's fault ...
+        faults = s.world.stats.faults[agent.node_id]
+        with pytest.raises(Refused) as e:
+            await agent.net.request(full.cert, Store(key, ObjectKind.BODY, b"b", DAY, ()))
+        assert e.value.code == ErrorCode.REFUSED and e.value.detail.startswith("quota")
+        assert s.world.stats.faults[agent.node_id] == faults
+        # ... while a fragment that does not match its address is the requester's fault.
+        with pytest.raises(Refused) as e:
+            await agent.net.request(closest[0].cert,
+                                    Store(key, ObjectKind.FRAGMENT, b"not it", DAY, ()))
+        assert e.value.code == ErrorCode.REFUSED
+        assert s.world.stats.faults[agent.node_id] == faults + 1
+
+
+async def test_serve_runs_garbage_collection(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    x = sim.node(50)
+    svc = StoreService(x.net, x.dht, x.key, sim.s.params, sim.s.clock, SeededRng(1),
+                       StoreDb(":memory:"), gc_interval=60.0, republish_interval=600.0)
+    try:
+        agent = sim.node(51)
+        x.net.set_handler(route(svc, x.dht))
+        with trio.fail_after(TIMEOUT):
+            await agent.net.request(x.cert, Store(b"\x07" * 32, ObjectKind.BODY, b"b", 100, ()))
+            await agent.net.request(x.cert, Store(b"\x08" * 32, ObjectKind.BODY, b"b", DAY, ()))
+            assert svc.db.count_objects() == 2
+            async with trio.open_nursery() as nursery:
+                await nursery.start(svc.serve)
+                await trio.sleep(1300)
+                nursery.cancel_scope.cancel()
+            assert svc.db.get_object(b"\x07" * 32) is None and svc.stats.gc_runs >= 10
+            assert svc.stats.republished >= 1
+    finally:
+        svc.db.close()
+
+
+async def test_offloaded_handlers_run_on_one_worker_thread(tmp_path: Path) -> None:
+    """A real node runs handlers off the event loop (fsync must not stall trio); real clock."""
+    s = Scenario(2, seed=3)
+    await s.build("oracle")
+    x, other = s.nodes
+    with pytest.raises(LocalError, match="threads=True"):
+        StoreService(x.net, x.dht, x.key, s.params, s.clock, SeededRng(1),
+                     StoreDb(":memory:"), offload=True)
+    db = StoreDb(tmp_path / "store.sqlite", threads=True)
+    svc = StoreService(x.net, x.dht, x.key, s.params, s.clock, SeededRng(1), db, offload=True)
+    try:
+        peer = Peer(other.cert, None)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    msg = Store(bytes([i]) * 32, ObjectKind.BODY, b"b%d" % i, DAY, ())
+                    nursery.start_soon(svc.handle, peer, msg)
+            assert db.count_objects() == 20
+            reply = await svc.handle(peer, Store(b"\x00" * 32, ObjectKind.BODY, b"x", DAY, ()))
+            assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.REFUSED
+            assert db.used_bytes() == db.recount()
+    finally:
+        db.close()
