@@ -7,6 +7,7 @@ typo never silently falls back to a default. Example (what `anonmail node --init
     listen = "0.0.0.0:7600"        # where to accept connections
     advertise = "203.0.113.7:7600" # what to put in our NodeCert, if not the listen address
     bootstrap = ["198.51.100.1:7600"]
+    trusted_cas = []               # CA keys (hex) whose name@domain certificates we accept
 
     [network]
     name = "main"                  # or "test": a local testnet (cheap puzzle, loopback allowed)
@@ -33,6 +34,7 @@ class NodeConfig:
     advertise: Endpoint | None
     bootstrap: tuple[Endpoint, ...]
     params: NetworkParams
+    trusted_cas: frozenset[bytes] = frozenset()
 
 
 DEFAULT_PORT = 7600
@@ -77,16 +79,17 @@ def parse(text: str, source: str = "config.toml") -> NodeConfig:
         raise UserError(f"{source}: unknown section [{sorted(unknown)[0]}]; use [node], [network]")
     node = data.get("node", {})
     net = data.get("network", {})
-    bad = set(node) - {"listen", "advertise", "bootstrap"}
+    bad = set(node) - {"listen", "advertise", "bootstrap", "trusted_cas"}
     if bad:
         raise UserError(f"{source}: unknown key node.{sorted(bad)[0]}; "
-                        "use listen, advertise, bootstrap")
+                        "use listen, advertise, bootstrap, trusted_cas")
     listen = _endpoint(node.get("listen", f"0.0.0.0:{DEFAULT_PORT}"), "node.listen")
     advertise = _endpoint(node["advertise"], "node.advertise") if "advertise" in node else None
     boot_list = node.get("bootstrap", [])
     if not isinstance(boot_list, list):
         raise UserError(f"{source}: node.bootstrap must be a list of \"host:port\" strings")
     bootstrap = tuple(_endpoint(b, "node.bootstrap") for b in boot_list)
+    trusted_cas = _ca_keys(node.get("trusted_cas", []), source)
 
     name = net.get("name", "main")
     if name == "main":
@@ -110,7 +113,23 @@ def parse(text: str, source: str = "config.toml") -> NodeConfig:
             raise UserError(f"{source}: [network] value out of range ({e})") from None
     else:
         raise UserError(f'{source}: network.name must be "main" or "test", not {name!r}')
-    return NodeConfig(listen, advertise, bootstrap, params)
+    return NodeConfig(listen, advertise, bootstrap, params, trusted_cas)
+
+
+def _ca_keys(value: Any, source: str) -> frozenset[bytes]:
+    """CA public keys (64 hex digits each) whose address certificates the node accepts."""
+    if not isinstance(value, list):
+        raise UserError(f"{source}: node.trusted_cas must be a list of 64-hex-digit CA keys")
+    keys = set()
+    for item in value:
+        try:
+            key = bytes.fromhex(item) if isinstance(item, str) else b""
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise UserError(f"{source}: node.trusted_cas entry {item!r} is not 64 hex digits")
+        keys.add(key)
+    return frozenset(keys)
 
 
 def load(path: Path) -> NodeConfig:

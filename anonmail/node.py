@@ -1,4 +1,4 @@
-"""A running node: TCP transport + DHT (+ storage and relay roles in later layers).
+"""A running node: TCP transport + DHT + storage service (relay roles come in later layers).
 
 Invariants: the node's identity is its key file (same key → same node id across restarts); the
 routing table is saved to the home directory periodically and on shutdown, and restored (every
@@ -28,6 +28,8 @@ from anonmail.net.base import Peer
 from anonmail.net.tcp import TcpLimits, TcpNetwork
 from anonmail.params import NetworkParams
 from anonmail.rng import Rng
+from anonmail.store.db import StoreDb
+from anonmail.store.service import StoreService
 
 log = logging.getLogger("anonmail.node")
 
@@ -50,7 +52,11 @@ class Node:
 
     def __init__(self, key: crypto.SigningKey, params: NetworkParams, clock: Clock, rng: Rng, *,
                  listen: Endpoint, advertise: Endpoint | None = None,
-                 bootstrap: Sequence[Endpoint] = (), contacts_file: Path | None = None) -> None:
+                 bootstrap: Sequence[Endpoint] = (), contacts_file: Path | None = None,
+                 store_file: Path | None = None,
+                 trusted_cas: frozenset[bytes] = frozenset()) -> None:
+        """`store_file`: the SQLite store (None: in memory, for tests and the demo).
+        `trusted_cas`: CA keys whose address certificates this node accepts."""
         self.key = key
         self.params = params
         self.clock = clock
@@ -63,6 +69,12 @@ class Node:
         self.net = TcpNetwork(key, params, clock, rng, cert_cache=self.cert_cache,
                               limits=limits_for(params))
         self.dht = DhtNode(self.net, key, params, clock, rng, self.cert_cache)
+        # A real database commit waits for fsync: run the store's handlers off the event loop.
+        on_disk = store_file is not None
+        self.store_db = StoreDb(":memory:" if store_file is None else store_file,
+                                threads=on_disk)
+        self.store = StoreService(self.net, self.dht, key, params, clock, rng, self.store_db,
+                                  trusted_cas=trusted_cas, offload=on_disk)
         self.endpoint: Endpoint | None = None
         self.restored = 0  # contacts restored from the saved table at start
         self._saved = b""
@@ -76,7 +88,11 @@ class Node:
         return self.net.local_cert
 
     async def handle(self, peer: Peer, msg: Any) -> Any:
-        """Every incoming request: route to the service that owns its type."""
+        """Every incoming request: route to the service that owns its type. Any request from a
+        server is evidence it is alive (Kademlia §2.2), so the DHT observes them all."""
+        if StoreService.handles(msg):
+            self.dht.observe(peer)
+            return await self.store.handle(peer, msg)
         return await self.dht.handle(peer, msg)
 
     def _issue_cert(self) -> None:
@@ -92,6 +108,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.net.serve, self.handle)
                 await nursery.start(self.dht.maintain)
+                await nursery.start(self.store.serve)
                 nursery.start_soon(self._housekeeping)
                 learned = await self.join()
                 self.save_contacts()  # a crash right after joining keeps the table
@@ -102,6 +119,7 @@ class Node:
             with trio.CancelScope(shield=True):
                 self.save_contacts()
                 await self.net.aclose()
+                self.store_db.close()
 
     async def join(self) -> int:
         """Bootstrap from the configured endpoints (and from restored contacts)."""

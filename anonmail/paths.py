@@ -46,6 +46,10 @@ class Home:
         return self.root / "contacts.cbor"
 
     @property
+    def store(self) -> Path:
+        return self.root / "store.sqlite"
+
+    @property
     def control(self) -> Path:
         return self.root / "control.sock"
 

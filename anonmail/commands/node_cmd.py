@@ -121,7 +121,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     node = Node(key, cfg.params, SystemClock(), SystemRng(), listen=cfg.listen,
-                advertise=cfg.advertise, bootstrap=cfg.bootstrap, contacts_file=home.contacts)
+                advertise=cfg.advertise, bootstrap=cfg.bootstrap, contacts_file=home.contacts,
+                store_file=home.store, trusted_cas=cfg.trusted_cas)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
         trio.run(_run_node, node, home)
     print("node stopped", flush=True)
