@@ -12,8 +12,9 @@ per second at the size of one FIND_NODE answer (the record layer's share of ever
 Server and clients share one CPU core (one trio thread), so the RPC rate is a floor for a real
 server, which does not pay for its clients.
 
-Adding a measurement over another transport (the simulated network) is one function with the
-signature of `rpc_over_tcp`, listed in `RPC_TRANSPORTS`.
+`--transport sim` runs the same workload through the simulated network (zero latency, every
+message encoded and decoded): the CPU cost of one simulated RPC, which bounds the size of a
+simulation. `--transport both` prints the two side by side.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from anonmail.dht.messages import FindNode, Nodes
 from anonmail.errors import UserError
 from anonmail.net.base import Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
+from anonmail.net.sim import SimNetwork, SimWorld
 from anonmail.net.tcp import Response, TcpLimits, TcpNetwork
-from anonmail.rng import SystemRng
+from anonmail.rng import SeededRng, SystemRng
 
 TABLE_SIZE = 200
 PARAMS = params.testnet(puzzle_bits=0)  # loopback endpoints allowed; keys are cheap to make
@@ -115,10 +117,48 @@ async def rpc_over_tcp(seconds: float, clients: int) -> RpcResult:
     return RpcResult("tcp", clients, seconds, done, latency)
 
 
-# Measurements of the same workload over other transports. To add the simulated network: write
-# `rpc_over_sim(seconds, clients) -> RpcResult` driving a SimNetwork and list it here as "sim".
+async def rpc_over_sim(seconds: float, clients: int) -> RpcResult:
+    """The same workload through the simulated network with zero latency and every message
+    encoded and decoded (as `anonmail sim` runs it with encode=True): what one simulated RPC
+    costs in CPU, which bounds how many nodes and lookups a simulation can afford."""
+    table = [(cert.node_id, cert) for cert in synthetic_table()]
+    clock, rng = SystemClock(), SystemRng()
+
+    async def handler(peer: Peer, msg: Any) -> Any:
+        if isinstance(msg, FindNode):
+            return Nodes(closest(table, msg.target, msg.count))
+        raise NotImplementedError
+
+    world = SimWorld(PARAMS, SeededRng(0), latency=(0.0, 0.0), encode=True)
+    server_key = crypto.SigningKey.generate(rng)
+    server_cert = NodeCert.issue(server_key, (Endpoint("198.18.0.1", 7000),), clock.now(),
+                                 PARAMS)
+    world.attach(server_cert).set_handler(handler)
+    nets = []
+    for _ in range(clients):
+        key = crypto.SigningKey.generate(rng)
+        nets.append(world.attach(NodeCert.issue(key, (), clock.now(), PARAMS)))
+    done, latency = 0, 0.0
+
+    async def client(net: SimNetwork) -> None:
+        nonlocal done, latency
+        while True:
+            started = trio.current_time()
+            await net.request(server_cert, FindNode(rng.bytes(32), PARAMS.k))
+            latency += trio.current_time() - started
+            done += 1
+
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as drivers:
+            for net in nets:
+                drivers.start_soon(client, net)
+    return RpcResult("sim", clients, seconds, done, latency)
+
+
+# Measurements of the same workload over each transport.
 RPC_TRANSPORTS: dict[str, Callable[[float, int], Awaitable[RpcResult]]] = {
     "tcp": rpc_over_tcp,
+    "sim": rpc_over_sim,
 }
 
 
@@ -183,11 +223,13 @@ def _cmd_rpc(args: argparse.Namespace) -> int:
         raise UserError("--seconds must be positive")
     if not 1 <= args.clients <= 1000:
         raise UserError("--clients must be between 1 and 1000")
-    measure = RPC_TRANSPORTS[args.transport]
-    rpc = trio.run(measure, args.seconds, args.clients)
+    names = sorted(RPC_TRANSPORTS, reverse=True) if args.transport == "both" else [args.transport]
     crypto_seconds = min(max(args.seconds / 5, 0.3), 2.0)
     size = frame_size()
-    print(report(rpc, verify_rate(crypto_seconds), aead_rate(crypto_seconds, size), size))
+    verify, aead = verify_rate(crypto_seconds), aead_rate(crypto_seconds, size)
+    for i, name in enumerate(names):
+        rpc = trio.run(RPC_TRANSPORTS[name], args.seconds, args.clients)
+        print(("\n" if i else "") + report(rpc, verify, aead, size))
     return 0
 
 
@@ -199,6 +241,6 @@ def register(subparsers: Any) -> None:
     rpc.add_argument("--seconds", type=float, default=5.0, help="how long to drive (default 5)")
     rpc.add_argument("--clients", type=int, default=8,
                      help="concurrent client connections (default 8)")
-    rpc.add_argument("--transport", choices=sorted(RPC_TRANSPORTS), default="tcp",
-                     help="which network to measure over (default tcp)")
+    rpc.add_argument("--transport", choices=[*sorted(RPC_TRANSPORTS), "both"], default="both",
+                     help="which network to measure over (default both)")
     rpc.set_defaults(func=_cmd_rpc)
