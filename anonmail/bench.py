@@ -36,7 +36,7 @@ from anonmail.net.base import Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
 from anonmail.net.sim import SimNetwork, SimWorld
 from anonmail.net.tcp import Response, TcpLimits, TcpNetwork
-from anonmail.rng import SeededRng, SystemRng
+from anonmail.rng import SystemRng
 
 TABLE_SIZE = 200
 PARAMS = params.testnet(puzzle_bits=0)  # loopback endpoints allowed; keys are cheap to make
@@ -129,7 +129,7 @@ async def rpc_over_sim(seconds: float, clients: int) -> RpcResult:
             return Nodes(closest(table, msg.target, msg.count))
         raise NotImplementedError
 
-    world = SimWorld(PARAMS, SeededRng(0), latency=(0.0, 0.0), encode=True)
+    world = SimWorld(PARAMS, rng, latency=(0.0, 0.0), encode=True)
     server_key = crypto.SigningKey.generate(rng)
     server_cert = NodeCert.issue(server_key, (Endpoint("198.18.0.1", 7000),), clock.now(),
                                  PARAMS)

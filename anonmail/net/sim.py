@@ -45,7 +45,7 @@ from anonmail.errors import LocalError, Refused, RemoteProtocolError, TransportE
 from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
 from anonmail.params import NetworkParams
-from anonmail.rng import SeededRng
+from anonmail.rng import Rng
 
 # A policy sees (sender, receiver, message) and returns False to drop the message.
 Policy = Callable[["SimNetwork", "SimNetwork", Any], bool]
@@ -139,7 +139,7 @@ class SimNetwork:
 
 
 class SimWorld:
-    def __init__(self, params: NetworkParams, rng: SeededRng, *,
+    def __init__(self, params: NetworkParams, rng: Rng, *,
                  latency: tuple[float, float] = (0.010, 0.150), loss: float = 0.0,
                  encode: bool = True) -> None:
         if not 0.0 <= loss < 1.0 or not 0.0 <= latency[0] <= latency[1]:
@@ -304,7 +304,7 @@ class SimWorld:
         return body
 
 
-def sim_address(rng: SeededRng, taken: set[str]) -> str:
+def sim_address(rng: Rng, taken: set[str]) -> str:
     """A fresh IPv4 address in 198.18.0.0/15 (512 /24s), avoiding .0 and .255."""
     for _ in range(1_000_000):
         n = rng.randbelow(1 << 17)
