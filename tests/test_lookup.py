@@ -132,6 +132,25 @@ async def test_dead_nodes_are_skipped_and_results_are_the_live_closest(
             assert max(counts) > 10
 
 
+async def test_closest_crashed_still_yields_k_live_nodes(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Regression: with the 3 closest nodes to a key crashed, `lookup(key, 8)` returned only 7
+    nodes in 1 of 8 cases: a path that converged before any failure was met never re-asked its
+    closest node for the extra contacts that later failures call for."""
+    rng = SeededRng(3)
+    for seed in (2, 3, 4):
+        s = Scenario(300, seed=seed)
+        await s.build("oracle")
+        for _ in range(25):
+            key = rng.bytes(32)
+            s.crash_ids(c.node_id for c in s.oracle(key, 8)[:3])
+            me = s.random_node(rng)  # a live node
+            with trio.fail_after(600):
+                result = await me.dht.lookup(key, 8)
+            assert result.node_ids == tuple(c.node_id for c in s.oracle(key, 8))
+            s.restart_all()
+
+
 @pytest.mark.threat("T-ECLIPSE")
 async def test_paths_are_disjoint_and_survive_hostile_nodes(
         autojump_clock: trio.testing.MockClock) -> None:

@@ -227,6 +227,12 @@ class DisjointLookup:
             return
         self._state[nid] = p << 2 | _FAILED
         self._failures += 1
+        # `_want` just grew: a path that converged earlier may now have to re-ask its closest
+        # node for more contacts (the dead one may have pushed a live node out of that node's
+        # answer), so every path looks again.
+        for other in self._paths:
+            other.finished = False
+            other.dirty = True
 
     @property
     def done(self) -> bool:

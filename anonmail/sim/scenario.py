@@ -229,10 +229,14 @@ class Scenario:
         count = min(len(pool), round(fraction * len(self.nodes)))
         order = _random_order(rng, 0, len(pool))
         victims = [pool[next(order)] for _ in range(count)]
-        for node in victims:
-            self.world.crash(node.node_id)
-        self._live = None
+        self.crash_ids(node.node_id for node in victims)
         return victims
+
+    def crash_ids(self, node_ids: Iterable[bytes]) -> None:
+        """Crash these nodes unannounced."""
+        for nid in node_ids:
+            self.world.crash(nid)
+        self._live = None
 
     def restart_all(self) -> None:
         for node in self.nodes:
