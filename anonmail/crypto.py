@@ -181,3 +181,52 @@ def passphrase_key(passphrase: bytes, salt: bytes, params: PassphraseParams) -> 
         _argon2id.kdf(AEAD_KEY_SIZE, passphrase, salt, opslimit=params.opslimit,
                       memlimit=params.memlimit)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sealed boxes: anonymous public-key encryption to an X25519 key (mail headers, DESIGN.md §5).
+
+SEALED_BOX_OVERHEAD = PUBLIC_KEY_SIZE + AEAD_TAG_SIZE
+_SEAL_TAG = "sealed-box"
+
+
+def _box_key(shared: bytes, ephemeral_public: bytes, recipient_public: bytes) -> tuple[bytes,
+                                                                                       bytes]:
+    # Both public keys go into the KDF: the key (and nonce) belong to this one ephemeral key and
+    # this one recipient, so a box cannot be re-targeted by swapping the ephemeral key for an
+    # equivalent point, and a shared secret is never used for two recipients.
+    okm = kdf(shared, _SEAL_TAG, ephemeral_public, recipient_public,
+              size=AEAD_KEY_SIZE + AEAD_NONCE_SIZE)
+    return okm[:AEAD_KEY_SIZE], okm[AEAD_KEY_SIZE:]
+
+
+def seal_to(public: bytes, plaintext: bytes, rng: Rng, ad: bytes = b"") -> bytes:
+    """Encrypt `plaintext` to the holder of X25519 key `public` without revealing who sealed it:
+    ephemeral X25519 key, keyed BLAKE2b over the shared secret and both public keys,
+    XChaCha20-Poly1305 (binding `ad`). Output: ephemeral public key || ciphertext.
+
+    A fresh ephemeral key per box makes the derived key single-use, so the derived nonce is
+    never reused under it."""
+    if len(public) != PUBLIC_KEY_SIZE:
+        raise LocalError("an X25519 public key is 32 bytes")
+    eph = KeyPair.generate(rng)
+    key, nonce = _box_key(x25519(eph.secret, public), eph.public, public)
+    return eph.public + aead_encrypt(key, nonce, plaintext, ad)
+
+
+def open_sealed_box(keypair_secret: bytes, ct: bytes, ad: bytes = b"") -> bytes:
+    """Open a `seal_to` box with the recipient's X25519 secret. Raises `DecryptError` if it was
+    not sealed to this key, was altered, or `ad` differs."""
+    if len(ct) < SEALED_BOX_OVERHEAD:
+        raise DecryptError("sealed box too short")
+    eph_public, body = ct[:PUBLIC_KEY_SIZE], ct[PUBLIC_KEY_SIZE:]
+    own_public = public_from_secret(keypair_secret)
+    key, nonce = _box_key(x25519(keypair_secret, eph_public), eph_public, own_public)
+    return aead_decrypt(key, nonce, body, ad)
+
+
+def public_from_secret(secret: bytes) -> bytes:
+    """The X25519 public key of a secret (to rebuild a KeyPair from a key file)."""
+    if len(secret) != 32:
+        raise LocalError("an X25519 secret is 32 bytes")
+    return bytes(_b.crypto_scalarmult_base(secret))

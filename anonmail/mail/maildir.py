@@ -1,0 +1,213 @@
+"""The user agent's local store: what it has taken from the network, on disk before it tells the
+network to forget it (DESIGN.md §4: READ then ACK; §5 Check).
+
+Layout under one root directory (created 0700; every file 0600):
+
+| path | concept | one file per |
+|---|---|---|
+| `Maildir/` | retrieved messages, the exact RFC 5322 bytes (`mailbox.Maildir`) | message |
+| `Maildir/.Outbox/` | composed messages not yet fully sent (kept when a send fails) | message |
+| `Maildir/.Sent/` | messages sent | message |
+| `pending/<hex>` | a notification (opened, verified header) waiting for retrieval | message id |
+| `seen/<hex>` | an inbox entry already handled, until the entry's expiry | entry id |
+
+Invariants:
+* every write is durable before the call returns: written to a temporary file, fsynced, renamed
+  into place, the directory fsynced (fileio.write_private; Maildir's own tmp -> new protocol).
+  So when `check` ACKs an entry, its notification is on disk (threat T-CHECK-CRASH);
+* names are derived from hashes of message ids and entry ids, never from addresses, subjects or
+  the host name; writing the same message twice leaves one file (idempotent after a crash);
+* pending notifications hold body keys and delete secrets: they never leave this directory and
+  are removed once the message is retrieved and deleted from the network.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from anonmail import crypto, wire
+from anonmail.errors import RemoteProtocolError, UserError
+from anonmail.fileio import write_private
+from anonmail.mail.envelope import MailHeader
+
+PENDING = "pending"
+SEEN = "seen"
+OUTBOX = "Outbox"
+SENT = "Sent"
+
+
+@wire.message(tag=105)
+@dataclass(frozen=True, slots=True)
+class PendingNotice:
+    """A verified header waiting for its body to be retrieved."""
+
+    entry_id: Annotated[bytes, wire.Size(32)]
+    header: MailHeader
+    received: Annotated[int, wire.U64]
+    entry_expires: Annotated[int, wire.U64]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def message_name(message_id: str) -> str:
+    """The Maildir file name of a message: a hash of its id (no host name, no time)."""
+    return crypto.hash("maildir-name", message_id.encode()).hex()[:40]
+
+
+class LocalMail:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for sub in (PENDING, SEEN):
+                (root / sub).mkdir(mode=0o700, exist_ok=True)
+            self.maildir = mailbox.Maildir(str(root / "Maildir"), factory=None, create=True)
+            for folder in (OUTBOX, SENT):
+                if folder not in self.maildir.list_folders():
+                    self.maildir.add_folder(folder)
+        except OSError as e:
+            raise UserError(f"cannot use the mail directory {root}: {e.strerror}") from None
+
+    # -- Maildir ---------------------------------------------------------------------------------
+
+    def _folder_path(self, folder: str | None) -> Path:
+        base = self.root / "Maildir"
+        return base if folder is None else base / f".{folder}"
+
+    def _put(self, folder: str | None, name: str, data: bytes) -> None:
+        """Maildir delivery, durably: tmp/<name> (fsynced) -> new/<name>, directory fsynced."""
+        base = self._folder_path(folder)
+        tmp = base / "tmp" / name
+        write_private(tmp, data)
+        os.replace(tmp, base / "new" / name)
+        _fsync_dir(base / "new")
+
+    def _get(self, folder: str | None, name: str) -> bytes | None:
+        for sub in ("cur", "new"):
+            p = self._folder_path(folder) / sub / name
+            if p.exists():
+                return p.read_bytes()
+        return None
+
+    def has_message(self, message_id: str) -> bool:
+        return self._get(None, message_name(message_id)) is not None
+
+    def add_message(self, message_id: str, data: bytes) -> str:
+        """Keep a retrieved message (idempotent). Returns its Maildir key."""
+        name = message_name(message_id)
+        if self._get(None, name) is None:
+            self._put(None, name, data)
+        return name
+
+    def get_message(self, message_id: str) -> bytes | None:
+        return self._get(None, message_name(message_id))
+
+    def message_keys(self) -> list[str]:
+        return sorted(self.maildir.keys())
+
+    # -- outgoing --------------------------------------------------------------------------------
+
+    def queue_outgoing(self, message_id: str, data: bytes) -> str:
+        """Keep a composed message in the Outbox before the network sees any of it."""
+        name = message_name(message_id)
+        self._put(OUTBOX, name, data)
+        return name
+
+    def outgoing(self, message_id: str) -> bytes | None:
+        return self._get(OUTBOX, message_name(message_id))
+
+    def outbox_keys(self) -> list[str]:
+        return sorted(self.maildir.get_folder(OUTBOX).keys())
+
+    def mark_sent(self, message_id: str) -> None:
+        """Outbox -> Sent (both directories fsynced)."""
+        name = message_name(message_id)
+        src = self._folder_path(OUTBOX) / "new" / name
+        dst = self._folder_path(SENT) / "new" / name
+        if not src.exists():
+            return
+        os.replace(src, dst)
+        _fsync_dir(dst.parent)
+        _fsync_dir(src.parent)
+
+    def sent_keys(self) -> list[str]:
+        return sorted(self.maildir.get_folder(SENT).keys())
+
+    # -- pending notifications -------------------------------------------------------------------
+
+    def _pending_path(self, message_id: str) -> Path:
+        return self.root / PENDING / message_name(message_id)
+
+    def add_pending(self, notice: PendingNotice) -> bool:
+        """Record a notification; False if one for this message id is already here."""
+        path = self._pending_path(notice.header.message_id)
+        if path.exists():
+            return False
+        write_private(path, wire.encode(notice))
+        return True
+
+    def has_pending(self, message_id: str) -> bool:
+        return self._pending_path(message_id).exists()
+
+    def get_pending(self, message_id: str) -> PendingNotice | None:
+        path = self._pending_path(message_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return wire.decode(data, PendingNotice)
+        except RemoteProtocolError:
+            raise UserError(f"the pending notification file {path} is damaged") from None
+
+    def pending(self) -> list[PendingNotice]:
+        """Every pending notification, oldest first."""
+        out = []
+        for p in sorted((self.root / PENDING).iterdir()):
+            if p.name.endswith(".tmp"):
+                continue
+            try:
+                out.append(wire.decode(p.read_bytes(), PendingNotice))
+            except RemoteProtocolError:
+                continue  # damaged: left on disk for the user, skipped here
+        return sorted(out, key=lambda n: (n.received, n.header.date, n.header.message_id))
+
+    def remove_pending(self, message_id: str) -> None:
+        path = self._pending_path(message_id)
+        if path.exists():
+            path.unlink()
+            _fsync_dir(path.parent)
+
+    # -- entries already handled -----------------------------------------------------------------
+
+    def _seen_path(self, entry_id: bytes) -> Path:
+        return self.root / SEEN / entry_id.hex()
+
+    def seen(self, entry_id: bytes) -> bool:
+        return self._seen_path(entry_id).exists()
+
+    def mark_seen(self, entry_id: bytes, expires: int) -> None:
+        """Remember a handled entry until it cannot exist on any node any more."""
+        write_private(self._seen_path(entry_id), str(int(expires)).encode())
+
+    def prune_seen(self, now: float) -> int:
+        gone = 0
+        for p in (self.root / SEEN).iterdir():
+            try:
+                expires = int(p.read_bytes())
+            except ValueError:
+                expires = 0
+            if expires < now:
+                p.unlink()
+                gone += 1
+        return gone

@@ -1,0 +1,146 @@
+"""Retrieve (DESIGN.md §5; seed 002 §3.3, seed 001 §3 steps 2-5).
+
+For a pending notification (check.py):
+
+1. FETCH the object under H("body", message id) from the replicas, closest first, until one's
+   digest equals the digest the sender signed into the header (`store.client.fetch_any`; a
+   replica without it or with other bytes is skipped, seed 002 §3.3), then from a slightly wider
+   set (seed 002 §2.2 "widening its search");
+2. inline: decrypt it. Fragmented: decrypt the descriptor, fetch every fragment in parallel, each
+   from its own replica and checked against its content address (fragments.py), decrypt, check
+   the padding and the whole-plaintext digest;
+3. check the message's own From and Message-ID against the signed header (a sender may sign only
+   as itself: threat T-MAIL-FORGE), then write the exact RFC 5322 bytes to the Maildir (durable);
+4. DELETE with this recipient's secret on all replicas of the body and of every fragment (seed
+   002 §3.3: "immediately following message retrieval"); the object goes when the last
+   recipient has deleted (store/handlers.py), so one recipient cannot tell whether the others
+   have read it;
+5. forget the pending notification (its body key and delete secret).
+
+A crash after step 3 leaves the message on disk and the notification pending: retrieving again
+skips the fetch and repeats the (idempotent) deletes. If the body is gone or the message does
+not match its header, the notification stays pending and the user gets one `UserError` line;
+`discard` removes it (and gives up this recipient's right on the network).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anonmail.errors import RemoteProtocolError, UserError
+from anonmail.mail import compose, fragments
+from anonmail.mail.envelope import BodyLayout, MailHeader
+from anonmail.mail.maildir import LocalMail
+from anonmail.net.base import Network
+from anonmail.params import NetworkParams
+from anonmail.store.client import Lookup, delete_all, fetch_any
+
+
+@dataclass
+class RetrieveReport:
+    message_id: str
+    data: bytes  # the exact RFC 5322 bytes the sender sent
+    maildir_key: str
+    fragments: int
+    fetched: bool  # False: it was already on disk (a retry after a crash)
+    body_deleted_on: int  # nodes that no longer hold our right to the body
+    fragments_deleted: int  # fragments whose right was dropped on >= r nodes
+
+
+async def fetch_message(net: Network, dht: Lookup, header: MailHeader, r: int,
+                        concurrency: int) -> bytes:
+    """Steps 1-3: the verified, decrypted RFC 5322 bytes (nothing saved, nothing deleted)."""
+    mid = header.message_id
+    blob = await fetch_any(net, dht, header.body_store_key, r, digest=header.body_digest)
+    if blob is None:
+        blob = await fetch_any(net, dht, header.body_store_key, r + fragments.WIDEN,
+                               digest=header.body_digest)
+    if blob is None:
+        raise UserError(f"the body of {mid} is on no reachable node (expired, or the network "
+                        f"is split): try again later, or discard it")
+    try:
+        if header.layout is BodyLayout.INLINE:
+            data = fragments.decrypt_inline(blob, header.body_key, header.body_size)
+        else:
+            desc = fragments.open_descriptor(blob, header.body_key, header.fragments,
+                                             header.body_size)
+            try:
+                cts = await fragments.fetch_fragments(net, dht, desc, r,
+                                                      concurrency=concurrency)
+            except fragments.BodyUnavailable as e:
+                raise UserError(f"part of {mid} is on no reachable node ({e}): try again "
+                                f"later") from None
+            data = fragments.decrypt_fragments(desc, cts, header.body_key, header.body_size)
+    except RemoteProtocolError:
+        # The digest matched what the sender signed, so the sender stored this garbage.
+        raise UserError(f"{mid} is damaged: its sender's data does not decrypt; discard "
+                        f"it") from None
+    _matches(data, header)
+    return data
+
+
+def _matches(data: bytes, header: MailHeader) -> None:
+    try:
+        facts = compose.parse(data)
+    except UserError:
+        raise UserError(f"{header.message_id} is not a well-formed message; discard "
+                        f"it") from None
+    if facts.sender != header.sender.address or facts.message_id != header.message_id:
+        raise UserError(f"{header.message_id} names another sender or message id than its "
+                        f"signed header: not saved; discard it")
+
+
+async def delete_rights(net: Network, dht: Lookup, header: MailHeader, r: int, *,
+                        concurrency: int) -> tuple[int, int]:
+    """DELETE this recipient's right to the fragments, then to the body, everywhere. Returns
+    (nodes that no longer hold our right to the body, fragments dropped on >= r nodes).
+
+    Fragments first: the descriptor that names them goes with the body's last right."""
+    frags = 0
+    if header.layout is BodyLayout.FRAGMENTED:
+        blob = await fetch_any(net, dht, header.body_store_key, r + fragments.WIDEN,
+                               digest=header.body_digest)
+        try:
+            desc = None if blob is None else fragments.open_descriptor(
+                blob, header.body_key, header.fragments, header.body_size)
+        except RemoteProtocolError:
+            desc = None  # a damaged descriptor names no fragments: they expire with their TTL
+        if desc is not None:
+            frags = await fragments.delete_fragments(net, dht, desc, header.delete_secret, r,
+                                                     concurrency=concurrency,
+                                                     widen=fragments.WIDEN)
+    body_nodes = await delete_all(net, dht, header.body_store_key, header.delete_secret, r,
+                                  widen=fragments.WIDEN)
+    return body_nodes, frags
+
+
+async def retrieve(net: Network, dht: Lookup, local: LocalMail, message_id: str, *,
+                   params: NetworkParams,
+                   concurrency: int = fragments.DEFAULT_CONCURRENCY) -> RetrieveReport:
+    """Fetch, verify, decrypt, save and delete one pending message (module docstring)."""
+    r = params.replication
+    notice = local.get_pending(message_id)
+    if notice is None:
+        if local.has_message(message_id):
+            raise UserError(f"{message_id} was already retrieved")
+        raise UserError(f"no message {message_id} is waiting: run check first")
+    header = notice.header
+    data = local.get_message(message_id)
+    fetched = data is None
+    if data is None:
+        data = await fetch_message(net, dht, header, r, concurrency)
+    key = local.add_message(message_id, data)  # durable before anything is deleted
+    body_nodes, frags = await delete_rights(net, dht, header, r, concurrency=concurrency)
+    local.remove_pending(message_id)
+    return RetrieveReport(message_id, data, key, header.fragments, fetched, body_nodes, frags)
+
+
+async def discard(net: Network, dht: Lookup, local: LocalMail, message_id: str, *,
+                  params: NetworkParams,
+                  concurrency: int = fragments.DEFAULT_CONCURRENCY) -> None:
+    """Give up a pending message: drop our right to its body and forget the notification."""
+    notice = local.get_pending(message_id)
+    if notice is None:
+        raise UserError(f"no message {message_id} is waiting")
+    await delete_rights(net, dht, notice.header, params.replication, concurrency=concurrency)
+    local.remove_pending(message_id)

@@ -1,0 +1,315 @@
+"""Send (DESIGN.md §5; seed 002 §3.1, seed 001 §3 "Composing E-mail").
+
+For a composed message (compose.py) from an identity (identity.py):
+
+1. fetch and verify every recipient's AddressCert from its r replicas (`store.client.fetch_cert`,
+   which also repairs replicas that lacked it, seed 002 §2.4). A recipient without a valid
+   certificate stops the send before anything is stored: one `UserError` line naming what is
+   wrong (unknown, expired, untrusted CA);
+2. encrypt the message once with a random body key (fragments.py) and STORE it once: the
+   fragments (if any) first, then the body or descriptor under H("body", message id), each on
+   its r = `params.replication` closest nodes with one delete hash per recipient. Storage is
+   shared by all recipients (seed 002 §2.2: "the same amount of storage ... as a single
+   recipient");
+3. for each recipient, sign and seal a header (envelope.py) and APPEND it to the recipient's
+   inbox on its r closest nodes;
+4. every STORE and APPEND receipt is verified against the NodeCert the request went to; nodes
+   that fail or answer wrongly are replaced by a fresh, wider set (seed 002 §3.1 step 6,
+   `store.client`'s rounds). A step with fewer than `need` receipts fails.
+
+Failure semantics: a body that cannot be stored on enough nodes fails the whole send
+(`SendFailed`, nothing delivered, the sender's delete secrets remove what was stored). A
+recipient whose inbox cannot take the header (full: quota; or unreachable) is reported in
+`SendReport.failed` with a one-line reason; the sender uses that recipient's delete secret to
+remove its right to the body at once, so nothing is left behind for it. Everyone else's delivery
+stands. The caller (user_agent.py) keeps the message in the Outbox until every recipient has it.
+
+Nothing here logs; the report is for the local user only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from anonmail import ids, wire
+from anonmail.certs import AddressCert, Endpoint, NodeCert, is_anon_address
+from anonmail.clock import Clock
+from anonmail.errors import Refused, RemoteProtocolError, TransportError, UserError
+from anonmail.mail import envelope, fragments
+from anonmail.mail.compose import Composed
+from anonmail.mail.envelope import BodyFacts
+from anonmail.mail.identity import AddressIdentity
+from anonmail.net.base import Handler, Network
+from anonmail.params import NetworkParams
+from anonmail.receipts import Receipt
+from anonmail.rng import Rng
+from anonmail.store.client import (
+    Lookup,
+    append_replicated,
+    closest,
+    delete_all,
+    fetch_cert,
+    store_replicated,
+)
+from anonmail.store.messages import AppendProof, Fetch, Fetched, ObjectKind, delete_hash
+
+DEFAULT_TTL = 14 * 86400  # bodies and headers; nodes clamp to their max_ttl (30 days)
+DEFAULT_ROUNDS = 4  # fresh node sets tried per step (seed 002 §3.1 step 6)
+APPEND_CONCURRENCY = 8
+
+ProofFor = Callable[[AddressCert, bytes], AppendProof | None]  # (recipient cert, entry) -> proof
+
+
+@dataclass
+class StepReport:
+    """One replicated STORE or APPEND: the receipts that verified, and refusals seen."""
+
+    what: str
+    key: bytes
+    receipts: list[Receipt] = field(default_factory=list)
+    need: int = 0
+    refusals: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return len(self.receipts) >= self.need
+
+
+@dataclass
+class SendReport:
+    message_id: str
+    size: int  # bytes of the RFC 5322 message
+    stored_bytes: int  # ciphertext bytes on each replica set (body or descriptor + fragments)
+    body: StepReport
+    fragments: list[StepReport] = field(default_factory=list)
+    inboxes: dict[str, StepReport] = field(default_factory=dict)  # by recipient
+    failed: dict[str, str] = field(default_factory=dict)  # recipient -> one-line reason
+
+    @property
+    def delivered(self) -> list[str]:
+        return [a for a, step in self.inboxes.items() if a not in self.failed and step.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.body.ok and all(f.ok for f in self.fragments)
+
+    def receipts(self) -> list[Receipt]:
+        out = list(self.body.receipts)
+        for step in (*self.fragments, *self.inboxes.values()):
+            out.extend(step.receipts)
+        return out
+
+
+class SendFailed(UserError):
+    """The send did not reach every recipient; `report` says what did."""
+
+    def __init__(self, line: str, report: SendReport | None) -> None:
+        super().__init__(line)
+        self.report = report
+
+
+class _Recording:
+    """A Network that remembers the details of typed refusals (to tell "inbox full" from
+    "unreachable"): `store.client` swallows them when it moves on to a fresh node."""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.refusals: list[str] = []
+
+    @property
+    def local_cert(self) -> NodeCert:
+        return self.net.local_cert
+
+    async def request(self, to: NodeCert, msg: Any, *, timeout: float | None = None) -> Any:
+        try:
+            return await self.net.request(to, msg, timeout=timeout)
+        except Refused as e:
+            self.refusals.append(e.detail)
+            raise
+
+    async def introduce(self, endpoint: Endpoint, *, timeout: float | None = None) -> NodeCert:
+        return await self.net.introduce(endpoint, timeout=timeout)
+
+    async def serve(self, handler: Handler, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.net.serve(handler, task_status=task_status)
+
+
+def _utc(t: int) -> str:
+    return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).strftime("%Y-%m-%d")
+
+
+# -- step 1: certificates -------------------------------------------------------------------------
+
+
+async def _diagnose(net: Network, dht: Lookup, address: str, r: int,
+                    trusted_cas: frozenset[bytes], now: float, skew: int) -> str:
+    """Why no valid certificate was found: one line for the user."""
+    key = ids.cert_key(address)
+    seen: list[AddressCert] = []
+    for node in await closest(dht, key, r):
+        try:
+            reply = await net.request(node, Fetch(key))
+            if isinstance(reply, Fetched):
+                cert = wire.decode(reply.blob, AddressCert)
+                if cert.address == address:
+                    seen.append(cert)
+        except (TransportError, Refused, RemoteProtocolError):
+            continue
+    if not seen:
+        return (f"no certificate found for {address}: check the address, or ask its owner to "
+                f"publish one")
+    newest = max(seen, key=lambda c: c.issued)
+    if now > newest.expires + skew:
+        return (f"the certificate of {address} expired on {_utc(newest.expires)}: ask its "
+                f"owner to renew it")
+    if not is_anon_address(address) and newest.issuer not in trusted_cas:
+        return f"the certificate of {address} is from a CA you do not trust"
+    return f"the certificate found for {address} is not valid (forged or damaged)"
+
+
+async def recipient_certs(net: Network, dht: Lookup, addresses: Sequence[str], r: int,
+                          trusted_cas: frozenset[bytes], clock: Clock,
+                          skew: int) -> dict[str, AddressCert]:
+    """Every recipient's valid AddressCert, fetched in parallel; UserError naming each one
+    that has none (seed 002 §3.1 step 1: "A authenticates the certificate")."""
+    found: dict[str, AddressCert] = {}
+    problems: dict[str, str] = {}
+    limiter = trio.CapacityLimiter(APPEND_CONCURRENCY)
+
+    async def one(address: str) -> None:
+        async with limiter:
+            cert = await fetch_cert(net, dht, address, r, trusted_cas, clock, skew=skew)
+            if cert is not None:
+                found[address] = cert
+            else:
+                problems[address] = await _diagnose(net, dht, address, r, trusted_cas,
+                                                    clock.now(), skew)
+
+    async with trio.open_nursery() as nursery:
+        for a in addresses:
+            nursery.start_soon(one, a)
+    if problems:
+        raise SendFailed("; ".join(problems[a] for a in addresses if a in problems), None)
+    return found
+
+
+# -- steps 2-4 ------------------------------------------------------------------------------------
+
+
+def _inbox_full(refusals: Sequence[str]) -> bool:
+    return any(d.startswith("quota: inbox") for d in refusals)
+
+
+def _reason(step: StepReport, r: int) -> str:
+    if _inbox_full(step.refusals):
+        return "their inbox is full (quota): try again later"
+    if step.refusals:
+        return f"their inbox replicas refused the message ({step.refusals[0]})"
+    return f"only {len(step.receipts)} of {r} inbox replicas took the message: try again later"
+
+
+async def _forget(net: Network, dht: Lookup, body: fragments.EncryptedBody, key: bytes,
+                  secrets: Sequence[bytes], r: int) -> None:
+    """Use our copies of delete secrets: remove those recipients' rights everywhere."""
+    desc: fragments.Descriptor | None = None
+    if body.fragments:
+        refs = tuple(fragments.FragmentRef(k, len(ct)) for k, ct in body.fragments)
+        desc = fragments.Descriptor(refs, body.padded_size, bytes(32))
+    for secret in secrets:
+        await delete_all(net, dht, key, secret, r, widen=fragments.WIDEN)
+        if desc is not None:
+            await fragments.delete_fragments(net, dht, desc, secret, r, widen=fragments.WIDEN)
+
+
+async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Composed, *,
+               params: NetworkParams, trusted_cas: frozenset[bytes], clock: Clock, rng: Rng,
+               ttl: int = DEFAULT_TTL, need: int | None = None, only: Sequence[str] | None = None,
+               proof_for: ProofFor | None = None, rounds: int = DEFAULT_ROUNDS,
+               concurrency: int = fragments.DEFAULT_CONCURRENCY) -> SendReport:
+    """Send `msg` (DESIGN.md §5). `need`: receipts each step needs (default r). `only`: deliver
+    headers to these recipients only (a retry of the ones that failed; the headers still list
+    the message's To and Cc). Raises SendFailed (a UserError) when the body cannot be stored or
+    a certificate is missing; per-recipient failures are in the report."""
+    r = params.replication
+    need = r if need is None else need
+    skew = params.clock_skew
+    if msg.sender != identity.address:
+        raise UserError("the message's From is not this identity's address")
+    identity.check(trusted_cas, clock.now(), skew)
+    targets = list(msg.recipients if only is None else dict.fromkeys(only))
+    if not targets or any(t not in msg.recipients for t in targets):
+        raise UserError("retry recipients must be among the message's recipients")
+
+    # 1. certificates, before anything is stored
+    certs = await recipient_certs(net, dht, targets, r, trusted_cas, clock, skew)
+
+    # 2. encrypt once, STORE once (fragments first: a descriptor never names missing ones)
+    body_key = rng.bytes(32)
+    body = fragments.encrypt_body(msg.data, body_key)
+    secrets = {a: rng.bytes(32) for a in targets}
+    key = ids.body_key(msg.message_id)
+    now = int(clock.now())
+    report = SendReport(msg.message_id, len(msg.data), body.stored_bytes,
+                        StepReport("body", key, need=need))
+    if body.fragments:
+        got = await fragments.store_fragments(net, dht, body, list(secrets.values()), ttl, r,
+                                              clock, concurrency=concurrency, rounds=rounds)
+        report.fragments = [StepReport(f"fragment {i + 1}/{len(body.fragments)}", k, rcpts, need)
+                            for i, ((k, _), rcpts) in enumerate(zip(body.fragments, got.receipts,
+                                                                    strict=True))]
+    stored_ok = all(f.ok for f in report.fragments)
+    if stored_ok:
+        report.body.receipts = await store_replicated(
+            net, dht, key, ObjectKind.BODY, body.blob, ttl,
+            [delete_hash(s) for s in secrets.values()], r, clock=clock, skew=skew,
+            rounds=rounds)
+    if not (stored_ok and report.body.ok):
+        await _forget(net, dht, body, key, list(secrets.values()), r)
+        short = [s for s in (report.body, *report.fragments) if not s.ok]
+        worst = min(len(s.receipts) for s in short) if short else 0
+        raise SendFailed(f"could not store the message on enough nodes ({worst} of {r} "
+                         f"replicas answered); nothing was delivered: try again later", report)
+
+    # 3-4. a sealed, signed header per recipient, APPENDed to its inbox
+    facts = BodyFacts(body_key, body.digest, len(msg.data), body.layout, len(body.fragments),
+                      now + ttl)
+    headers = envelope.build_headers(msg, identity.cert, identity.sign, facts, secrets)
+    limiter = trio.CapacityLimiter(APPEND_CONCURRENCY)
+
+    async def deliver(address: str) -> None:
+        cert = certs[address]
+        inbox = ids.inbox_key(address)
+        entry = envelope.seal_header(headers[address], cert.seal_key, inbox, rng)
+        proof = None if proof_for is None else proof_for(cert, entry)
+        rec = _Recording(net)
+        step = StepReport(f"inbox of {address}", inbox, need=need)
+        report.inboxes[address] = step
+        async with limiter:
+            # One round first: a full inbox refuses on every replica, and trying ever farther
+            # nodes would only park the header where its owner does not read (store/client's
+            # retries are for nodes that failed, not for an inbox that is full).
+            step.receipts = await append_replicated(rec, dht, inbox, entry, ttl, proof, r,
+                                                    clock=clock, skew=skew, rounds=1)
+            if not step.ok and not _inbox_full(rec.refusals):
+                # Repeats to the nodes that took it collapse (same entry id) and re-sign.
+                step.receipts = await append_replicated(rec, dht, inbox, entry, ttl, proof, r,
+                                                        clock=clock, skew=skew, rounds=rounds)
+        step.refusals = rec.refusals
+        if not step.ok:
+            report.failed[address] = _reason(step, r)
+
+    async with trio.open_nursery() as nursery:
+        for a in targets:
+            nursery.start_soon(deliver, a)
+    # A recipient no inbox replica took can never fetch the body: drop its right now. One
+    # that some replicas took may still get the header (replicas republish): keep its right.
+    lost = [a for a in report.failed if not report.inboxes[a].receipts]
+    if lost:
+        await _forget(net, dht, body, key, [secrets[a] for a in lost], r)
+    return report
