@@ -122,12 +122,16 @@ def ca_issued(name: str, now: float) -> AddressIdentity:
 async def people(sim: Sim, *names: str) -> list[MailAgent]:
     """Agents on nodes 0, 1, 2, ...; `alice`-like names are .anon, `bob` is CA-issued. Each
     publishes its certificate."""
+    return await people_in(sim, R, *names)
+
+
+async def people_in(sim: Sim, replicas: int, *names: str) -> list[MailAgent]:
     now = sim.s.clock.now()
     out = []
     for i, name in enumerate(names):
         ident = ca_issued(name, now) if name == "bob" else anon(name, now)
         agent = sim.agent(i, ident, name)
-        assert len(await agent.publish_cert()) == R
+        assert len(await agent.publish_cert()) == replicas
         out.append(agent)
     return out
 
@@ -534,3 +538,30 @@ async def test_send_and_retrieve_survive_crashed_replicas(
             assert (await a.retrieve(n.header.message_id)).data == msg.data
         for k in (key, *(f.key for f in report.fragments)):
             assert sim.holders(k) & {x.node_id for x in s.live()} == set()
+
+
+async def test_a_network_smaller_than_r_still_delivers(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """Five nodes cannot give r = 8 receipts: a send asks for as many as there are."""
+    s = Scenario(5, seed=3, encode=True)
+    await s.build("oracle")
+    svc = {}
+    for i, x in enumerate(s.nodes):
+        svc[x.node_id] = StoreService(x.net, x.dht, x.key, s.params, s.clock,
+                                      s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
+                                      trusted_cas=TRUSTED)
+        x.net.set_handler(route(svc[x.node_id], x.dht))
+    small = Sim(s, svc, tmp_path)
+    try:
+        with trio.fail_after(TIMEOUT):
+            alice, bob = await people_in(small, 5, "alice", "bob")
+            report = await alice.send([bob.address], subject="s", body="b\n",
+                                      attachments=[Attachment("a", b"x" * 1_200_000)])
+            assert report.ok and report.body.need == 5 and len(report.body.receipts) == 5
+            (n,) = (await bob.check()).new
+            assert (await bob.retrieve(n.header.message_id)).data.endswith(b"--\r\n")
+            assert small.objects() == 2 * 5  # two certificates, nothing else
+    finally:
+        for service in svc.values():
+            service.db.close()

@@ -206,12 +206,13 @@ def _inbox_full(refusals: Sequence[str]) -> bool:
     return any(d.startswith("quota: inbox") for d in refusals)
 
 
-def _reason(step: StepReport, r: int) -> str:
+def _reason(step: StepReport) -> str:
     if _inbox_full(step.refusals):
         return "their inbox is full (quota): try again later"
     if step.refusals:
         return f"their inbox replicas refused the message ({step.refusals[0]})"
-    return f"only {len(step.receipts)} of {r} inbox replicas took the message: try again later"
+    return (f"only {len(step.receipts)} of {step.need} inbox replicas took the message: try "
+            f"again later")
 
 
 async def _forget(net: Network, dht: Lookup, body: fragments.EncryptedBody, key: bytes,
@@ -254,6 +255,9 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
     body = fragments.encrypt_body(msg.data, body_key)
     secrets = {a: rng.bytes(32) for a in targets}
     key = ids.body_key(msg.message_id)
+    # A network with fewer than r live nodes (a test network, a young one) cannot give r
+    # receipts: ask for as many as there are. In a network of r or more this is r.
+    need = min(need, max(1, len(await closest(dht, key, r))))
     now = int(clock.now())
     report = SendReport(msg.message_id, len(msg.data), body.stored_bytes,
                         StepReport("body", key, need=need))
@@ -271,9 +275,9 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
             rounds=rounds)
     if not (stored_ok and report.body.ok):
         await _forget(net, dht, body, key, list(secrets.values()), r)
-        short = [s for s in (report.body, *report.fragments) if not s.ok]
-        worst = min(len(s.receipts) for s in short) if short else 0
-        raise SendFailed(f"could not store the message on enough nodes ({worst} of {r} "
+        tried = report.fragments if not stored_ok else [report.body]
+        worst = min(len(s.receipts) for s in tried if not s.ok)
+        raise SendFailed(f"could not store the message on enough nodes ({worst} of {need} "
                          f"replicas answered); nothing was delivered: try again later", report)
 
     # 3-4. a sealed, signed header per recipient, APPENDed to its inbox
@@ -302,7 +306,7 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
                                                         clock=clock, skew=skew, rounds=rounds)
         step.refusals = rec.refusals
         if not step.ok:
-            report.failed[address] = _reason(step, r)
+            report.failed[address] = _reason(step)
 
     async with trio.open_nursery() as nursery:
         for a in targets:
