@@ -18,6 +18,7 @@ from anonmail.errors import UserError
 # parsers, a callable taking the parsed namespace and returning an exit status.
 COMMAND_MODULES = (
     "anonmail.commands.node_cmd",
+    "anonmail.commands.mail_cmd",
     "anonmail.sim.demo",
     "anonmail.sim.cli",
     "anonmail.bench",

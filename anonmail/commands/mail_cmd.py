@@ -1,0 +1,258 @@
+"""Mail commands: `anonmail init`, `address`, `send`, `inbox`, `read`.
+
+Each network command is one short agent session (anonmail/agent.py). The address key file is
+`address.key` in the home directory, sealed under the passphrase like the node key; retrieved
+mail is a Maildir under `mail/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import email.policy
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from anonmail import config as config_mod
+from anonmail import crypto
+from anonmail.agent import AgentConfig, own_node_endpoint, session
+from anonmail.certs import fingerprint_words, normalize_address
+from anonmail.clock import SystemClock
+from anonmail.commands.node_cmd import _home, _passphrase
+from anonmail.errors import UserError
+from anonmail.fileio import create_private
+from anonmail.mail.compose import Attachment
+from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.maildir import LocalMail
+from anonmail.mail.user_agent import MailAgent
+from anonmail.paths import Home
+from anonmail.rng import SystemRng
+
+T = TypeVar("T")
+ADDRESS_KEY = "address.key"
+MAIL_DIR = "mail"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--home", type=Path, help="home directory (default: per-user data dir)")
+        p.add_argument("--passphrase-file", type=Path,
+                       help="read the passphrase from this file (else $ANONMAIL_PASSPHRASE)")
+
+    p = sub.add_parser("init", help="create your mail address (a self-certifying .anon address)")
+    common(p)
+    p.add_argument("--name", default="me", help="the part before @ (default: me)")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
+                   help="without a config.toml: a node to reach the network through")
+    p.add_argument("--testnet", action="store_true", help="without a config.toml: a testnet")
+    p.add_argument("--puzzle-bits", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--offline", action="store_true",
+                   help="do not publish the address certificate now")
+    p.add_argument("--fast-kdf", action="store_true", help=argparse.SUPPRESS)  # tests only
+    p.set_defaults(func=cmd_init)
+
+    a = sub.add_parser("address", help="print your address and its fingerprint")
+    common(a)
+    a.set_defaults(func=cmd_address)
+
+    s = sub.add_parser("send", help="send a message (body from FILE or standard input)")
+    common(s)
+    s.add_argument("--to", action="append", default=[], metavar="ADDRESS")
+    s.add_argument("--cc", action="append", default=[], metavar="ADDRESS")
+    s.add_argument("--bcc", action="append", default=[], metavar="ADDRESS")
+    s.add_argument("--subject", default="")
+    s.add_argument("--attach", action="append", default=[], type=Path, metavar="FILE")
+    s.add_argument("file", nargs="?", type=Path,
+                   help="the body, or a whole RFC 5322 message when no --to is given")
+    s.set_defaults(func=cmd_send)
+
+    i = sub.add_parser("inbox", help="collect new mail and list it")
+    common(i)
+    i.add_argument("--offline", action="store_true", help="list what is here; do not check")
+    i.set_defaults(func=cmd_inbox)
+
+    r = sub.add_parser("read", help="print a message (retrieving it first if needed)")
+    common(r)
+    r.add_argument("id", help="the number `anonmail inbox` shows, or the Message-ID")
+    r.add_argument("--raw", action="store_true", help="print the exact RFC 5322 bytes")
+    r.set_defaults(func=cmd_read)
+
+
+# -- plumbing -------------------------------------------------------------------------------------
+
+def _identity(args: argparse.Namespace, home: Home) -> AddressIdentity:
+    path = home.root / ADDRESS_KEY
+    if not path.exists():
+        raise UserError(f"no address in {home.root}: run `anonmail init` first")
+    return AddressIdentity.load(path, _passphrase(args, confirm=False))
+
+
+def _agent_config(home: Home) -> AgentConfig:
+    cfg = config_mod.load(home.config)
+    entry = (own_node_endpoint(cfg.listen), *cfg.bootstrap)
+    return AgentConfig(cfg.params, tuple(dict.fromkeys(entry)), cfg.trusted_cas,
+                       home.root / MAIL_DIR)
+
+
+def _run(args: argparse.Namespace, job: Callable[[MailAgent], Awaitable[T]]) -> T:
+    home = _home(args)
+    identity = _identity(args, home)
+    config = _agent_config(home)
+
+    async def main() -> T:
+        async with session(identity, config, SystemClock(), SystemRng()) as agent:
+            return await job(agent)
+
+    return trio.run(main)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = _home(args)
+    path = home.root / ADDRESS_KEY
+    if path.exists():
+        raise UserError(f"{path} exists: refusing to overwrite your address")
+    if not home.config.exists():
+        extra = {"puzzle_bits": args.puzzle_bits} if args.puzzle_bits is not None else {}
+        if extra and not args.testnet:
+            raise UserError("--puzzle-bits is for test networks (add --testnet)")
+        text = config_mod.template("127.0.0.1:7600", tuple(args.bootstrap),
+                                   "test" if args.testnet else "main", extra)
+        config_mod.parse(text)  # validate before writing anything
+    else:
+        text = None
+    local = normalize_address(f"{args.name}@example.org").split("@")[0]
+    passphrase = _passphrase(args, confirm=True)
+    rng, clock = SystemRng(), SystemClock()
+    identity = AddressIdentity.create_anon(local, rng, clock.now())
+    home.ensure()
+    cost = crypto.INTERACTIVE if args.fast_kdf else crypto.MODERATE
+    identity.save(path, passphrase, rng, params=cost)
+    if text is not None:
+        create_private(home.config, text.encode())
+    print(f"your address: {identity.address}")
+    print(f"fingerprint:  {fingerprint_words(identity.sign.public)}")
+    if not args.offline:
+        config = _agent_config(home)
+
+        async def publish() -> int:
+            async with session(identity, config, clock, rng) as agent:
+                return len(await agent.publish_cert())
+
+        stored = trio.run(publish)
+        print(f"published your address certificate on {stored} nodes")
+    return 0
+
+
+def cmd_address(args: argparse.Namespace) -> int:
+    identity = _identity(args, _home(args))
+    print(identity.address)
+    print(f"fingerprint: {fingerprint_words(identity.sign.public)}")
+    return 0
+
+
+def _read_input(path: Path | None) -> bytes:
+    if path is None:
+        if sys.stdin.isatty():
+            print("(type the message; end with Ctrl-D)", file=sys.stderr)
+        return sys.stdin.buffer.read()
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    data = _read_input(args.file)
+    attachments = []
+    for p in args.attach:
+        try:
+            attachments.append(Attachment(p.name, p.read_bytes()))
+        except OSError as e:
+            raise UserError(f"cannot read attachment {p}: {e.strerror}") from None
+
+    async def job(agent: MailAgent) -> str:
+        if args.to or args.cc or args.bcc:
+            try:
+                body = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError("the body is not UTF-8 text: send binary files with "
+                                "--attach") from None
+            report = await agent.send(args.to, args.cc, args.bcc, args.subject, body,
+                                      attachments)
+        else:
+            if attachments or args.subject:
+                raise UserError("--subject and --attach need --to (or give a whole RFC 5322 "
+                                "message without them)")
+            report = await agent.send_message(data)
+        return (f"sent {report.message_id} ({report.size:,} bytes) to "
+                f"{len(report.delivered)} recipient(s)")
+
+    print(_run(args, job))
+    return 0
+
+
+def _listing(local: LocalMail) -> list[tuple[str, str, str, str]]:
+    """(message id, from, subject, state) for pending notices, then retrieved messages."""
+    rows = [(n.header.message_id, n.header.sender.address, n.header.subject, "new")
+            for n in sorted(local.pending(), key=lambda n: n.header.date)]
+    for key in local.message_keys():
+        msg = email.message_from_bytes(local.maildir.get_bytes(key), policy=email.policy.default)
+        rows.append((str(msg.get("Message-ID", "")), str(msg.get("From", "")),
+                     str(msg.get("Subject", "")), "read"))
+    return rows
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    home = _home(args)
+    if not args.offline:
+        report = _run(args, lambda agent: agent.check())
+        print(f"{len(report.new)} new message(s)", file=sys.stderr)
+    local = LocalMail(home.root / MAIL_DIR)
+    for i, (_mid, sender, subject, state) in enumerate(_listing(local), start=1):
+        print(f"{i:>3}  {state:4}  {sender[:40]:40}  {subject[:60]}")
+    return 0
+
+
+def _resolve(local: LocalMail, ident: str) -> str:
+    rows = _listing(local)
+    if ident.isdigit() and 1 <= int(ident) <= len(rows):
+        return rows[int(ident) - 1][0]
+    for mid, *_ in rows:
+        if ident in (mid, mid.strip("<>")):
+            return mid
+    raise UserError(f"no message {ident!r}: run `anonmail inbox` to list them")
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    home = _home(args)
+    local = LocalMail(home.root / MAIL_DIR)
+    mid = _resolve(local, args.id)
+    data = local.get_message(mid)
+    if data is None:
+        data = _run(args, lambda agent: _retrieve(agent, mid))
+    if args.raw:
+        sys.stdout.buffer.write(data)
+    else:
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        for h in ("From", "To", "Cc", "Date", "Subject", "Message-ID"):
+            if msg.get(h):
+                print(f"{h}: {msg[h]}")
+        print()
+        body = msg.get_body(preferencelist=("plain",)) if msg.is_multipart() else msg
+        if body is not None:
+            print(body.get_content() if hasattr(body, "get_content") else body.get_payload())
+        for part in msg.iter_attachments() if msg.is_multipart() else ():
+            size = len(part.get_payload(decode=True) or b"")
+            print(f"[attachment: {part.get_filename()} ({size:,} bytes); --raw for the "
+                  "whole message]")
+    return 0
+
+
+async def _retrieve(agent: MailAgent, mid: str) -> bytes:
+    return (await agent.retrieve(mid)).data
