@@ -98,3 +98,25 @@ def test_alice_mails_bob_and_carol_a_megabyte(net: LocalNet, tmp_path: Path) -> 
     # Both have read it: no body, fragment or inbox entry is left on any node.
     assert [body_bytes(h) for h in net.homes] == [0] * N_NODES
     assert [inbox_entries(h) for h in net.homes] == [0] * N_NODES
+
+
+@pytest.mark.slow
+def test_fifty_megabytes_round_trip_through_fragments(net: LocalNet, tmp_path: Path) -> None:
+    alice, _ = user(net, tmp_path, "alice")
+    bob, bob_addr = user(net, tmp_path, "bob")
+    attachment = SeededRng(50).bytes(50_000_000)
+    (tmp_path / "big.bin").write_bytes(attachment)
+    (tmp_path / "body.txt").write_text("The archive.\n")
+    r = anonmail("send", "--home", str(alice), "--to", bob_addr, "--subject", "archive",
+                 "--attach", str(tmp_path / "big.bin"), str(tmp_path / "body.txt"), timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert anonmail("inbox", "--home", str(bob), timeout=600).returncode == 0
+    r = anonmail("read", "1", "--home", str(bob), timeout=600)
+    assert r.returncode == 0, r.stderr
+    (got_file,) = (bob / "mail" / "Maildir" / "new").iterdir()
+    (sent_file,) = (alice / "mail" / "Maildir" / ".Sent" / "new").iterdir()
+    assert got_file.read_bytes() == sent_file.read_bytes()
+    msg = email.message_from_bytes(got_file.read_bytes(), policy=email.policy.default)
+    (part,) = list(msg.iter_attachments())
+    assert part.get_payload(decode=True) == attachment
+    assert [body_bytes(h) for h in net.homes] == [0] * N_NODES
