@@ -92,8 +92,13 @@ class Node:
         server is evidence it is alive (Kademlia §2.2), so the DHT observes them all."""
         if StoreService.handles(msg):
             self.dht.observe(peer)
-            return await self.store.handle(peer, msg)
-        return await self.dht.handle(peer, msg)
+            reply = await self.store.handle(peer, msg)
+        else:
+            reply = await self.dht.handle(peer, msg)
+        # Types and public node ids only: never keys, blobs, entries or addresses.
+        log.debug("%s from %s -> %s", type(msg).__name__, ids.short(peer.node_id),
+                  type(reply).__name__)
+        return reply
 
     def _issue_cert(self) -> None:
         assert self.endpoint is not None

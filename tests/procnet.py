@@ -76,7 +76,7 @@ class LocalNet:
     def __init__(self, root: Path, n: int) -> None:
         self.ports = free_ports(n)
         self.homes = [root / f"node{i}" for i in range(n)]
-        self.procs: list[subprocess.Popen[str] | None] = [None] * n
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
         for home, port in zip(self.homes, self.ports, strict=True):
             r = anonmail("node", "--init", "--home", str(home), "--testnet", "--puzzle-bits",
                          PUZZLE_BITS, "--listen", f"127.0.0.1:{port}", "--bootstrap",
@@ -87,10 +87,15 @@ class LocalNet:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.ports[0]}"
 
+    def output(self, i: int) -> Path:
+        """Everything node i printed and logged (at DEBUG level), across restarts."""
+        return self.homes[i] / "node.out"
+
     def start(self, i: int) -> None:
-        self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "anonmail.cli", "node", "--home", str(self.homes[i]),
-             "--quiet"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with self.output(i).open("ab") as out:  # a file, not a pipe: a pipe can fill and block
+            self.procs[i] = subprocess.Popen(
+                [sys.executable, "-m", "anonmail.cli", "node", "--home", str(self.homes[i]),
+                 "--verbose"], env=env(), stdout=out, stderr=subprocess.STDOUT)
         wait_for(functools.partial(running, self.homes[i]), f"node {i} to start")
 
     def start_all(self) -> None:
@@ -111,7 +116,8 @@ class LocalNet:
         p = self.procs[i]
         assert p is not None
         p.send_signal(signal.SIGTERM)
-        out, _ = p.communicate(timeout=DEADLINE)
+        p.wait(timeout=DEADLINE)
+        out = self.output(i).read_text(errors="replace")
         assert p.returncode == 0, out
         self.procs[i] = None
         return out
@@ -125,11 +131,9 @@ class LocalNet:
                 self._reap(p)
 
     @staticmethod
-    def _reap(p: subprocess.Popen[str]) -> None:
+    def _reap(p: subprocess.Popen[bytes]) -> None:
         try:
             p.wait(timeout=DEADLINE)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-        if p.stdout is not None:
-            p.stdout.close()

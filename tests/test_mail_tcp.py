@@ -48,6 +48,13 @@ def inbox_entries(home: Path) -> int:
         return int(n)
 
 
+def database_bytes(home: Path) -> bytes:
+    """The raw database files (main and write-ahead log), for a plaintext scan."""
+    store = Home(home).store
+    return b"".join(p.read_bytes() for p in (store, store.with_name(store.name + "-wal"))
+                    if p.exists())
+
+
 def user(t: LocalNet, root: Path, name: str) -> tuple[Path, str]:
     home = root / name
     r = anonmail("init", "--home", str(home), "--name", name, "--testnet", "--puzzle-bits",
@@ -60,7 +67,7 @@ def user(t: LocalNet, root: Path, name: str) -> tuple[Path, str]:
 
 
 def test_alice_mails_bob_and_carol_a_megabyte(net: LocalNet, tmp_path: Path) -> None:
-    alice, _ = user(net, tmp_path, "alice")
+    alice, alice_addr = user(net, tmp_path, "alice")
     bob, bob_addr = user(net, tmp_path, "bob")
     carol, carol_addr = user(net, tmp_path, "carol")
 
@@ -98,6 +105,17 @@ def test_alice_mails_bob_and_carol_a_megabyte(net: LocalNet, tmp_path: Path) -> 
     # Both have read it: no body, fragment or inbox entry is left on any node.
     assert [body_bytes(h) for h in net.homes] == [0] * N_NODES
     assert [inbox_entries(h) for h in net.homes] == [0] * N_NODES
+
+    # No node's database or debug log holds the subject, the text, a piece of the attachment
+    # or any address (address certificates, public by design, aside: they are stored as CERTs).
+    needles = [b"Quarterly figures", b"Figures attached", attachment[4000:4064],
+               bob_addr.encode(), carol_addr.encode(), alice_addr.encode()]
+    net.close()
+    for i, home in enumerate(net.homes):
+        log = net.output(i).read_bytes()
+        assert log.count(b"\n") > 0, "the nodes logged nothing: the scan would prove nothing"
+        assert [n for n in needles if n in log] == []
+        assert [n for n in needles[:3] if n in database_bytes(home)] == []
 
 
 @pytest.mark.slow

@@ -44,7 +44,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="read the key passphrase from this file (else $ANONMAIL_PASSPHRASE, "
                         "else a prompt)")
     p.add_argument("--fast-kdf", action="store_true", help=argparse.SUPPRESS)  # tests only
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    verbosity.add_argument("-v", "--verbose", action="store_true",
+                           help="log everything (debug); logs never hold keys, mail or addresses")
     p.set_defaults(func=cmd_node)
 
     s = sub.add_parser("status", help="show a running node's id, endpoint and contacts")
@@ -118,7 +121,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         return cmd_init(args, home)
     cfg = config_mod.load(home.config)
     key = load_key(home, _passphrase(args, confirm=False))
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     node = Node(key, cfg.params, SystemClock(), SystemRng(), listen=cfg.listen,
                 advertise=cfg.advertise, bootstrap=cfg.bootstrap, contacts_file=home.contacts,
