@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +22,7 @@ COMMAND_MODULES = (
     "anonmail.commands.mail_cmd",
     "anonmail.sim.demo",
     "anonmail.sim.cli",
-    "anonmail.bench",
+    "anonmail.sim.bench",
 )
 
 
@@ -57,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anonmail: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`anonmail … | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return status
 
 

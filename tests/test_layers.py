@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("mail", ("anonmail.mail", "anonmail.mail.*")),
     ("node", ("anonmail.node", "anonmail.agent")),
     ("edges", ("anonmail", "anonmail.__main__", "anonmail.cli", "anonmail.config",
-               "anonmail.paths", "anonmail.control", "anonmail.bench", "anonmail.commands",
+               "anonmail.paths", "anonmail.control", "anonmail.commands",
                "anonmail.commands.*", "anonmail.gateway", "anonmail.gateway.*")),
     ("sim", ("anonmail.sim", "anonmail.sim.*")),
 ]

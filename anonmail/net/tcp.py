@@ -112,8 +112,16 @@ def _transport_errors(what: str) -> Iterator[None]:
         raise TransportError(f"{what}: {type(e).__name__}") from e
 
 
-async def _run_handshake(stream: trio.SocketStream, hs: Handshake,
-                         clock: Clock) -> tuple[Established, bytes]:
+@dataclass
+class TcpStats:
+    """Bytes this node put on and took off the wire (handshakes and frames, both directions)."""
+
+    sent: int = 0
+    received: int = 0
+
+
+async def _run_handshake(stream: trio.SocketStream, hs: Handshake, clock: Clock,
+                         stats: TcpStats) -> tuple[Established, bytes]:
     """Drive `hs` to completion; returns the result and the bytes that came after it (the
     initiator sends its first request right behind its last handshake message)."""
     while True:
@@ -121,11 +129,13 @@ async def _run_handshake(stream: trio.SocketStream, hs: Handshake,
         out = hs.data_to_send()
         if out:
             await stream.send_all(out)
+            stats.sent += len(out)
         if isinstance(event, Established):
             return event, hs.trailing_data
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
             raise TransportError("connection closed during the handshake")
+        stats.received += len(data)
         hs.receive_data(data)
 
 
@@ -133,9 +143,10 @@ class _Link:
     """An established connection: the stream, who is on the other end, and the frame codecs."""
 
     def __init__(self, stream: trio.SocketStream, handshake: tuple[Established, bytes],
-                 max_frame: int, source: str) -> None:
+                 max_frame: int, source: str, stats: TcpStats) -> None:
         est, trailing = handshake
         self.stream = stream
+        self.stats = stats
         self.peer = est.peer
         self.source = source
         self.max_frame = max_frame
@@ -151,13 +162,16 @@ class _Link:
             frame = self._encoder.encode(wire.encode(envelope))
             try:
                 await self.stream.send_all(frame)
+                self.stats.sent += len(frame)
             except BaseException:
                 # Interrupted mid-frame (cancelled, reset): the stream is unusable from here.
                 await self.close()
                 raise
 
     async def receive(self) -> bytes:
-        return await self.stream.receive_some(RECEIVE_SIZE)
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        self.stats.received += len(data)
+        return data
 
     async def close(self) -> None:
         self.closed = True
@@ -349,6 +363,7 @@ class TcpNetwork:
         self.cert_cache = cert_cache
         self.limits = limits
         self.faults: dict[str, int] = {}  # by source (see `source_of`)
+        self.stats = TcpStats()
         self._cert: NodeCert | None = None
         self._listeners: list[trio.SocketListener] = []
         self._serve_scope: trio.CancelScope | None = None
@@ -443,8 +458,8 @@ class TcpNetwork:
         hs = Handshake(Role.RESPONDER, self.key, self.local_cert, self.params, self.rng,
                        cert_cache=self.cert_cache)
         with trio.fail_after(self.limits.handshake_timeout):
-            done = await _run_handshake(stream, hs, self.clock)
-        link = _Link(stream, done, self.params.max_frame, source)
+            done = await _run_handshake(stream, hs, self.clock, self.stats)
+        link = _Link(stream, done, self.params.max_frame, source, self.stats)
         fault = await _Inbound(link, Peer(link.peer, ip), handler, self).run()
         if fault is not None:
             raise fault
@@ -538,7 +553,7 @@ class TcpNetwork:
             hs = Handshake(Role.INITIATOR, self.key, self.local_cert, self.params, self.rng,
                            expect=expect, cert_cache=self.cert_cache)
             with _transport_errors("handshake"):
-                done = await _run_handshake(stream, hs, self.clock)
+                done = await _run_handshake(stream, hs, self.clock, self.stats)
         except RemoteProtocolError as e:
             self.count_fault(source, e)
             await trio.aclose_forcefully(stream)
@@ -546,7 +561,7 @@ class TcpNetwork:
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-        return _Outbound(_Link(stream, done, self.params.max_frame, source), self)
+        return _Outbound(_Link(stream, done, self.params.max_frame, source, self.stats), self)
 
     async def _sweep(self) -> None:
         """Forget closed connections and close idle ones. The idle limit here is half the

@@ -37,6 +37,7 @@ from anonmail.net.frames import FrameDecoder, FrameEncoder
 from anonmail.net.sim import SimNetwork, SimWorld
 from anonmail.net.tcp import Response, TcpLimits, TcpNetwork
 from anonmail.rng import SystemRng
+from anonmail.sim import bench_mail
 
 TABLE_SIZE = 200
 PARAMS = params.testnet(puzzle_bits=0)  # loopback endpoints allowed; keys are cheap to make
@@ -233,6 +234,14 @@ def _cmd_rpc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mail(args: argparse.Namespace) -> int:
+    if not 1 <= args.messages <= 10_000 or not 100 <= args.size <= 50_000_000:
+        raise UserError("--messages must be 1-10000 and --size 100-50000000 bytes")
+    result = trio.run(bench_mail.bench_tcp, args.messages, args.size, args.nodes)
+    print(bench_mail.format_bench(result))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add `anonmail bench` and its subcommands to the command line."""
     bench = subparsers.add_parser("bench", help="measure this machine's throughput")
@@ -244,3 +253,9 @@ def register(subparsers: Any) -> None:
     rpc.add_argument("--transport", choices=[*sorted(RPC_TRANSPORTS), "both"], default="both",
                      help="which network to measure over (default both)")
     rpc.set_defaults(func=_cmd_rpc)
+    mail = sub.add_parser("mail", help="deliveries/second and wire bytes per delivered mail")
+    mail.add_argument("--messages", type=int, default=20, help="messages to send (default 20)")
+    mail.add_argument("--size", type=int, default=20_000,
+                      help="bytes per message (default 20000)")
+    mail.add_argument("--nodes", type=int, default=5, help="loopback nodes (default 5)")
+    mail.set_defaults(func=_cmd_mail)
