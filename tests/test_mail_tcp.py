@@ -13,10 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from procnet import PUZZLE_BITS, LocalNet, anonmail
 
+from anonmail import ids
+from anonmail.agent import AgentConfig, session
+from anonmail.certs import Endpoint
+from anonmail.clock import SystemClock
+from anonmail.mail.identity import AddressIdentity
+from anonmail.node import Node
+from anonmail.params import testnet as testnet_params
 from anonmail.paths import Home
-from anonmail.rng import SeededRng
+from anonmail.rng import SeededRng, SystemRng
 from anonmail.store.messages import ObjectKind
 
 N_NODES = 5
@@ -138,3 +146,26 @@ def test_fifty_megabytes_round_trip_through_fragments(net: LocalNet, tmp_path: P
     (part,) = list(msg.iter_attachments())
     assert part.get_payload(decode=True) == attachment
     assert [body_bytes(h) for h in net.homes] == [0] * N_NODES
+
+
+async def test_agent_sessions_use_fresh_transport_keys(tmp_path: Path) -> None:
+    params = testnet_params(puzzle_bits=4)
+    clock, rng = SystemClock(), SystemRng()
+    identity = AddressIdentity.create_anon("dora", rng, clock.now())
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node = Node(ids.grind_node_key(params.puzzle_bits, rng), params, clock, rng,
+                        listen=Endpoint("127.0.0.1", 0))
+            await nursery.start(node.run)
+            assert node.endpoint is not None
+            config = AgentConfig(params, (node.endpoint,), frozenset(), tmp_path / "mail")
+            seen = []
+            for _ in range(2):
+                async with session(identity, config, clock, rng) as agent:
+                    await agent.publish_cert()
+                    seen.append(agent.net.local_cert)
+            assert seen[0].node_id != seen[1].node_id
+            assert all(not cert.endpoints for cert in seen)  # clients: never in a routing table
+            assert {c.node_id for c in node.dht.contacts()}.isdisjoint(
+                c.node_id for c in seen)
+            nursery.cancel_scope.cancel()

@@ -7,6 +7,7 @@ Process start-up dominates these tests; every wait is bounded by an absolute dea
 from __future__ import annotations
 
 import functools
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -100,3 +101,17 @@ def test_processes_agree_with_oracle_and_survive_restart(net: LocalNet) -> None:
 
     # A clean stop through SIGTERM exits 0 and says so.
     assert "node stopped" in net.stop(1)
+
+
+def test_control_socket_and_home_are_private(tmp_path: Path) -> None:
+    net = LocalNet(tmp_path, 1)
+    try:
+        net.start(0)
+        home = Home(net.homes[0])
+        assert stat.S_ISSOCK(home.control.stat().st_mode)
+        assert home.control.stat().st_mode & 0o777 == 0o600
+        assert home.root.stat().st_mode & 0o777 == 0o700
+        for secret in (home.node_key, home.store):
+            assert secret.stat().st_mode & 0o777 == 0o600
+    finally:
+        net.close()
