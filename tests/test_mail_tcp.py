@@ -17,12 +17,12 @@ import trio
 from procnet import PUZZLE_BITS, LocalNet, anonmail
 
 from anonmail import ids
+from anonmail import params as netparams
 from anonmail.agent import AgentConfig, session
 from anonmail.certs import Endpoint
 from anonmail.clock import SystemClock
 from anonmail.mail.identity import AddressIdentity
 from anonmail.node import Node
-from anonmail.params import testnet as testnet_params
 from anonmail.paths import Home
 from anonmail.rng import SeededRng, SystemRng
 from anonmail.store.messages import ObjectKind
@@ -149,7 +149,7 @@ def test_fifty_megabytes_round_trip_through_fragments(net: LocalNet, tmp_path: P
 
 
 async def test_agent_sessions_use_fresh_transport_keys(tmp_path: Path) -> None:
-    params = testnet_params(puzzle_bits=4)
+    params = netparams.testnet(puzzle_bits=4)
     clock, rng = SystemClock(), SystemRng()
     identity = AddressIdentity.create_anon("dora", rng, clock.now())
     with trio.fail_after(60):
