@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,14 @@ class LocalNet:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+@contextmanager
+def local_net(root: Path, n: int) -> Iterator[LocalNet]:
+    """N started, joined node processes; all stopped on exit, whatever happened."""
+    t = LocalNet(root, n)
+    try:
+        t.start_all()
+        yield t
+    finally:
+        t.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from procnet import PUZZLE_BITS, LocalNet, anonmail
+from procnet import PUZZLE_BITS, LocalNet, anonmail, local_net
 
 from anonmail import ids
 from anonmail import params as netparams
@@ -33,12 +33,8 @@ ATTACHMENT = 1_000_000
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[LocalNet]:
-    t = LocalNet(tmp_path, N_NODES)
-    try:
-        t.start_all()
+    with local_net(tmp_path, N_NODES) as t:
         yield t
-    finally:
-        t.close()
 
 
 def body_bytes(home: Path) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procnet import DEADLINE, LocalNet, anonmail, env, running, status, wait_for
+from procnet import DEADLINE, LocalNet, anonmail, env, local_net, running, status, wait_for
 
 from anonmail import control, ids, wire
 from anonmail.dht.messages import ContactList
@@ -26,12 +26,8 @@ N_NODES = 6
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[LocalNet]:
-    t = LocalNet(tmp_path, N_NODES)
-    try:
-        t.start_all()
+    with local_net(tmp_path, N_NODES) as t:
         yield t
-    finally:
-        t.close()
 
 
 def saved_contacts(home: Path) -> int:

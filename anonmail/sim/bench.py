@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +32,9 @@ from anonmail.certs import Endpoint, NodeCert
 from anonmail.clock import SystemClock
 from anonmail.dht.messages import FindNode, Nodes
 from anonmail.errors import UserError
-from anonmail.net.base import Peer
+from anonmail.net.base import Handler, Network, Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
-from anonmail.net.sim import SimNetwork, SimWorld
+from anonmail.net.sim import SimWorld
 from anonmail.net.tcp import Response, TcpLimits, TcpNetwork
 from anonmail.rng import SystemRng
 from anonmail.sim import bench_mail
@@ -76,15 +76,43 @@ def closest(table: list[tuple[bytes, NodeCert]], target: bytes,
     return tuple(cert for _, cert in ranked[:count])
 
 
-async def rpc_over_tcp(seconds: float, clients: int) -> RpcResult:
-    """One server on 127.0.0.1, `clients` connections asking FIND_NODE back to back."""
+def find_node_handler() -> Handler:
+    """A server that answers FIND_NODE from a table of synthetic certificates."""
     table = [(cert.node_id, cert) for cert in synthetic_table()]
-    clock, rng = SystemClock(), SystemRng()
 
     async def handler(peer: Peer, msg: Any) -> Any:
         if isinstance(msg, FindNode):
             return Nodes(closest(table, msg.target, msg.count))
         raise NotImplementedError
+
+    return handler
+
+
+async def drive(nets: Sequence[Network], server: NodeCert, seconds: float,
+                transport: str) -> RpcResult:
+    """Each client asks FIND_NODE back to back for `seconds`."""
+    rng = SystemRng()
+    done, latency = 0, 0.0
+
+    async def client(net: Network) -> None:
+        nonlocal done, latency
+        while True:
+            started = trio.current_time()
+            await net.request(server, FindNode(rng.bytes(32), PARAMS.k))
+            latency += trio.current_time() - started
+            done += 1
+
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as drivers:
+            for net in nets:
+                drivers.start_soon(client, net)
+    return RpcResult(transport, len(nets), seconds, done, latency)
+
+
+async def rpc_over_tcp(seconds: float, clients: int) -> RpcResult:
+    """One server on 127.0.0.1, `clients` connections asking FIND_NODE back to back."""
+    clock, rng = SystemClock(), SystemRng()
+    handler = find_node_handler()
 
     server = TcpNetwork(crypto.SigningKey.generate(rng), PARAMS, clock, rng,
                         limits=TcpLimits(max_connections_per_source=clients + 1))
@@ -94,66 +122,30 @@ async def rpc_over_tcp(seconds: float, clients: int) -> RpcResult:
             for _ in range(clients)]
     for net in nets:
         net.cert = NodeCert.issue(net.key, (), clock.now(), PARAMS)
-    done, latency = 0, 0.0
-
-    async def client(net: TcpNetwork) -> None:
-        nonlocal done, latency
-        while True:
-            started = trio.current_time()
-            await net.request(server.local_cert, FindNode(rng.bytes(32), PARAMS.k))
-            latency += trio.current_time() - started
-            done += 1
-
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, handler)
-            with trio.move_on_after(seconds):
-                async with trio.open_nursery() as drivers:
-                    for net in nets:
-                        drivers.start_soon(client, net)
+            result = await drive(nets, server.local_cert, seconds, "tcp")
             nursery.cancel_scope.cancel()
     finally:
         for net in [*nets, server]:
             await net.aclose()
-    return RpcResult("tcp", clients, seconds, done, latency)
+    return result
 
 
 async def rpc_over_sim(seconds: float, clients: int) -> RpcResult:
     """The same workload through the simulated network with zero latency and every message
     encoded and decoded (as `anonmail sim` runs it with encode=True): what one simulated RPC
     costs in CPU, which bounds how many nodes and lookups a simulation can afford."""
-    table = [(cert.node_id, cert) for cert in synthetic_table()]
     clock, rng = SystemClock(), SystemRng()
-
-    async def handler(peer: Peer, msg: Any) -> Any:
-        if isinstance(msg, FindNode):
-            return Nodes(closest(table, msg.target, msg.count))
-        raise NotImplementedError
-
     world = SimWorld(PARAMS, rng, latency=(0.0, 0.0), encode=True)
     server_key = crypto.SigningKey.generate(rng)
     server_cert = NodeCert.issue(server_key, (Endpoint("198.18.0.1", 7000),), clock.now(),
                                  PARAMS)
-    world.attach(server_cert).set_handler(handler)
-    nets = []
-    for _ in range(clients):
-        key = crypto.SigningKey.generate(rng)
-        nets.append(world.attach(NodeCert.issue(key, (), clock.now(), PARAMS)))
-    done, latency = 0, 0.0
-
-    async def client(net: SimNetwork) -> None:
-        nonlocal done, latency
-        while True:
-            started = trio.current_time()
-            await net.request(server_cert, FindNode(rng.bytes(32), PARAMS.k))
-            latency += trio.current_time() - started
-            done += 1
-
-    with trio.move_on_after(seconds):
-        async with trio.open_nursery() as drivers:
-            for net in nets:
-                drivers.start_soon(client, net)
-    return RpcResult("sim", clients, seconds, done, latency)
+    world.attach(server_cert).set_handler(find_node_handler())
+    nets = [world.attach(NodeCert.issue(crypto.SigningKey.generate(rng), (), clock.now(), PARAMS))
+            for _ in range(clients)]
+    return await drive(nets, server_cert, seconds, "sim")
 
 
 # Measurements of the same workload over each transport.
