@@ -3,6 +3,7 @@ reads the real clock, only to report how long a run took).
 
     anonmail sim lookup                  # the S/Kademlia table (m x d, success %)
     anonmail sim lookup --plain          # no adversaries: exact-match rate and hop histogram
+    anonmail sim mail                    # mail delivery under droppers and churn (mail_cli.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from anonmail.errors import UserError
 from anonmail.sim import lookup_experiment as lx
+from anonmail.sim import mail_cli
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -65,6 +67,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plain", action="store_true",
                    help="no adversaries: exact-match rate vs the oracle and hop histogram")
     p.set_defaults(func=_lookup)
+    mail_cli.register(sub)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
