@@ -21,3 +21,4 @@ def test_bench_mail_delivers_everything(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "delivered            3/3 byte-identical" in out
     assert "x the floor" in out
+    assert "simulated: 200 nodes, 3 messages" in out
