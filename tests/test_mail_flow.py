@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from storegrid import R, StoreGrid
 from trio.testing import MockClock
 
 from anonmail import crypto, ids, wire
@@ -32,7 +33,7 @@ from anonmail.mail.send import SendFailed, SendReport
 from anonmail.mail.user_agent import MailAgent
 from anonmail.net.base import Peer
 from anonmail.rng import SeededRng
-from anonmail.sim.scenario import Scenario, SimNode
+from anonmail.sim.scenario import Scenario
 from anonmail.store.client import append_replicated
 from anonmail.store.db import ObjectRow, StoreDb
 from anonmail.store.handlers import StoreLimits
@@ -40,7 +41,6 @@ from anonmail.store.messages import Ack, Append, ObjectKind, Store
 from anonmail.store.service import StoreService
 
 N = 300
-R = 8  # params.replication (the default)
 DAY = 86400
 CA = CertificateAuthority(crypto.SigningKey(b"\x5c" * 32))
 TRUSTED = frozenset({CA.public})
@@ -48,25 +48,8 @@ TIMEOUT = 5 * DAY  # virtual seconds: a deadlock jumps here and fails
 
 
 @dataclass
-class Sim:
-    s: Scenario
-    svc: dict[bytes, StoreService]
+class Sim(StoreGrid):
     tmp: Path
-
-    def node(self, i: int) -> SimNode:
-        return self.s.nodes[i]
-
-    def closest(self, key: bytes, n: int = R) -> list[SimNode]:
-        live = [x for x in self.s.nodes if x.net.up]
-        return sorted(live, key=lambda x: ids.distance(x.node_id, key))[:n]
-
-    def holders(self, key: bytes) -> set[bytes]:
-        out = set()
-        for nid, svc in self.svc.items():
-            row = svc.db.get_object(key)
-            if row is not None and row.blob is not None:
-                out.add(nid)
-        return out
 
     def entries(self, address: str) -> int:
         inbox = ids.inbox_key(address)

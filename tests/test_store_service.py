@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from storegrid import R, StoreGrid
 from trio.testing import MockClock
 
 from anonmail import crypto, ids, wire
@@ -50,32 +51,13 @@ from anonmail.store.messages import (
 from anonmail.store.service import StoreService
 
 N = 300
-R = 8  # params.replication (the default)
 DAY = 86400
 CA = CertificateAuthority(crypto.SigningKey(b"\x33" * 32))
 TIMEOUT = 20 * DAY  # virtual seconds: a deadlock jumps here and fails
 
 
 @dataclass
-class Sim:
-    s: Scenario
-    svc: dict[bytes, StoreService]
-
-    def node(self, i: int) -> SimNode:
-        return self.s.nodes[i]
-
-    def closest(self, key: bytes, n: int = R) -> list[SimNode]:
-        """The true n closest live nodes."""
-        live = [x for x in self.s.nodes if x.net.up]
-        return sorted(live, key=lambda x: ids.distance(x.node_id, key))[:n]
-
-    def holders(self, key: bytes) -> set[bytes]:
-        out = set()
-        for nid, svc in self.svc.items():
-            row = svc.db.get_object(key)
-            if row is not None and row.blob is not None:
-                out.add(nid)
-        return out
+class Sim(StoreGrid):
 
     def inbox_holders(self, inbox: bytes, now: float) -> dict[bytes, int]:
         counts = {nid: svc.db.inbox_usage(inbox, now)[0] for nid, svc in self.svc.items()}
