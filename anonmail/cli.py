@@ -1,29 +1,27 @@
-"""The `anonmail` command line (an edge: it may read the real clock and the OS RNG).
+"""The `anonmail` command line (the entry layer, on top of all others; it may read the real clock).
 
 Each command group lives in its own module exposing `register(subparsers)`; this module only
-assembles them and turns `UserError` into one clear line on stderr with exit status 2.
+assembles them, by static imports the layer test can see (it sits on top of every layer), and
+turns `UserError` into one clear line on stderr with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from anonmail import __version__
+from anonmail.commands import mail_cmd, node_cmd
 from anonmail.errors import UserError
+from anonmail.experiments import demo, sim_command
+from anonmail.experiments.bench import command as bench_command
 
-# Modules that add subcommands; each has `register(subparsers) -> None` and sets `func` on its
-# parsers, a callable taking the parsed namespace and returning an exit status.
-COMMAND_MODULES = (
-    "anonmail.commands.node_cmd",
-    "anonmail.commands.mail_cmd",
-    "anonmail.sim.demo",
-    "anonmail.sim.cli",
-    "anonmail.sim.bench",
-)
+# Modules that add subcommands, in the order of `anonmail --help`; each has
+# `register(subparsers) -> None` and sets `func` on its parsers, a callable taking the parsed
+# namespace and returning an exit status.
+COMMAND_MODULES = (node_cmd, mail_cmd, demo, sim_command, bench_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"anonmail {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue  # a command group not built yet
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

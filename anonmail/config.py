@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anonmail import params as params_mod
 from anonmail import wire
-from anonmail.certs import Endpoint
 from anonmail.errors import RemoteProtocolError, UserError
-from anonmail.params import NetworkParams
+from anonmail.records import params as params_mod
+from anonmail.records.certs import Endpoint
+from anonmail.records.params import NetworkParams
 
 
 @dataclass(frozen=True)

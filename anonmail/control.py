@@ -17,9 +17,9 @@ from typing import Any
 
 import trio
 
-from anonmail import ids
 from anonmail.errors import AnonmailError, UserError
-from anonmail.node import Node
+from anonmail.node.process import Node
+from anonmail.records import ids
 
 log = logging.getLogger("anonmail.control")
 MAX_REQUEST = 64 * 1024

@@ -1,9 +1,14 @@
-"""The error hierarchy every layer raises.
+"""The error hierarchy every layer raises, and the codes an error reply carries.
 
 Invariant: a peer's fault is a `RemoteProtocolError` (counted against that peer, never crashes a
-node); our own bug is a `LocalError` (it propagates); a user's mistake is a `UserError`, whose
-message is shown to the user as one clear line saying what is wrong and what to do.
+node); an honest refusal (quota, denied, wrong secret, ...) is a `Refusal`, answered with a typed
+reply that carries its `ErrorCode` and never counted as a fault; our own bug is a `LocalError`
+(it propagates); a user's mistake is a `UserError`, whose message is shown to the user as one
+clear line saying what is wrong and what to do. On the asking side every error reply arrives as
+`Refused`, whose `code` says which it was.
 """
+
+import enum
 
 
 class AnonmailError(Exception):
@@ -24,6 +29,45 @@ class BadSignature(RemoteProtocolError):
 
 class DecryptError(RemoteProtocolError):
     """Ciphertext failed authentication: tampered, replayed, reordered or under the wrong key."""
+
+
+class ErrorCode(enum.IntEnum):
+    """What an error reply (net/rpc.py `ErrorReply`) says. Codes below 10 are the transport's
+    and the asker's faults; 10 and up are honest refusals, which an honest peer can meet."""
+
+    MALFORMED = 1  # the request failed decoding or validation (the asker's fault)
+    REFUSED = 2  # inauthentic or inconsistent: a forged proof, content not matching its key
+    BUSY = 3  # too many requests in flight from this peer; try later
+    UNSUPPORTED = 4  # no service here answers this request type
+    INTERNAL = 5  # our fault; details are not sent
+    DENIED = 10  # not allowed now (a policy, an entry already acknowledged)
+    QUOTA = 11  # over a size or count limit, or the node's storage is full
+    INBOX_FULL = 12  # the inbox holds as many entries or bytes as it may
+    CONFLICT = 13  # the key holds something else (another object, kind, or a newer certificate)
+    GONE = 14  # the object was deleted
+    WRONG_SECRET = 15  # a delete secret that does not match
+    EXPIRED = 16  # what the request carries has expired or expires now
+    CLOCK_SKEW = 17  # a timestamp outside the allowed clock skew
+
+    @property
+    def is_fault(self) -> bool:
+        """Is a reply with this code evidence against the asker (counted as a fault)?"""
+        return self in (ErrorCode.MALFORMED, ErrorCode.REFUSED)
+
+
+class Refusal(AnonmailError):
+    """A well-formed request this node will not carry out, for a reason an honest peer can meet.
+
+    The service registry answers it with `ErrorReply(code, detail)` and counts no fault.
+    Details are short, fixed phrases: never keys, addresses, blobs or entries."""
+
+    code = ErrorCode.DENIED
+
+    def __init__(self, detail: str, code: ErrorCode | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
 
 
 class LocalError(AnonmailError):
@@ -48,7 +92,7 @@ class TransportError(AnonmailError):
 class Refused(AnonmailError):
     """The peer answered a request with a typed error (ErrorReply) instead of a result."""
 
-    def __init__(self, code: int, detail: str) -> None:
-        super().__init__(f"refused ({code}): {detail}")
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"refused ({code.name}): {detail}")
         self.code = code
         self.detail = detail

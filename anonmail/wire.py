@@ -93,33 +93,20 @@ def _compile(tp: Any, where: str) -> tuple[_Decoder, _Encoder]:
         dec, enc = _compile(inner_tp, where)
         return (lambda v: None if v is None else dec(v)), (lambda v: None if v is None else enc(v))
 
-    if tp is bytes:
+    if tp is bytes or tp is str:
         if size is None:
-            raise LocalError(f"{where}: bytes fields need a Size")
+            raise LocalError(f"{where}: {tp.__name__} fields need a Size")
         lo, hi = size.min, size.hi
+        expected = "expected bytes" if tp is bytes else "expected text"
 
-        def dec_bytes(v: Any) -> bytes:
-            if type(v) is not bytes:
-                _fail(where, "expected bytes")
+        def dec_sized(v: Any) -> Any:
+            if type(v) is not tp:
+                _fail(where, expected)
             if not lo <= len(v) <= hi:
                 _fail(where, f"length {len(v)} outside [{lo}, {hi}]")
             return v
 
-        return dec_bytes, lambda v: v
-
-    if tp is str:
-        if size is None:
-            raise LocalError(f"{where}: str fields need a Size")
-        lo, hi = size.min, size.hi
-
-        def dec_str(v: Any) -> str:
-            if type(v) is not str:
-                _fail(where, "expected text")
-            if not lo <= len(v) <= hi:
-                _fail(where, f"length {len(v)} outside [{lo}, {hi}]")
-            return v
-
-        return dec_str, lambda v: v
+        return dec_sized, lambda v: v
 
     if tp is bool:
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from anonmail import ids
+from anonmail.records import ids
 from anonmail.sim.scenario import Scenario, SimNode
 from anonmail.store.service import StoreService
 

@@ -56,7 +56,7 @@ def test_hash_boundary_examples() -> None:
 
 
 def test_ids_use_distinct_domains() -> None:
-    from anonmail import ids
+    from anonmail.records import ids
 
     a = "alice@example.com"
     derived = {ids.cert_key(a), ids.inbox_key(a), ids.requests_key(a), ids.body_key(a),

@@ -14,8 +14,10 @@ import pytest
 import trio
 import trio.testing
 
+from anonmail.experiments.lookup import run as lookup_run
+from anonmail.experiments.lookup.model import ExperimentConfig
+from anonmail.experiments.lookup.report import format_report
 from anonmail.rng import SeededRng
-from anonmail.sim import lookup_experiment as lx
 from anonmail.sim.scenario import Scenario, sim_params
 
 JOINED_NODES = 1000
@@ -86,10 +88,10 @@ def test_skademlia_disjoint_paths_beat_colluders() -> None:
     with colluders. With d = 8 disjoint paths nearly every lookup still finds the closest honest
     node at m = 0.2 and m = 0.3, and d = 8 beats plain Kademlia (d = 1) at m = 0.3. alpha = 1 per
     path, as in the paper's simulator, where one lying answer can steer a path."""
-    config = lx.ExperimentConfig(nodes=1500, lookups=150, k=16, alpha=1, hostile=(0.2, 0.3),
-                                 paths=(1, 8), seed=5)
-    report = lx.run(config)
-    print("\n" + lx.format_report(report))
+    config = ExperimentConfig(nodes=1500, lookups=150, k=16, alpha=1, hostile=(0.2, 0.3),
+                              paths=(1, 8), seed=5)
+    report = lookup_run.run(config)
+    print("\n" + format_report(report))
     assert report.cell(0.2, 8).success_rate >= 0.99
     assert report.cell(0.3, 8).success_rate >= 0.97
     assert report.cell(0.3, 8).success_rate > report.cell(0.3, 1).success_rate + 0.05
@@ -97,10 +99,10 @@ def test_skademlia_disjoint_paths_beat_colluders() -> None:
 
 def test_plain_experiment_and_reproducibility() -> None:
     """Plain mode matches the oracle, and a run replays exactly from its seed."""
-    config = lx.ExperimentConfig(nodes=400, lookups=40, k=8, paths=(1, 4), seed=9)
-    first = lx.run(config, plain=True)
-    again = lx.run(config, plain=True)
-    print("\n" + lx.format_report(first))
+    config = ExperimentConfig(nodes=400, lookups=40, k=8, paths=(1, 4), seed=9)
+    first = lookup_run.run(config, plain=True)
+    again = lookup_run.run(config, plain=True)
+    print("\n" + format_report(first))
     assert [(c.exact, c.hops, c.requests) for c in first.cells] == [
         (c.exact, c.hops, c.requests) for c in again.cells]
     assert all(c.exact_rate >= 0.95 for c in first.cells)

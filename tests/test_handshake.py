@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anonmail import crypto, params, wire
-from anonmail.certs import CertCache, NodeCert
+from anonmail import crypto, wire
 from anonmail.clock import FixedClock
 from anonmail.errors import (
     BadSignature,
@@ -26,6 +25,8 @@ from anonmail.net.handshake import (
     Role,
     State,
 )
+from anonmail.records import params
+from anonmail.records.certs import CertCache, NodeCert
 from anonmail.rng import SeededRng
 
 PARAMS = params.testnet(puzzle_bits=0)

@@ -1,4 +1,4 @@
-"""Disjoint-path lookups (anonmail/dht/lookup.py) and the DHT node (anonmail/dht/node.py).
+"""Disjoint-path lookups (anonmail/dht/lookup.py) and the DHT node (anonmail/dht/dht_node.py).
 
 The first half drives `DisjointLookup` over a synthetic network (a query function, no sim);
 the second runs `DhtNode`s on a small simulated network with full encoding, where one node's
@@ -14,13 +14,14 @@ import pytest
 import trio
 import trio.testing
 
-from anonmail import crypto, ids
-from anonmail.certs import Endpoint, NodeCert
+from anonmail import crypto
 from anonmail.dht.lookup import DisjointLookup, drive
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
 from anonmail.dht.routing import AddResult, Contact
 from anonmail.errors import RemoteProtocolError
 from anonmail.net.base import Peer
+from anonmail.records import ids
+from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import IdIndex, Scenario, SimNode, make_key, sim_params
 
@@ -186,7 +187,7 @@ def _liar(sc: Scenario, reply: Nodes) -> SimNode:
     liar = sc.nodes[1]
 
     async def handler(peer: Peer, msg: Any) -> Any:
-        return reply if isinstance(msg, FindNode) else await liar.dht.handle(peer, msg)
+        return reply if isinstance(msg, FindNode) else await liar.services.handle(peer, msg)
 
     sc.world.set_handler(liar.node_id, handler)
     return liar

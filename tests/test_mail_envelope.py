@@ -10,14 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anonmail import crypto, ids, wire
-from anonmail.certs import CertificateAuthority
+from anonmail import crypto, wire
 from anonmail.clock import FixedClock
 from anonmail.errors import DecryptError, RemoteProtocolError, UserError
 from anonmail.mail import envelope
 from anonmail.mail.compose import compose
 from anonmail.mail.envelope import BodyFacts, BodyLayout, ForgedHeader, MailHeader
 from anonmail.mail.identity import AddressIdentity, new_keys
+from anonmail.records import ids
+from anonmail.records.certs import CertificateAuthority
 from anonmail.rng import SeededRng
 from anonmail.store.messages import MAX_ENTRY
 

@@ -1,4 +1,4 @@
-"""The mail user agent end to end in simulation (anonmail/mail/ on net.sim + store).
+"""The mail user agent end to end in simulation (anonmail/mail/ on sim/network.py + store).
 
 300 nodes (sim/scenario.py, oracle-filled tables, every message encoded and decoded), each with
 a StoreService on an in-memory SQLite database, under trio's MockClock with autojump. Agents
@@ -19,9 +19,7 @@ import trio
 from storegrid import R, StoreGrid
 from trio.testing import MockClock
 
-from anonmail import crypto, ids, wire
-from anonmail.certs import CertificateAuthority
-from anonmail.dht.node import DhtNode
+from anonmail import crypto, wire
 from anonmail.errors import UserError
 from anonmail.mail import envelope
 from anonmail.mail.check import collect
@@ -31,7 +29,8 @@ from anonmail.mail.identity import AddressIdentity, new_keys
 from anonmail.mail.retrieve import fetch_message
 from anonmail.mail.send import SendFailed, SendReport
 from anonmail.mail.user_agent import MailAgent
-from anonmail.net.base import Peer
+from anonmail.records import ids
+from anonmail.records.certs import CertificateAuthority
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario
 from anonmail.store.client import append_replicated
@@ -66,14 +65,6 @@ class Sim(StoreGrid):
                          self.s.rng.fork(f"agent-{name}"), trusted_cas=trusted)
 
 
-def route(svc: StoreService, dht: DhtNode) -> Callable[[Peer, Any], Awaitable[Any]]:
-    async def handle(peer: Peer, msg: Any) -> Any:
-        if svc.handles(msg):
-            return await svc.handle(peer, msg)
-        return await dht.handle(peer, msg)
-
-    return handle
-
 
 @pytest.fixture
 async def sim(tmp_path: Path) -> AsyncIterator[Sim]:
@@ -84,7 +75,7 @@ async def sim(tmp_path: Path) -> AsyncIterator[Sim]:
         svc[x.node_id] = StoreService(x.net, x.dht, x.key, s.params, s.clock,
                                       s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
                                       trusted_cas=TRUSTED)
-        x.net.set_handler(route(svc[x.node_id], x.dht))
+        x.services.add(svc[x.node_id])
     try:
         yield Sim(s, svc, tmp_path)
     finally:
@@ -337,7 +328,7 @@ async def test_retrieve_after_a_crash_before_delete_deletes_without_refetching(
 
 async def append(sim: Sim, by: MailAgent, to: MailAgent, entry: bytes) -> None:
     got = await append_replicated(by.net, by.dht, ids.inbox_key(to.address), entry, DAY, None, R)
-    assert len(got) == R
+    assert len(got.receipts) == R
 
 
 @pytest.mark.threat("T-MAIL-FORGE")
@@ -534,7 +525,7 @@ async def test_a_network_smaller_than_r_still_delivers(
         svc[x.node_id] = StoreService(x.net, x.dht, x.key, s.params, s.clock,
                                       s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
                                       trusted_cas=TRUSTED)
-        x.net.set_handler(route(svc[x.node_id], x.dht))
+        x.services.add(svc[x.node_id])
     small = Sim(s, svc, tmp_path)
     try:
         with trio.fail_after(TIMEOUT):

@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anonmail import crypto, ids, wire
+from anonmail import crypto, wire
 from anonmail.errors import DecryptError, RemoteProtocolError
 from anonmail.mail import fragments as f
 from anonmail.mail.envelope import BodyLayout
+from anonmail.records import ids
 from anonmail.rng import SeededRng
 from anonmail.store.messages import MAX_BLOB
 

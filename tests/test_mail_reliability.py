@@ -1,5 +1,5 @@
-"""Mail delivery reliability under dropping storage nodes and churn (sim/mail_experiment.py,
-sim/storage_adversary.py; threat T-RECEIPT-DROP; seed 003 §6.1, seed 002 §2.3-2.4).
+"""Mail delivery reliability under dropping storage nodes and churn (experiments/mail/,
+sim/storage.py, sim/storage_adversary.py; threat T-RECEIPT-DROP; seed 003 §6.1, seed 002 §2.3-2.4).
 
 * droppers really drop: their receipts verify, their databases hold nothing, readers find
   nothing on them, and the lying variant answers every Probe with "I have it";
@@ -13,7 +13,7 @@ sim/storage_adversary.py; threat T-RECEIPT-DROP; seed 003 §6.1, seed 002 §2.3-
 
 Every async test takes `autojump_clock` itself (pytest-trio picks the clock from the test's
 own arguments only) and bounds its virtual time with `trio.fail_after`; the sync ones call
-`mail_experiment.run`, which does both.
+`experiments.mail.run.run`, which does both.
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from anonmail import ids
 from anonmail.cli import main
+from anonmail.experiments.bench.mail_sim import bench_sim, format_bench
+from anonmail.experiments.mail.model import MailConfig, MailReport, predict, survival
+from anonmail.experiments.mail.report import format_report
+from anonmail.experiments.mail.run import run_async, run_parallel
 from anonmail.mail.identity import AddressIdentity
-from anonmail.receipts import StoreOp
+from anonmail.records import ids
+from anonmail.records.receipts import StoreOp
 from anonmail.rng import SeededRng
-from anonmail.sim import mail_experiment as mx
 from anonmail.sim.scenario import Scenario, SimNode
 from anonmail.sim.storage_adversary import StorageDropper
 from anonmail.store.client import (
@@ -81,19 +84,17 @@ async def test_droppers_sign_valid_receipts_and_keep_nothing(autojump_clock: Moc
         svc = StoreService(x.net, x.dht, x.key, s.params, s.clock, s.rng.fork(f"store-{i}"),
                            StoreDb(":memory:"))
         services[x.node_id] = svc
-        handler = svc.handle
         if x.node_id in hostile:
             droppers[x.node_id] = StorageDropper(svc, lie_in_probe=i % 2 == 0)
-            handler = droppers[x.node_id].handle
-        x.net.set_handler(mx.route(handler, x.dht))
+        x.services.add(droppers.get(x.node_id, svc))
     user = next(x for x in s.nodes if x.node_id not in hostile)
     blob, entry = b"sealed body", b"sealed header"
     try:
         with trio.fail_after(TIMEOUT):
-            stored = await store_replicated(user.net, user.dht, key, ObjectKind.BODY, blob,
-                                            3600, [], R, clock=s.clock)
-            appended = await append_replicated(user.net, user.dht, inbox, entry, 3600, None, R,
-                                               clock=s.clock)
+            stored = (await store_replicated(user.net, user.dht, key, ObjectKind.BODY, blob,
+                                            3600, [], R, clock=s.clock)).receipts
+            appended = (await append_replicated(user.net, user.dht, inbox, entry, 3600, None, R,
+                                                clock=s.clock)).receipts
             # r receipts each (store_replicated checked them already); all valid evidence.
             assert len(stored) == len(appended) == R
             now = s.clock.now()
@@ -130,8 +131,8 @@ async def test_droppers_sign_valid_receipts_and_keep_nothing(autojump_clock: Moc
 
 # -- the experiment -------------------------------------------------------------------------------
 
-SMALL = mx.MailConfig(nodes=200, messages=100, agents=10, send_hours=2.0, delay_hours=(1.0, 2.0),
-                      seed=3)
+SMALL = MailConfig(nodes=200, messages=100, agents=10, send_hours=2.0, delay_hours=(1.0, 2.0),
+                   seed=3)
 
 
 @pytest.mark.threat("T-RECEIPT-DROP", "T-MAIL-LOSS")
@@ -140,8 +141,8 @@ async def test_small_network_delivers_despite_droppers_and_churn(
 ) -> None:
     wall = time.perf_counter()
     with trio.fail_after(TIMEOUT):
-        rep = await mx.run_async(SMALL, tmp_path)
-    print("\n" + mx.format_report(rep) + f"\nwall clock {time.perf_counter() - wall:.1f} s")
+        rep = await run_async(SMALL, tmp_path)
+    print("\n" + format_report(rep) + f"\nwall clock {time.perf_counter() - wall:.1f} s")
     assert rep.left > 0 and rep.left == rep.joined  # churn happened, N stayed
     assert rep.drops.receipts > 0 and rep.drops.objects > 0  # droppers signed and dropped
     assert rep.store.pushed_objects > 0 and rep.store.pushed_entries > 0  # repair ran
@@ -158,11 +159,11 @@ async def test_without_republish_churn_loses_mail(
     republish, on the same seed (same network, letters and churn schedule). The seed's formula
     predicts ~40% delivered without repair (seeds 4-7 of this setup gave 38-81%: the messages
     to one recipient share an inbox, so their fates are correlated) and ~98% with it."""
-    base = mx.MailConfig(nodes=50, messages=16, agents=8, churn=0.3, send_hours=0.25,
-                         delay_hours=(6.0, 6.5), seed=5)
+    base = MailConfig(nodes=50, messages=16, agents=8, churn=0.3, send_hours=0.25,
+                      delay_hours=(6.0, 6.5), seed=5)
     with trio.fail_after(TIMEOUT):
-        kept = await mx.run_async(base, tmp_path / "republish")
-        lost = await mx.run_async(dataclasses.replace(base, republish=False), tmp_path / "none")
+        kept = await run_async(base, tmp_path / "republish")
+        lost = await run_async(dataclasses.replace(base, republish=False), tmp_path / "none")
     print(f"\nwith republish {kept.rate:.0%} (predicted {kept.prediction.with_repair:.1%}), "
           f"without {lost.rate:.0%} (predicted {lost.prediction.no_repair:.1%})")
     assert lost.store.pushed_objects == lost.store.pushed_entries == 0
@@ -175,14 +176,14 @@ async def test_without_republish_churn_loses_mail(
 async def test_a_run_is_reproducible_and_the_byte_estimate_holds(
     tmp_path: Path, autojump_clock: MockClock
 ) -> None:
-    cfg = mx.MailConfig(nodes=40, messages=6, agents=3, send_hours=0.5,
-                        delay_hours=(0.5, 1.0), encode=True, sample_every=4, seed=9)
+    cfg = MailConfig(nodes=40, messages=6, agents=3, send_hours=0.5,
+                     delay_hours=(0.5, 1.0), encode=True, sample_every=4, seed=9)
     with trio.fail_after(TIMEOUT):
-        a = await mx.run_async(cfg, tmp_path / "a")
-        b = await mx.run_async(cfg, tmp_path / "b")
+        a = await run_async(cfg, tmp_path / "a")
+        b = await run_async(cfg, tmp_path / "b")
     assert a.delivered == len(a.letters) == 6
 
-    def outcome(rep: mx.MailReport) -> list[tuple[str, float | None]]:
+    def outcome(rep: MailReport) -> list[tuple[str, float | None]]:
         # Virtual times relative to each run's start: equal up to float rounding.
         return [(x.message_id, None if x.latency is None else round(x.latency, 6))
                 for x in rep.letters]
@@ -195,17 +196,17 @@ async def test_a_run_is_reproducible_and_the_byte_estimate_holds(
 
 
 def test_prediction_follows_the_seed_formula() -> None:
-    p = mx.predict(0.2, 0.1, 8, [3 * 3600.0], step=3600.0)  # churn in hourly steps
+    p = predict(0.2, 0.1, 8, [3 * 3600.0], step=3600.0)  # churn in hourly steps
     assert p.p_a_hold == pytest.approx(0.8 * 0.9**3)
     assert p.p_disaster_hold == pytest.approx((1 - 0.8 * 0.9**3) ** 8)
     assert p.no_repair == pytest.approx((1 - p.p_disaster_hold) ** 2)
     q = (1 - 0.72) ** 8  # one hour
     first = (1 - 0.8 * 0.81) ** 8  # a body's first two hours
     assert p.with_repair == pytest.approx((1 - first) * (1 - q) * (1 - q) ** 3)
-    assert mx.predict(0.0, 0.0, 8, [3600.0]).with_repair == 1.0
+    assert predict(0.0, 0.0, 8, [3600.0]).with_repair == 1.0
     # In steps of 10 minutes, survival approaches exp(-c t).
-    assert mx.survival(0.1, 1.0) == pytest.approx((1 - 0.1 / 6) ** 6)
-    assert 0.9 < mx.survival(0.1, 1.0) < 0.905
+    assert survival(0.1, 1.0) == pytest.approx((1 - 0.1 / 6) ** 6)
+    assert 0.9 < survival(0.1, 1.0) < 0.905
 
 
 def test_cli_and_bench_run(capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,8 +215,8 @@ def test_cli_and_bench_run(capsys: pytest.CaptureFixture[str]) -> None:
                  "--seed", "2", "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "delivered intact" in out and "4/4" in out and "p_disaster" in out
-    bench = mx.bench_sim(nodes=40, messages=4, agents=3, size=1000)
-    text = mx.format_bench(bench)
+    bench = bench_sim(nodes=40, messages=4, agents=3, size=1000)
+    text = format_bench(bench)
     print("\n" + text)
     assert bench.delivered == 4 and bench.rate > 0
     assert bench.bytes_per_delivered > bench.floor > 4 * 1000
@@ -230,7 +231,7 @@ def test_full_default_run_delivers_999_of_1000() -> None:
     """What `anonmail sim mail` runs by default: two independent 1,000-node networks in
     parallel processes, 500 messages each (run_parallel; `run` bounds virtual time)."""
     wall = time.perf_counter()
-    rep = mx.run_parallel(mx.MailConfig(), 2)
-    print("\n" + mx.format_report(rep) + f"\nwall clock {time.perf_counter() - wall:.1f} s")
+    rep = run_parallel(MailConfig(), 2)
+    print("\n" + format_report(rep) + f"\nwall clock {time.perf_counter() - wall:.1f} s")
     assert len(rep.letters) == 1000
     assert rep.delivered >= 999

@@ -16,14 +16,14 @@ import pytest
 import trio
 from procnet import PUZZLE_BITS, LocalNet, anonmail, local_net
 
-from anonmail import ids
-from anonmail import params as netparams
-from anonmail.agent import AgentConfig, session
-from anonmail.certs import Endpoint
+from anonmail.agent.session import AgentConfig, session
 from anonmail.clock import SystemClock
 from anonmail.mail.identity import AddressIdentity
-from anonmail.node import Node
+from anonmail.node.process import Node
 from anonmail.paths import Home
+from anonmail.records import ids
+from anonmail.records import params as netparams
+from anonmail.records.certs import Endpoint
 from anonmail.rng import SeededRng, SystemRng
 from anonmail.store.messages import ObjectKind
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from procnet import DEADLINE, LocalNet, anonmail, env, local_net, running, status, wait_for
 
-from anonmail import control, ids, wire
+from anonmail import control, wire
 from anonmail.dht.messages import ContactList
 from anonmail.paths import Home
+from anonmail.records import ids
 from anonmail.rng import SeededRng
 
 N_NODES = 6

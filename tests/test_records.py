@@ -14,8 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anonmail import crypto, ids, keyfile, wire
-from anonmail.certs import (
+from anonmail import crypto, wire
+from anonmail.crypto import keyfile
+from anonmail.errors import RemoteProtocolError, UserError
+from anonmail.records import ids
+from anonmail.records.certs import (
     ADDRESS_CERT_DOMAIN,
     NODE_CERT_DOMAIN,
     AddressCert,
@@ -30,10 +33,9 @@ from anonmail.certs import (
     normalize_address,
     self_certify,
 )
-from anonmail.errors import RemoteProtocolError, UserError
-from anonmail.params import MAINNET, NetworkParams
-from anonmail.params import testnet as make_testnet
-from anonmail.receipts import Receipt, StoreOp
+from anonmail.records.params import MAINNET, NetworkParams
+from anonmail.records.params import testnet as make_testnet
+from anonmail.records.receipts import Receipt, StoreOp
 from anonmail.rng import SeededRng
 
 NOW = 1_800_000_000.0

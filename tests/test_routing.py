@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anonmail import crypto, ids
-from anonmail.certs import CertCache, Endpoint, NodeCert
+from anonmail import crypto
 from anonmail.dht.routing import AddResult, Contact, ContactCache, RoutingTable
 from anonmail.errors import RemoteProtocolError
-from anonmail.params import NetworkParams
+from anonmail.records import ids
+from anonmail.records.certs import CertCache, Endpoint, NodeCert
+from anonmail.records.params import NetworkParams
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import make_key, sim_params
 

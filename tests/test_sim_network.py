@@ -1,4 +1,4 @@
-"""The simulated network (anonmail/net/sim.py): delivery, codecs, latency, loss, partitions,
+"""The simulated network (anonmail/sim/network.py): delivery, codecs, latency, loss, partitions,
 crashes, policies and the adversarial-handler hook."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import pytest
 import trio
 import trio.testing
 
-from anonmail.certs import Endpoint, NodeCert
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
 from anonmail.errors import Refused, RemoteProtocolError, TransportError
 from anonmail.net import rpc
 from anonmail.net.base import Peer
-from anonmail.net.sim import SimNetwork, SimWorld
+from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SeededRng
+from anonmail.sim.network import SimNetwork, SimWorld
 from anonmail.sim.scenario import make_key, sim_params
 
 PARAMS = sim_params()

@@ -14,12 +14,13 @@ import pytest
 import trio
 from procnet import LocalNet, status
 
-from anonmail import crypto, ids, params
-from anonmail.certs import CertCache, Endpoint, NodeCert
+from anonmail import crypto
 from anonmail.clock import SystemClock
 from anonmail.net.tcp import TcpNetwork
 from anonmail.paths import Home
-from anonmail.receipts import StoreOp
+from anonmail.records import ids, params
+from anonmail.records.certs import CertCache, Endpoint, NodeCert
+from anonmail.records.receipts import StoreOp
 from anonmail.rng import SeededRng, SystemRng
 from anonmail.store.messages import Append, Appended, ObjectKind, Store, Stored, entry_id
 

@@ -127,7 +127,7 @@ def test_commit_is_visible_to_another_connection_at_once(tmp_path: Path) -> None
 CRASHER = textwrap.dedent("""
     import os, sys
     from anonmail import crypto
-    from anonmail.params import testnet
+    from anonmail.records.params import testnet
     from anonmail.store.db import StoreDb
     from anonmail.store.handlers import StoreContext, handle_append, handle_store
     from anonmail.store.messages import Append, ObjectKind, Store

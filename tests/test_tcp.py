@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from anonmail import crypto, ids, params, wire
-from anonmail.certs import Endpoint, NodeCert
+from anonmail import crypto, wire
 from anonmail.clock import FixedClock
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
 from anonmail.errors import (
@@ -28,6 +27,8 @@ from anonmail.net.base import Handler, Peer
 from anonmail.net.frames import TAG_SIZE, FrameDecoder, FrameEncoder
 from anonmail.net.handshake import Established, Handshake, HandshakeError, Role
 from anonmail.net.tcp import Request, Response, TcpLimits, TcpNetwork, source_of
+from anonmail.records import ids, params
+from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SeededRng
 
 PARAMS = params.testnet(puzzle_bits=0)

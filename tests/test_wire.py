@@ -70,9 +70,8 @@ def test_registry_is_populated() -> None:
 
 # Tag ranges from anonmail/net/rpc.py, by the defining module's layer.
 TAG_RANGES: dict[str, range] = {
-    "anonmail.ids": range(1, 10), "anonmail.params": range(1, 10),
-    "anonmail.certs": range(1, 10), "anonmail.receipts": range(1, 10),
-    "anonmail.keyfile": range(1, 10), "anonmail.net": range(10, 20),
+    "anonmail.records": range(1, 10), "anonmail.crypto": range(1, 10),
+    "anonmail.net": range(10, 20),
     "anonmail.dht": range(20, 30), "anonmail.store": range(30, 60),
     "anonmail.permit": range(60, 80), "anonmail.anon": range(80, 100),
     "anonmail.mail": range(100, 1 << 64),
@@ -102,7 +101,7 @@ def test_a_tag_cannot_be_taken_twice() -> None:
     NodeCert.__module__ = "anonmail.elsewhere"
     with pytest.raises(LocalError, match="wire tag 1"):
         wire.message(tag=1)(NodeCert)
-    assert wire.registered_messages()[1].__module__ == "anonmail.certs"
+    assert wire.registered_messages()[1].__module__ == "anonmail.records.certs"
 
 
 # ---------------------------------------------------------------------------------------------

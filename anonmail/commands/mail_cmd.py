@@ -1,8 +1,9 @@
 """Mail commands: `anonmail init`, `address`, `send`, `inbox`, `read`.
 
-Each network command is one short agent session (anonmail/agent.py). The address key file is
-`address.key` in the home directory, sealed under the passphrase like the node key; retrieved
-mail is a Maildir under `mail/`.
+Each network command is one short agent session (anonmail/agent/session.py). The address key
+file is `address.key` in the home directory, sealed under a passphrase like the node key
+(commands/common.py says where the passphrase comes from); retrieved mail is a Maildir under
+`mail/`.
 """
 
 from __future__ import annotations
@@ -17,31 +18,39 @@ from typing import TypeVar
 
 import trio
 
-from anonmail import config as config_mod
-from anonmail import crypto
-from anonmail.agent import AgentConfig, own_node_endpoint, session
-from anonmail.certs import fingerprint_words, normalize_address
+from anonmail.agent.session import AgentConfig, own_node_endpoint, session
 from anonmail.clock import SystemClock
-from anonmail.commands.node_cmd import _home, _passphrase
+from anonmail.commands.common import (
+    ADDRESS_KEY,
+    add_fast_kdf_option,
+    add_home_option,
+    add_passphrase_option,
+    create_file,
+    home_of,
+    kdf_cost,
+    load_config,
+    new_config,
+    passphrase,
+)
+from anonmail.config import DEFAULT_PORT
 from anonmail.errors import UserError
-from anonmail.fileio import create_private
 from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail
 from anonmail.mail.user_agent import MailAgent
 from anonmail.paths import Home
+from anonmail.records.certs import fingerprint_words, normalize_address_or_none
 from anonmail.rng import SystemRng
 
 T = TypeVar("T")
-ADDRESS_KEY = "address.key"
+ADDRESS_KEY_FILE = "address.key"
 MAIL_DIR = "mail"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--home", type=Path, help="home directory (default: per-user data dir)")
-        p.add_argument("--passphrase-file", type=Path,
-                       help="read the passphrase from this file (else $ANONMAIL_PASSPHRASE)")
+        add_home_option(p)
+        add_passphrase_option(p)
 
     p = sub.add_parser("init", help="create your mail address (a self-certifying .anon address)")
     common(p)
@@ -52,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--puzzle-bits", type=int, help=argparse.SUPPRESS)
     p.add_argument("--offline", action="store_true",
                    help="do not publish the address certificate now")
-    p.add_argument("--fast-kdf", action="store_true", help=argparse.SUPPRESS)  # tests only
+    add_fast_kdf_option(p)
     p.set_defaults(func=cmd_init)
 
     a = sub.add_parser("address", help="print your address and its fingerprint")
@@ -84,23 +93,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 # -- plumbing -------------------------------------------------------------------------------------
 
-def _identity(args: argparse.Namespace, home: Home) -> AddressIdentity:
-    path = home.root / ADDRESS_KEY
+def open_identity(args: argparse.Namespace, home: Home) -> AddressIdentity:
+    """The address identity, unsealed with the passphrase of the address key."""
+    path = home.root / ADDRESS_KEY_FILE
     if not path.exists():
         raise UserError(f"no address in {home.root}: run `anonmail init` first")
-    return AddressIdentity.load(path, _passphrase(args, confirm=False))
+    return AddressIdentity.load(path, passphrase(args, f"{ADDRESS_KEY} in {path}"))
 
 
 def _agent_config(home: Home) -> AgentConfig:
-    cfg = config_mod.load(home.config)
+    cfg = load_config(home)
     entry = (own_node_endpoint(cfg.listen), *cfg.bootstrap)
     return AgentConfig(cfg.params, tuple(dict.fromkeys(entry)), cfg.trusted_cas,
                        home.root / MAIL_DIR)
 
 
 def _run(args: argparse.Namespace, job: Callable[[MailAgent], Awaitable[T]]) -> T:
-    home = _home(args)
-    identity = _identity(args, home)
+    home = home_of(args)
+    identity = open_identity(args, home)
     config = _agent_config(home)
 
     async def main() -> T:
@@ -113,28 +123,28 @@ def _run(args: argparse.Namespace, job: Callable[[MailAgent], Awaitable[T]]) -> 
 # -- commands -------------------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
-    home = _home(args)
-    path = home.root / ADDRESS_KEY
+    home = home_of(args)
+    path = home.root / ADDRESS_KEY_FILE
     if path.exists():
         raise UserError(f"{path} exists: refusing to overwrite your address")
-    if not home.config.exists():
-        extra = {"puzzle_bits": args.puzzle_bits} if args.puzzle_bits is not None else {}
-        if extra and not args.testnet:
-            raise UserError("--puzzle-bits is for test networks (add --testnet)")
-        text = config_mod.template("127.0.0.1:7600", tuple(args.bootstrap),
-                                   "test" if args.testnet else "main", extra)
-        config_mod.parse(text)  # validate before writing anything
-    else:
-        text = None
-    local = normalize_address(f"{args.name}@example.org").split("@")[0]
-    passphrase = _passphrase(args, confirm=True)
+    text = None
+    if not home.config.exists():  # validate before writing anything
+        text, _ = new_config(f"127.0.0.1:{DEFAULT_PORT}", args.bootstrap, args.testnet,
+                             args.puzzle_bits)
+    checked = normalize_address_or_none(f"{args.name}@example.org")
+    if checked is None:
+        raise UserError(f"--name {args.name!r} cannot be the part of an address before @ "
+                        "(write e.g. alice or alice.smith)")
     rng, clock = SystemRng(), SystemClock()
-    identity = AddressIdentity.create_anon(local, rng, clock.now())
+    identity = AddressIdentity.create_anon(checked.split("@")[0], rng, clock.now())
+    secret = passphrase(args, f"{ADDRESS_KEY} of {identity.address}", new=True)
     home.ensure()
-    cost = crypto.INTERACTIVE if args.fast_kdf else crypto.MODERATE
-    identity.save(path, passphrase, rng, params=cost)
+    try:
+        identity.save(path, secret, rng, params=kdf_cost(args))
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
     if text is not None:
-        create_private(home.config, text.encode())
+        create_file(home.config, text.encode())
     print(f"your address: {identity.address}")
     print(f"fingerprint:  {fingerprint_words(identity.sign.public)}")
     if not args.offline:
@@ -150,7 +160,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_address(args: argparse.Namespace) -> int:
-    identity = _identity(args, _home(args))
+    identity = open_identity(args, home_of(args))
     print(identity.address)
     print(f"fingerprint: {fingerprint_words(identity.sign.public)}")
     return 0
@@ -209,7 +219,7 @@ def _listing(local: LocalMail) -> list[tuple[str, str, str, str]]:
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
-    home = _home(args)
+    home = home_of(args)
     if not args.offline:
         report = _run(args, lambda agent: agent.check())
         print(f"{len(report.new)} new message(s)", file=sys.stderr)
@@ -230,7 +240,7 @@ def _resolve(local: LocalMail, ident: str) -> str:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    home = _home(args)
+    home = home_of(args)
     local = LocalMail(home.root / MAIL_DIR)
     mid = _resolve(local, args.id)
     data = local.get_message(mid)

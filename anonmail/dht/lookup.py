@@ -45,10 +45,10 @@ from dataclasses import dataclass
 
 import trio
 
-from anonmail.certs import NodeCert
 from anonmail.dht.messages import MAX_NODES
 from anonmail.dht.routing import Contact
 from anonmail.errors import LocalError
+from anonmail.records.certs import NodeCert
 
 # A node's lookup state is one int: (owning path << 2) | status. Absent: nobody has claimed or
 # queried it yet. One dict probe per shortlist entry keeps the inner loop cheap.

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from anonmail import wire
-from anonmail.certs import NodeCert
 from anonmail.net import rpc
+from anonmail.records.certs import NodeCert
 from anonmail.wire import Range, Size
 
 MAX_NODES = 64

@@ -32,10 +32,10 @@ import ipaddress
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-from anonmail.certs import CertCache, NodeCert
 from anonmail.errors import LocalError, RemoteProtocolError
-from anonmail.ids import ID_BITS, ID_BYTES
-from anonmail.params import NetworkParams
+from anonmail.records.certs import CertCache, NodeCert
+from anonmail.records.ids import ID_BITS, ID_BYTES
+from anonmail.records.params import NetworkParams
 
 
 def _subnets(cert: NodeCert) -> frozenset[str]:

@@ -25,14 +25,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from anonmail import ids
 from anonmail.clock import Clock
 from anonmail.errors import RemoteProtocolError, UserError
 from anonmail.mail import envelope
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail, PendingNotice
 from anonmail.net.base import Network
-from anonmail.params import NetworkParams
+from anonmail.records import ids
+from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup, ReadResult, ack_all, read_all
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 
-from anonmail.certs import normalize_address
 from anonmail.clock import Clock
 from anonmail.errors import UserError
+from anonmail.records.certs import normalize_address
 from anonmail.rng import Rng
 
 MAX_MESSAGE = 100 << 20  # bytes of RFC 5322 message (a 50 MB attachment is ~68 MB in base64)

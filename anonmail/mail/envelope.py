@@ -31,10 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated
 
-from anonmail import crypto, ids, wire
-from anonmail.certs import AddressCert
+from anonmail import crypto, wire
 from anonmail.errors import RemoteProtocolError
 from anonmail.mail.compose import MAX_RECIPIENTS, MAX_SUBJECT, Composed, is_message_id
+from anonmail.records import ids
+from anonmail.records.certs import AddressCert
 from anonmail.rng import Rng
 from anonmail.store.messages import MAX_ENTRY
 from anonmail.wire import Range, Size

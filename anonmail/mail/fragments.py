@@ -32,20 +32,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import trio
-
-from anonmail import crypto, ids, wire
+from anonmail import crypto, wire
 from anonmail.clock import Clock
-from anonmail.dht.messages import MAX_NODES
-from anonmail.errors import Refused, RemoteProtocolError, TransportError
+from anonmail.errors import RemoteProtocolError
 from anonmail.mail.envelope import MAX_FRAGMENTS, BodyLayout
 from anonmail.net.base import Network
-from anonmail.receipts import Receipt
-from anonmail.store.client import Lookup, closest, delete_all, store_replicated
+from anonmail.net.fanout import fan_out
+from anonmail.records import ids
+from anonmail.records.receipts import Receipt
+from anonmail.store.client import Lookup, delete_all, fetch_any, store_replicated
 from anonmail.store.messages import (
     MAX_BLOB,
-    Fetch,
-    Fetched,
     ObjectKind,
     blob_digest,
     delete_hash,
@@ -206,57 +203,40 @@ async def store_fragments(net: Network, dht: Lookup, body: EncryptedBody,
                           rounds: int = 3) -> FragmentStoreResult:
     """STORE every fragment on its r closest (receipts verified, fresh sets on failure), at
     most `concurrency` fragments at once."""
-    out = FragmentStoreResult([[] for _ in body.fragments])
-    limiter = trio.CapacityLimiter(max(1, concurrency))
 
-    async def one(i: int, key: bytes, ct: bytes) -> None:
+    async def one(item: tuple[int, tuple[bytes, bytes]]) -> list[Receipt]:
+        i, (key, ct) = item
         hashes = [delete_hash(fragment_secret(s, i)) for s in secrets]
-        async with limiter:
-            out.receipts[i] = await store_replicated(net, dht, key, ObjectKind.FRAGMENT, ct,
-                                                     ttl, hashes, r, clock=clock, rounds=rounds)
+        placed = await store_replicated(net, dht, key, ObjectKind.FRAGMENT, ct, ttl, hashes, r,
+                                        clock=clock, rounds=rounds)
+        return placed.receipts
 
-    async with trio.open_nursery() as nursery:
-        for i, (key, ct) in enumerate(body.fragments):
-            nursery.start_soon(one, i, key, ct)
-    return out
+    outcomes = await fan_out(list(enumerate(body.fragments)), one, limit=concurrency)
+    return FragmentStoreResult([o.value or [] for o in outcomes])
 
 
 async def fetch_fragment(net: Network, dht: Lookup, ref: FragmentRef, r: int,
                          start: int) -> bytes:
     """The fragment from the first replica (beginning at the `start`-th closest) whose content
     hashes to its key; then from up to WIDEN more nodes. BodyUnavailable if none has it."""
-    nodes = await closest(dht, ref.key, min(MAX_NODES, r + WIDEN))
-    first, extra = list(nodes[:r]), list(nodes[r:])
-    if first:
-        s = start % len(first)
-        first = first[s:] + first[:s]
-    for cert in (*first, *extra):
-        try:
-            reply = await net.request(cert, Fetch(ref.key))
-        except (TransportError, Refused, RemoteProtocolError):
-            continue
-        if (isinstance(reply, Fetched) and len(reply.blob) == ref.size
-                and ids.fragment_key(reply.blob) == ref.key):
-            return reply.blob
-    raise BodyUnavailable("no replica has a fragment of this message")
+    blob = await fetch_any(net, dht, ref.key, r, size=ref.size, start=start, widen=WIDEN)
+    if blob is None:
+        raise BodyUnavailable("no replica has a fragment of this message")
+    return blob
 
 
 async def fetch_fragments(net: Network, dht: Lookup, desc: Descriptor, r: int, *,
                           concurrency: int = DEFAULT_CONCURRENCY) -> list[bytes]:
     """Every fragment, in parallel (at most `concurrency` at once), each from its own replica."""
-    out: list[bytes | None] = [None] * len(desc.fragments)
-    limiter = trio.CapacityLimiter(max(1, concurrency))
 
-    async def one(i: int, ref: FragmentRef) -> None:
-        async with limiter:
-            try:
-                out[i] = await fetch_fragment(net, dht, ref, r, i)
-            except BodyUnavailable:
-                return  # reported below, once, rather than as an exception group
+    async def one(item: tuple[int, FragmentRef]) -> bytes:
+        i, ref = item
+        return await fetch_fragment(net, dht, ref, r, i)
 
-    async with trio.open_nursery() as nursery:
-        for i, ref in enumerate(desc.fragments):
-            nursery.start_soon(one, i, ref)
+    # A missing fragment is reported below, once, rather than as an exception group.
+    outcomes = await fan_out(list(enumerate(desc.fragments)), one, catch=(BodyUnavailable,),
+                             limit=concurrency)
+    out = [o.value for o in outcomes]
     missing = sum(1 for b in out if b is None)
     if missing:
         raise BodyUnavailable(f"{missing} of {len(out)} fragments are on no replica")
@@ -267,17 +247,11 @@ async def delete_fragments(net: Network, dht: Lookup, desc: Descriptor, secret: 
                            *, concurrency: int = DEFAULT_CONCURRENCY, widen: int = 0) -> int:
     """DELETE our right to every fragment on its replicas; returns how many fragments were
     deleted on at least r nodes."""
-    done = 0
-    limiter = trio.CapacityLimiter(max(1, concurrency))
 
-    async def one(i: int, ref: FragmentRef) -> None:
-        nonlocal done
-        async with limiter:
-            n = await delete_all(net, dht, ref.key, fragment_secret(secret, i), r, widen=widen)
-        if n >= r:
-            done += 1
+    async def one(item: tuple[int, FragmentRef]) -> int:
+        i, ref = item
+        return await delete_all(net, dht, ref.key, fragment_secret(secret, i), r, widen=widen)
 
-    async with trio.open_nursery() as nursery:
-        for i, ref in enumerate(desc.fragments):
-            nursery.start_soon(one, i, ref)
+    outcomes = await fan_out(list(enumerate(desc.fragments)), one, limit=concurrency)
+    done = sum(1 for o in outcomes if (o.value or 0) >= r)
     return done

@@ -5,7 +5,7 @@ sealed header: non-repudiation, seed 003 §3.3), an X25519 seal key (what sender
 to, DESIGN.md §5) and the AddressCert binding both to the address: self-certifying
 `name@<fingerprint>.anon` (no CA) or `name@domain` issued by a CA the network trusts
 (seeds 000, 002). On disk it is one key file sealed under a passphrase with purpose "address"
-(keyfile.py: argon2id + XChaCha20-Poly1305, 0600, never overwritten by accident).
+(crypto/keyfile.py: argon2id + XChaCha20-Poly1305, 0600, never overwritten by accident).
 
 Invariants: the certificate names exactly this identity's two public keys (checked on every
 construction and load); secrets never appear in `repr`; keys come from the injected Rng (a real
@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from anonmail import certs, crypto, keyfile, wire
-from anonmail.certs import AddressCert
+from anonmail import crypto, wire
+from anonmail.crypto import keyfile
 from anonmail.errors import RemoteProtocolError, UserError
 from anonmail.fileio import create_private, write_private
+from anonmail.records import certs
+from anonmail.records.certs import AddressCert
 from anonmail.rng import Rng
 from anonmail.wire import Size
 

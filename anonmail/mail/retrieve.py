@@ -32,7 +32,7 @@ from anonmail.mail import compose, fragments
 from anonmail.mail.envelope import BodyLayout, MailHeader
 from anonmail.mail.maildir import LocalMail
 from anonmail.net.base import Network
-from anonmail.params import NetworkParams
+from anonmail.records.params import NetworkParams
 from anonmail.store.client import Lookup, delete_all, fetch_any
 
 

@@ -32,31 +32,31 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import trio
-
-from anonmail import ids, wire
-from anonmail.certs import AddressCert, Endpoint, NodeCert, is_anon_address
 from anonmail.clock import Clock
-from anonmail.errors import Refused, RemoteProtocolError, TransportError, UserError
+from anonmail.errors import ErrorCode, Refused, UserError
 from anonmail.mail import envelope, fragments
 from anonmail.mail.compose import Composed
 from anonmail.mail.envelope import BodyFacts
 from anonmail.mail.identity import AddressIdentity
-from anonmail.net.base import Handler, Network
-from anonmail.params import NetworkParams
-from anonmail.receipts import Receipt
+from anonmail.net.base import Network
+from anonmail.net.fanout import fan_out
+from anonmail.records import ids
+from anonmail.records.certs import AddressCert, is_anon_address
+from anonmail.records.params import NetworkParams
+from anonmail.records.receipts import Receipt
 from anonmail.rng import Rng
 from anonmail.store.client import (
+    CertSearch,
     Lookup,
+    Placement,
     append_replicated,
     closest,
     delete_all,
     fetch_cert,
     store_replicated,
 )
-from anonmail.store.messages import AppendProof, Fetch, Fetched, ObjectKind, delete_hash
+from anonmail.store.messages import AppendProof, ObjectKind, delete_hash
 
 DEFAULT_TTL = 14 * 86400  # bodies and headers; nodes clamp to their max_ttl (30 days)
 DEFAULT_ROUNDS = 4  # fresh node sets tried per step (seed 002 §3.1 step 6)
@@ -67,13 +67,22 @@ ProofFor = Callable[[AddressCert, bytes], AppendProof | None]  # (recipient cert
 
 @dataclass
 class StepReport:
-    """One replicated STORE or APPEND: the receipts that verified, and refusals seen."""
+    """One replicated STORE or APPEND: the receipts that verified, and the typed refusals
+    seen (by node id; store.client's `Placement`)."""
 
     what: str
     key: bytes
     receipts: list[Receipt] = field(default_factory=list)
     need: int = 0
-    refusals: list[str] = field(default_factory=list)
+    refusals: dict[bytes, Refused] = field(default_factory=dict)
+
+    def take(self, placed: Placement) -> None:
+        """The receipts of `placed`; its refusals added to those seen before."""
+        self.receipts = placed.receipts
+        self.refusals.update(placed.refusals)
+
+    def refused_with(self, code: ErrorCode) -> bool:
+        return any(e.code is code for e in self.refusals.values())
 
     @property
     def ok(self) -> bool:
@@ -113,33 +122,6 @@ class SendFailed(UserError):
         self.report = report
 
 
-class _Recording:
-    """A Network that remembers the details of typed refusals (to tell "inbox full" from
-    "unreachable"): `store.client` swallows them when it moves on to a fresh node."""
-
-    def __init__(self, net: Network) -> None:
-        self.net = net
-        self.refusals: list[str] = []
-
-    @property
-    def local_cert(self) -> NodeCert:
-        return self.net.local_cert
-
-    async def request(self, to: NodeCert, msg: Any, *, timeout: float | None = None) -> Any:
-        try:
-            return await self.net.request(to, msg, timeout=timeout)
-        except Refused as e:
-            self.refusals.append(e.detail)
-            raise
-
-    async def introduce(self, endpoint: Endpoint, *, timeout: float | None = None) -> NodeCert:
-        return await self.net.introduce(endpoint, timeout=timeout)
-
-    async def serve(self, handler: Handler, *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.net.serve(handler, task_status=task_status)
-
-
 def _utc(t: int) -> str:
     return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).strftime("%Y-%m-%d")
 
@@ -147,24 +129,14 @@ def _utc(t: int) -> str:
 # -- step 1: certificates -------------------------------------------------------------------------
 
 
-async def _diagnose(net: Network, dht: Lookup, address: str, r: int,
-                    trusted_cas: frozenset[bytes], now: float, skew: int) -> str:
-    """Why no valid certificate was found: one line for the user."""
-    key = ids.cert_key(address)
-    seen: list[AddressCert] = []
-    for node in await closest(dht, key, r):
-        try:
-            reply = await net.request(node, Fetch(key))
-            if isinstance(reply, Fetched):
-                cert = wire.decode(reply.blob, AddressCert)
-                if cert.address == address:
-                    seen.append(cert)
-        except (TransportError, Refused, RemoteProtocolError):
-            continue
-    if not seen:
+def _why_no_cert(address: str, search: CertSearch, trusted_cas: frozenset[bytes], now: float,
+                 skew: int) -> str:
+    """Why no valid certificate was found, from what the replicas held: one line for the
+    user."""
+    if not search.rejected:
         return (f"no certificate found for {address}: check the address, or ask its owner to "
                 f"publish one")
-    newest = max(seen, key=lambda c: c.issued)
+    newest = max(search.rejected, key=lambda c: c.issued)
     if now > newest.expires + skew:
         return (f"the certificate of {address} expired on {_utc(newest.expires)}: ask its "
                 f"owner to renew it")
@@ -180,20 +152,16 @@ async def recipient_certs(net: Network, dht: Lookup, addresses: Sequence[str], r
     that has none (seed 002 §3.1 step 1: "A authenticates the certificate")."""
     found: dict[str, AddressCert] = {}
     problems: dict[str, str] = {}
-    limiter = trio.CapacityLimiter(APPEND_CONCURRENCY)
 
-    async def one(address: str) -> None:
-        async with limiter:
-            cert = await fetch_cert(net, dht, address, r, trusted_cas, clock, skew=skew)
-            if cert is not None:
-                found[address] = cert
-            else:
-                problems[address] = await _diagnose(net, dht, address, r, trusted_cas,
-                                                    clock.now(), skew)
+    async def one(address: str) -> CertSearch:
+        return await fetch_cert(net, dht, address, r, trusted_cas, clock, skew=skew)
 
-    async with trio.open_nursery() as nursery:
-        for a in addresses:
-            nursery.start_soon(one, a)
+    for o in await fan_out(addresses, one, limit=APPEND_CONCURRENCY):
+        assert o.value is not None
+        if o.value.cert is not None:
+            found[o.item] = o.value.cert
+        else:
+            problems[o.item] = _why_no_cert(o.item, o.value, trusted_cas, clock.now(), skew)
     if problems:
         raise SendFailed("; ".join(problems[a] for a in addresses if a in problems), None)
     return found
@@ -202,15 +170,12 @@ async def recipient_certs(net: Network, dht: Lookup, addresses: Sequence[str], r
 # -- steps 2-4 ------------------------------------------------------------------------------------
 
 
-def _inbox_full(refusals: Sequence[str]) -> bool:
-    return any(d.startswith("quota: inbox") for d in refusals)
-
-
 def _reason(step: StepReport) -> str:
-    if _inbox_full(step.refusals):
+    if step.refused_with(ErrorCode.INBOX_FULL):
         return "their inbox is full (quota): try again later"
     if step.refusals:
-        return f"their inbox replicas refused the message ({step.refusals[0]})"
+        first = next(iter(step.refusals.values()))
+        return f"their inbox replicas refused the message ({first.detail})"
     return (f"only {len(step.receipts)} of {step.need} inbox replicas took the message: try "
             f"again later")
 
@@ -269,10 +234,10 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
                                                                     strict=True))]
     stored_ok = all(f.ok for f in report.fragments)
     if stored_ok:
-        report.body.receipts = await store_replicated(
+        report.body.take(await store_replicated(
             net, dht, key, ObjectKind.BODY, body.blob, ttl,
             [delete_hash(s) for s in secrets.values()], r, clock=clock, skew=skew,
-            rounds=rounds)
+            rounds=rounds))
     if not (stored_ok and report.body.ok):
         await _forget(net, dht, body, key, list(secrets.values()), r)
         tried = report.fragments if not stored_ok else [report.body]
@@ -284,33 +249,27 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
     facts = BodyFacts(body_key, body.digest, len(msg.data), body.layout, len(body.fragments),
                       now + ttl)
     headers = envelope.build_headers(msg, identity.cert, identity.sign, facts, secrets)
-    limiter = trio.CapacityLimiter(APPEND_CONCURRENCY)
+    entries = {a: envelope.seal_header(headers[a], certs[a].seal_key, ids.inbox_key(a), rng)
+               for a in targets}
 
     async def deliver(address: str) -> None:
-        cert = certs[address]
-        inbox = ids.inbox_key(address)
-        entry = envelope.seal_header(headers[address], cert.seal_key, inbox, rng)
-        proof = None if proof_for is None else proof_for(cert, entry)
-        rec = _Recording(net)
+        inbox, entry = ids.inbox_key(address), entries[address]
+        proof = None if proof_for is None else proof_for(certs[address], entry)
         step = StepReport(f"inbox of {address}", inbox, need=need)
         report.inboxes[address] = step
-        async with limiter:
-            # One round first: a full inbox refuses on every replica, and trying ever farther
-            # nodes would only park the header where its owner does not read (store/client's
-            # retries are for nodes that failed, not for an inbox that is full).
-            step.receipts = await append_replicated(rec, dht, inbox, entry, ttl, proof, r,
-                                                    clock=clock, skew=skew, rounds=1)
-            if not step.ok and not _inbox_full(rec.refusals):
-                # Repeats to the nodes that took it collapse (same entry id) and re-sign.
-                step.receipts = await append_replicated(rec, dht, inbox, entry, ttl, proof, r,
-                                                        clock=clock, skew=skew, rounds=rounds)
-        step.refusals = rec.refusals
+        # One round first: a full inbox refuses on every replica, and trying ever farther
+        # nodes would only park the header where its owner does not read (store/client's
+        # retries are for nodes that failed, not for an inbox that is full).
+        step.take(await append_replicated(net, dht, inbox, entry, ttl, proof, r,
+                                          clock=clock, skew=skew, rounds=1))
+        if not step.ok and not step.refused_with(ErrorCode.INBOX_FULL):
+            # Repeats to the nodes that took it collapse (same entry id) and re-sign.
+            step.take(await append_replicated(net, dht, inbox, entry, ttl, proof, r,
+                                              clock=clock, skew=skew, rounds=rounds))
         if not step.ok:
             report.failed[address] = _reason(step)
 
-    async with trio.open_nursery() as nursery:
-        for a in targets:
-            nursery.start_soon(deliver, a)
+    await fan_out(targets, deliver, limit=APPEND_CONCURRENCY)
     # A recipient no inbox replica took can never fetch the body: drop its right now. One
     # that some replicas took may still get the header (replicas republish): keep its right.
     lost = [a for a in report.failed if not report.inboxes[a].receipts]

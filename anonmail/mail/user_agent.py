@@ -3,8 +3,8 @@
 It bundles the identity (identity.py), the node's `Network` and DHT lookup, the local store
 (maildir.py), the network parameters, the trusted CA keys, a Clock and an Rng, and offers what a
 user does: publish the address certificate, send, check, retrieve, discard. The node layer
-(`anonmail/agent.py`, the CLI and the control socket) wraps this; simulations use it directly on
-a simulated node.
+(`anonmail/agent/session.py`, the CLI and the control socket) wraps this; simulations use it
+directly on a simulated node.
 
 Local state guarantees: a message is written to the Outbox (with its Bcc line, which never
 leaves the machine) before the network sees any of it, and moves to Sent only when every
@@ -30,8 +30,8 @@ from anonmail.mail.compose import Attachment, Composed
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail, PendingNotice
 from anonmail.net.base import Network
-from anonmail.params import NetworkParams
-from anonmail.receipts import Receipt
+from anonmail.records.params import NetworkParams
+from anonmail.records.receipts import Receipt
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup, store_replicated
 from anonmail.store.messages import ObjectKind
@@ -74,10 +74,11 @@ class MailAgent:
         now = int(self.clock.now())
         self.identity.check(self.trusted_cas, now, self.params.clock_skew)
         ttl = max(1, min(CERT_TTL, cert.expires - now))
-        receipts = await store_replicated(self.net, self.dht, cert.key, ObjectKind.CERT,
-                                          wire.encode(cert), ttl, (), self.params.replication,
-                                          clock=self.clock, skew=self.params.clock_skew,
-                                          rounds=send_mod.DEFAULT_ROUNDS)
+        placed = await store_replicated(self.net, self.dht, cert.key, ObjectKind.CERT,
+                                        wire.encode(cert), ttl, (), self.params.replication,
+                                        clock=self.clock, skew=self.params.clock_skew,
+                                        rounds=send_mod.DEFAULT_ROUNDS)
+        receipts = placed.receipts
         if not receipts:
             raise send_mod.SendFailed("no node took your address certificate: check your "
                                       "connection and try again", None)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import trio
 
-from anonmail.certs import Endpoint, NodeCert
+from anonmail.records.certs import Endpoint, NodeCert
 
 
 @dataclass(frozen=True, slots=True)

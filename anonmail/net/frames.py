@@ -33,8 +33,8 @@ class FrameTooLarge(RemoteProtocolError):
     """A frame header declared more bytes than this network allows."""
 
 
-class FrameEncoder:
-    """Seals plaintexts into frames for one direction of one connection."""
+class _Direction:
+    """One direction of one connection: its key, frame cap and message counter."""
 
     def __init__(self, key: bytes, max_frame: int) -> None:
         if len(key) != crypto.AEAD_KEY_SIZE:
@@ -42,6 +42,10 @@ class FrameEncoder:
         self._key = key
         self.max_frame = max_frame
         self.counter = 0  # an unbounded int: counter_nonce has 192 bits, it never wraps
+
+
+class FrameEncoder(_Direction):
+    """Seals plaintexts into frames for one direction of one connection."""
 
     def encode(self, plaintext: bytes) -> bytes:
         if len(plaintext) > self.max_frame:
@@ -52,15 +56,11 @@ class FrameEncoder:
         return header + body
 
 
-class FrameDecoder:
+class FrameDecoder(_Direction):
     """Opens frames for one direction of one connection: feed bytes, take plaintexts."""
 
     def __init__(self, key: bytes, max_frame: int) -> None:
-        if len(key) != crypto.AEAD_KEY_SIZE:
-            raise LocalProtocolError("a frame key is 32 bytes")
-        self._key = key
-        self.max_frame = max_frame
-        self.counter = 0
+        super().__init__(key, max_frame)
         self._buf = bytearray()
         self.failed = False
 

@@ -49,10 +49,11 @@ import enum
 from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
-from anonmail import crypto, ids, wire
-from anonmail.certs import CertCache, NodeCert
+from anonmail import crypto, wire
 from anonmail.errors import LocalProtocolError, RemoteProtocolError
-from anonmail.params import NetworkParams
+from anonmail.records import ids
+from anonmail.records.certs import CertCache, NodeCert
+from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.wire import Size
 

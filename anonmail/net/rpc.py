@@ -8,12 +8,14 @@ RemoteProtocolError). Tag ranges: 1-9 records, 10-19 net, 20-29 dht, 30-59 store
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from anonmail import wire
+from anonmail.errors import ErrorCode
+
+__all__ = ["ErrorCode", "ErrorReply", "request", "response"]
 from anonmail.wire import Size
 
 T = TypeVar("T")
@@ -22,35 +24,30 @@ REQUEST_TYPES: dict[type, int] = {}
 RESPONSE_TYPES: dict[type, int] = {}
 
 
-def request(tag: int) -> Callable[[type[T]], type[T]]:
+def _register(table: dict[type, int], tag: int) -> Callable[[type[T]], type[T]]:
     def deco(cls: type[T]) -> type[T]:
         wire.message(tag)(cls)
-        REQUEST_TYPES[cls] = tag
+        table[cls] = tag
         return cls
 
     return deco
+
+
+def request(tag: int) -> Callable[[type[T]], type[T]]:
+    """`@request(tag)`: a request type with its wire tag."""
+    return _register(REQUEST_TYPES, tag)
 
 
 def response(tag: int) -> Callable[[type[T]], type[T]]:
-    def deco(cls: type[T]) -> type[T]:
-        wire.message(tag)(cls)
-        RESPONSE_TYPES[cls] = tag
-        return cls
-
-    return deco
-
-
-class ErrorCode(enum.IntEnum):
-    MALFORMED = 1  # the request failed decoding or validation
-    REFUSED = 2  # well-formed but not allowed (policy, quota, authentication)
-    BUSY = 3  # too many requests in flight from this peer; try later
-    UNSUPPORTED = 4  # no handler for this request type
-    INTERNAL = 5  # our fault; details are not sent
+    """`@response(tag)`: a response type with its wire tag."""
+    return _register(RESPONSE_TYPES, tag)
 
 
 @response(tag=19)
 @dataclass(frozen=True, slots=True)
 class ErrorReply:
+    """A typed error instead of a result: `code` says whose fault it is (errors.ErrorCode)."""
+
     code: ErrorCode
     detail: Annotated[str, Size(0, 200)]
 

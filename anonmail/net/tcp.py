@@ -38,8 +38,7 @@ from typing import Annotated, Any
 
 import trio
 
-from anonmail import ids, wire
-from anonmail.certs import CertCache, Endpoint, NodeCert
+from anonmail import wire
 from anonmail.clock import Clock
 from anonmail.crypto import SigningKey
 from anonmail.errors import (
@@ -52,7 +51,9 @@ from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
 from anonmail.net.handshake import Established, Handshake, Role
-from anonmail.params import NetworkParams
+from anonmail.records import ids
+from anonmail.records.certs import CertCache, Endpoint, NodeCert
+from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.wire import Range, Size
 
@@ -493,7 +494,7 @@ class TcpNetwork:
                 self.count_fault(conn.link.source, e)
                 raise
             if isinstance(reply, rpc.ErrorReply):
-                raise Refused(int(reply.code), reply.detail)
+                raise Refused(reply.code, reply.detail)
             return reply
         raise TransportError(f"no answer from {who} within {limit} s")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import trio
 
-from anonmail.certs import Endpoint, NodeCert
 from anonmail.errors import AnonmailError
 from anonmail.net.base import Handler, Network
+from anonmail.records.certs import Endpoint, NodeCert
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,12 +41,12 @@ class Collusion:
 
     def install(self) -> Collusion:
         for node in self.members:
-            self.scenario.world.set_handler(node.node_id, self.handler(node.dht.handle))
+            self.scenario.world.set_handler(node.node_id, self.handler(node.services.handle))
         return self
 
     def uninstall(self) -> None:
         for node in self.members:
-            self.scenario.world.set_handler(node.node_id, node.dht.handle)
+            self.scenario.world.set_handler(node.node_id, node.services.handle)
 
     def honest(self) -> list[SimNode]:
         return [node for node in self.scenario.nodes if node.node_id not in self.ids]

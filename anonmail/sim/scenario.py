@@ -22,17 +22,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from anonmail import crypto, ids
-from anonmail.certs import CertCache, Endpoint, NodeCert
+from anonmail import crypto
 from anonmail.clock import TrioClock
+from anonmail.dht.dht_node import DhtNode
 from anonmail.dht.lookup import LookupResult
-from anonmail.dht.node import DhtNode
 from anonmail.dht.routing import AddResult, Contact, ContactCache
 from anonmail.errors import LocalError
-from anonmail.ids import ID_BITS
-from anonmail.net.sim import SimNetwork, SimWorld, sim_address
-from anonmail.params import NetworkParams, testnet
+from anonmail.net.services import ServiceRegistry
+from anonmail.records import ids
+from anonmail.records.certs import CertCache, Endpoint, NodeCert
+from anonmail.records.ids import ID_BITS
+from anonmail.records.params import NetworkParams, testnet
 from anonmail.rng import SeededRng
+from anonmail.sim.network import SimNetwork, SimWorld, sim_address
 
 SIM_PORT = 7000
 Bootstrap = Literal["join", "oracle"]
@@ -60,6 +62,7 @@ class SimNode:
     contact: Contact
     net: SimNetwork
     dht: DhtNode
+    services: ServiceRegistry  # the node's one way in: the DHT, and what else it serves
 
     @property
     def cert(self) -> NodeCert:
@@ -160,8 +163,9 @@ class Scenario:
             cert = NodeCert.issue(key, (ep,), now, self.params)
             net = self.world.attach(cert)
             dht = DhtNode(net, key, self.params, self.clock, node_rng.fork(str(i)), self.contacts)
-            net.set_handler(dht.handle)
-            node = SimNode(key, self.contacts.contact(cert, now), net, dht)
+            services = dht.registry()
+            net.set_handler(services.handle)
+            node = SimNode(key, self.contacts.contact(cert, now), net, dht, services)
             self.nodes.append(node)
             self.by_id[node.node_id] = node
         self._index = IdIndex(node.contact for node in self.nodes)

@@ -20,8 +20,8 @@ Two variants (`lie_in_probe`):
   ("drop my copy once all r closest hold it") is fooled equally by both variants, since the
   plain dropper signs a receipt for the push. A lie in Probe would suppress repair only if the
   replicas agreed among themselves who repairs (Kademlia §2.5's "skip if someone republished
-  to me"): then one liar could silence the others. The experiment (sim/mail_experiment.py)
-  runs both.
+  to me"): then one liar could silence the others. The mail experiment (experiments/mail/,
+  `anonmail sim mail --lying`) runs both.
 
 Invariants: after every request the dropper's database holds no object and no inbox entry (it
 may keep owner-proof nonces and ACK records, which are metadata, not mail); it never issues a
@@ -70,8 +70,13 @@ class StorageDropper:
     def node_id(self) -> bytes:
         return self.service.node_id
 
+    @property
+    def requests(self) -> tuple[type, ...]:
+        """It stands in for the service in the node's registry (net/services.py)."""
+        return self.service.requests
+
     async def handle(self, peer: Peer, msg: Any) -> Any:
-        """The `Handler` for store requests, in place of `service.handle`."""
+        """Answer store requests in place of `service.handle`."""
         if self.lie_in_probe and isinstance(msg, Probe):
             self.stats.lies += 1
             return Needs(tuple(Wanted(()) for _ in msg.items))

@@ -8,12 +8,17 @@ DHT service the mail layer needs, seed 002 §2.1) and talks to the nodes through
   receipt is verified against the NodeCert the request went to (signature, node id, op, key,
   digest, and with a clock its time and expiry); nodes that failed are excluded and a fresh,
   wider set is asked for until r receipts are in or the rounds run out (seed 002 §3.1 step 6).
-  Fewer than r receipts back means a partial store: the caller decides (retry later, warn);
-* `fetch_any`: replicas closest first until one returns content that checks: the blob digest
-  the caller passes (a body's digest from its sealed header, seed 002 §3.3), else the content
-  address (fragments); a replica with bad content is skipped (threat T-STORE-TAMPER);
+  The `Placement` says, per node, who signed, who refused with which code (an honest refusal:
+  `errors.ErrorCode`, never its text) and who failed. Fewer than r receipts back means a partial
+  store: the caller decides (retry later, warn, tell the user the inbox is full);
+* `fetch_any`: replicas closest first (or from the `start`-th, to spread parallel fetches)
+  until one returns content that checks: the blob digest the caller passes (a body's digest
+  from its sealed header, seed 002 §3.3), else the content address (fragments); a replica with
+  bad content is skipped (threat T-STORE-TAMPER);
 * `fetch_cert`: an AddressCert from all replicas, the newest valid one wins, and replicas that
-  lack it (or hold an older one) get it stored (seed 002 §2.4 certificate persistence);
+  lack it (or hold an older one) get it stored (seed 002 §2.4 certificate persistence); the
+  certificates seen for the address that did not verify come back too, so the caller can say
+  why there is no valid one without asking again;
 * `read_all`: READ on all r replicas, paging, union de-duplicated by entry id (seed 002 §3.2);
 * `ack_all`, `delete_all`: ACK / DELETE on the r closest (and any extra nodes named).
 
@@ -24,46 +29,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-import trio
-
-from anonmail import crypto, ids, wire
-from anonmail.certs import AddressCert, NodeCert
+from anonmail import crypto, wire
 from anonmail.clock import Clock
 from anonmail.dht.lookup import LookupResult
 from anonmail.dht.messages import MAX_NODES
-from anonmail.errors import LocalError, Refused, RemoteProtocolError, TransportError
+from anonmail.errors import ErrorCode, Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network
-from anonmail.receipts import Receipt, StoreOp
+from anonmail.net.fanout import fan_out
+from anonmail.records import ids
+from anonmail.records.certs import AddressCert, NodeCert
+from anonmail.records.receipts import Receipt, StoreOp
 from anonmail.rng import Rng
-from anonmail.store.messages import (
-    MAX_ACK,
-    Ack,
-    Acked,
-    Append,
-    Appended,
-    AppendProof,
-    Delete,
-    Deleted,
-    Entries,
-    Fetch,
-    Fetched,
-    InboxEntry,
-    NotFound,
-    ObjectKind,
-    OwnerOp,
-    Read,
-    Store,
-    Stored,
-    args_digest_ack,
-    args_digest_read,
-    blob_digest,
-    entry_id,
-)
+from anonmail.store import messages as sm
 from anonmail.store.proofs import make_owner_proof
 
-T = TypeVar("T")
 DEFAULT_ROUNDS = 3
 MAX_PAGES = 64  # READ pages per node per call (a full inbox is ~16)
 DEFAULT_SKEW = 600
@@ -75,7 +56,7 @@ class Lookup(Protocol):
     async def lookup(self, key: bytes, k: int | None = ...) -> LookupResult: ...
 
 
-_RequestErrors = (TransportError, Refused, RemoteProtocolError)
+REQUEST_ERRORS = (TransportError, Refused, RemoteProtocolError)
 
 
 async def closest(dht: Lookup, key: bytes, n: int) -> tuple[NodeCert, ...]:
@@ -105,28 +86,30 @@ def check_receipt(receipt: Receipt, cert: NodeCert, op: StoreOp, key: bytes, dig
             raise RemoteProtocolError("receipt already expired")
 
 
-async def _gather(items: Sequence[NodeCert],
-                  call: Callable[[NodeCert], Awaitable[T]]) -> list[T | BaseException]:
-    """Run `call` on every node in parallel; each result or its request error, in order."""
-    out: list[T | BaseException] = [LocalError("not run")] * len(items)
+@dataclass
+class Placement:
+    """A replicated STORE or APPEND, per node: receipts that verified, typed refusals, and
+    failures (unreachable, or an answer that was wrong: a fault of that node)."""
 
-    async def one(i: int, cert: NodeCert) -> None:
-        try:
-            out[i] = await call(cert)
-        except _RequestErrors as e:
-            out[i] = e
+    receipts_by_node: dict[bytes, Receipt] = field(default_factory=dict)
+    refusals: dict[bytes, Refused] = field(default_factory=dict)
+    failures: dict[bytes, Exception] = field(default_factory=dict)
 
-    async with trio.open_nursery() as nursery:
-        for i, cert in enumerate(items):
-            nursery.start_soon(one, i, cert)
-    return out
+    @property
+    def receipts(self) -> list[Receipt]:
+        return list(self.receipts_by_node.values())
+
+    def codes(self) -> set[ErrorCode]:
+        """The refusal codes the nodes answered with."""
+        return {e.code for e in self.refusals.values()}
 
 
-async def _replicated(net: Network, dht: Lookup, key: bytes, r: int, rounds: int,
-                      call: Callable[[NodeCert], Awaitable[Receipt]]) -> list[Receipt]:
+async def _replicated(dht: Lookup, key: bytes, r: int, rounds: int,
+                      call: Callable[[NodeCert], Awaitable[Receipt]]) -> Placement:
     """Seed 002 §3.1 steps 4-6: do `call` on the r closest; on failures ask for a fresh set
     (wider by the failures, which are excluded) and try the newcomers."""
-    done: dict[bytes, Receipt] = {}
+    out = Placement()
+    done = out.receipts_by_node
     failed: set[bytes] = set()
     for _ in range(rounds):
         want = r - len(done)
@@ -137,66 +120,77 @@ async def _replicated(net: Network, dht: Lookup, key: bytes, r: int, rounds: int
                    if c.node_id not in done and c.node_id not in failed][:want]
         if not targets:
             break
-        for cert, outcome in zip(targets, await _gather(targets, call), strict=True):
-            if isinstance(outcome, Receipt):
-                done[cert.node_id] = outcome
-            else:
-                failed.add(cert.node_id)
-    return list(done.values())
+        for o in await fan_out(targets, call, catch=REQUEST_ERRORS):
+            nid = o.item.node_id
+            if o.value is not None:
+                done[nid] = o.value
+                continue
+            failed.add(nid)
+            if isinstance(o.error, Refused) and not o.error.code.is_fault:
+                out.refusals[nid] = o.error
+            elif o.error is not None:
+                out.failures[nid] = o.error
+    return out
 
 
-async def store_replicated(net: Network, dht: Lookup, key: bytes, kind: ObjectKind, blob: bytes,
-                           ttl: int, delete_hashes: Iterable[bytes], r: int, *,
-                           clock: Clock | None = None, skew: int = DEFAULT_SKEW,
-                           rounds: int = DEFAULT_ROUNDS) -> list[Receipt]:
-    """STORE on the r closest nodes; the verified receipts (fewer than r: partial)."""
-    msg = Store(key, kind, blob, ttl, tuple(delete_hashes))
-    digest = blob_digest(blob)
+async def _receipted(net: Network, dht: Lookup, key: bytes, msg: sm.Store | sm.Append,
+                     op: StoreOp, digest: bytes, r: int, clock: Clock | None, skew: int,
+                     rounds: int) -> Placement:
+    """`msg` on the r closest to `key`; each answer must carry a receipt for (op, key, digest)
+    from the node it went to."""
+    answer = sm.Stored if op is StoreOp.STORE else sm.Appended
 
     async def call(cert: NodeCert) -> Receipt:
         reply = await net.request(cert, msg)
-        if not isinstance(reply, Stored):
-            raise RemoteProtocolError(f"STORE answered with {type(reply).__name__}")
-        check_receipt(reply.receipt, cert, StoreOp.STORE, key, digest,
+        if not isinstance(reply, answer):
+            raise RemoteProtocolError(f"{op.name} answered with {type(reply).__name__}")
+        check_receipt(reply.receipt, cert, op, key, digest,
                       None if clock is None else clock.now(), skew)
         return reply.receipt
 
-    return await _replicated(net, dht, key, r, rounds, call)
+    return await _replicated(dht, key, r, rounds, call)
+
+
+async def store_replicated(net: Network, dht: Lookup, key: bytes, kind: sm.ObjectKind, blob: bytes,
+                           ttl: int, delete_hashes: Iterable[bytes], r: int, *,
+                           clock: Clock | None = None, skew: int = DEFAULT_SKEW,
+                           rounds: int = DEFAULT_ROUNDS) -> Placement:
+    """STORE on the r closest nodes; the verified receipts (fewer than r: partial)."""
+    return await _receipted(net, dht, key, sm.Store(key, kind, blob, ttl, tuple(delete_hashes)),
+                            StoreOp.STORE, sm.blob_digest(blob), r, clock, skew, rounds)
 
 
 async def append_replicated(net: Network, dht: Lookup, inbox: bytes, entry: bytes, ttl: int,
-                            proof: AppendProof | None, r: int, *, clock: Clock | None = None,
+                            proof: sm.AppendProof | None, r: int, *, clock: Clock | None = None,
                             skew: int = DEFAULT_SKEW,
-                            rounds: int = DEFAULT_ROUNDS) -> list[Receipt]:
+                            rounds: int = DEFAULT_ROUNDS) -> Placement:
     """APPEND to the r inbox replicas; the verified receipts (fewer than r: partial)."""
-    msg = Append(inbox, entry, ttl, proof)
-    digest = entry_id(entry)
-
-    async def call(cert: NodeCert) -> Receipt:
-        reply = await net.request(cert, msg)
-        if not isinstance(reply, Appended):
-            raise RemoteProtocolError(f"APPEND answered with {type(reply).__name__}")
-        check_receipt(reply.receipt, cert, StoreOp.APPEND, inbox, digest,
-                      None if clock is None else clock.now(), skew)
-        return reply.receipt
-
-    return await _replicated(net, dht, inbox, r, rounds, call)
+    return await _receipted(net, dht, inbox, sm.Append(inbox, entry, ttl, proof), StoreOp.APPEND,
+                            sm.entry_id(entry), r, clock, skew, rounds)
 
 
 async def fetch_any(net: Network, dht: Lookup, key: bytes, r: int, *,
-                    digest: bytes | None = None) -> bytes | None:
-    """The blob under `key` from the first replica whose content checks, closest first: its
-    `blob_digest` must equal `digest` (bodies), or without a digest its content address must
-    equal `key` (fragments). None if no replica has good content (seed 002 §3.3)."""
-    for cert in await closest(dht, key, r):
+                    digest: bytes | None = None, size: int | None = None, start: int = 0,
+                    widen: int = 0) -> bytes | None:
+    """The blob under `key` from the first replica whose content checks: its `blob_digest`
+    must equal `digest` (bodies), or without a digest its content address must equal `key`
+    (fragments); with `size`, its length too. Tries the r closest, beginning at the `start`-th
+    (so parallel fetches spread over replicas), then `widen` farther nodes. None if no replica
+    has good content (seed 002 §3.3)."""
+    nodes = await closest(dht, key, min(MAX_NODES, r + widen))
+    first, extra = list(nodes[:r]), list(nodes[r:])
+    if first:
+        s = start % len(first)
+        first = first[s:] + first[:s]
+    for cert in (*first, *extra):
         try:
-            reply = await net.request(cert, Fetch(key))
-        except _RequestErrors:
+            reply = await net.request(cert, sm.Fetch(key))
+        except REQUEST_ERRORS:
             continue
-        if not isinstance(reply, Fetched):
+        if not isinstance(reply, sm.Fetched) or (size is not None and len(reply.blob) != size):
             continue
         if digest is not None:
-            ok = crypto.constant_time_eq(blob_digest(reply.blob), digest)
+            ok = crypto.constant_time_eq(sm.blob_digest(reply.blob), digest)
         else:
             ok = ids.fragment_key(reply.blob) == key
         if ok:
@@ -204,43 +198,57 @@ async def fetch_any(net: Network, dht: Lookup, key: bytes, r: int, *,
     return None
 
 
+@dataclass
+class CertSearch:
+    """What the replicas of an address's certificate held."""
+
+    cert: AddressCert | None = None  # the newest valid one
+    rejected: list[AddressCert] = field(default_factory=list)  # for the address, not valid
+
+
 async def fetch_cert(net: Network, dht: Lookup, address: str, r: int,
                      trusted_cas: frozenset[bytes], clock: Clock, *, skew: int = DEFAULT_SKEW,
-                     repair: bool = True, ttl: int = 30 * 86400) -> AddressCert | None:
-    """The newest valid AddressCert for `address` among the r replicas. With `repair`, the
-    replicas that lacked it or held an older one are given it (seed 002 §2.4)."""
+                     repair: bool = True, ttl: int = 30 * 86400) -> CertSearch:
+    """The newest valid AddressCert for `address` among the r replicas, and those for the
+    address that did not verify (expired, untrusted CA, forged). With `repair`, the replicas
+    that lacked the valid one or held an older one are given it (seed 002 §2.4)."""
     key = ids.cert_key(address)
     found = await closest(dht, key, r)
 
     async def call(cert: NodeCert) -> Any:
-        return await net.request(cert, Fetch(key))
+        return await net.request(cert, sm.Fetch(key))
 
     now = clock.now()
-    best: AddressCert | None = None
+    out = CertSearch()
     held: dict[bytes, int] = {}  # node id -> issued of the valid cert it gave
-    for node, reply in zip(found, await _gather(found, call), strict=True):
-        if not isinstance(reply, Fetched):
+    for o in await fan_out(found, call, catch=REQUEST_ERRORS):
+        if not isinstance(o.value, sm.Fetched):
             continue
         try:
-            cert = wire.decode(reply.blob, AddressCert)
-            if cert.address != address:
-                raise RemoteProtocolError("certificate for another address")
-            cert.verify(trusted_cas, now, skew)
+            cert = wire.decode(o.value.blob, AddressCert)
         except RemoteProtocolError:
             continue
-        held[node.node_id] = cert.issued
-        if best is None or cert.issued > best.issued:
-            best = cert
+        if cert.address != address:
+            continue
+        try:
+            cert.verify(trusted_cas, now, skew)
+        except RemoteProtocolError:
+            out.rejected.append(cert)
+            continue
+        held[o.item.node_id] = cert.issued
+        if out.cert is None or cert.issued > out.cert.issued:
+            out.cert = cert
+    best = out.cert
     if best is not None and repair:
         stale = [n for n in found if held.get(n.node_id, -1) < best.issued]
-        msg = Store(key, ObjectKind.CERT, wire.encode(best), ttl, ())
-        await _gather(stale, lambda node: net.request(node, msg))
-    return best
+        msg = sm.Store(key, sm.ObjectKind.CERT, wire.encode(best), ttl, ())
+        await fan_out(stale, lambda node: net.request(node, msg), catch=REQUEST_ERRORS)
+    return out
 
 
 @dataclass
 class ReadResult:
-    entries: dict[bytes, InboxEntry] = field(default_factory=dict)  # by entry id
+    entries: dict[bytes, sm.InboxEntry] = field(default_factory=dict)  # by entry id
     nodes: list[NodeCert] = field(default_factory=list)  # replicas that answered every page
     failed: list[NodeCert] = field(default_factory=list)
 
@@ -251,14 +259,14 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
     §3.2: the replicas are not consistent, so take the superset)."""
     found = await closest(dht, inbox, r)
 
-    async def call(node: NodeCert) -> list[InboxEntry]:
-        got: list[InboxEntry] = []
+    async def call(node: NodeCert) -> list[sm.InboxEntry]:
+        got: list[sm.InboxEntry] = []
         after = 0
         for _ in range(MAX_PAGES):
-            proof = make_owner_proof(sign_key, cert, OwnerOp.READ, inbox, node.node_id,
-                                     args_digest_read(after), clock.now(), rng)
-            reply = await net.request(node, Read(inbox, after, proof))
-            if not isinstance(reply, Entries):
+            proof = make_owner_proof(sign_key, cert, sm.OwnerOp.READ, inbox, node.node_id,
+                                     sm.args_digest_read(after), clock.now(), rng)
+            reply = await net.request(node, sm.Read(inbox, after, proof))
+            if not isinstance(reply, sm.Entries):
                 raise RemoteProtocolError(f"READ answered with {type(reply).__name__}")
             got.extend(reply.entries)
             if not reply.more or reply.next <= after:
@@ -267,13 +275,13 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
         return got
 
     result = ReadResult()
-    for node, outcome in zip(found, await _gather(found, call), strict=True):
-        if isinstance(outcome, BaseException):
-            result.failed.append(node)
+    for o in await fan_out(found, call, catch=REQUEST_ERRORS):
+        if o.value is None:
+            result.failed.append(o.item)
             continue
-        result.nodes.append(node)
-        for e in outcome:
-            eid = entry_id(e.entry)
+        result.nodes.append(o.item)
+        for e in o.value:
+            eid = sm.entry_id(e.entry)
             old = result.entries.get(eid)
             if old is None or e.expires > old.expires:
                 result.entries[eid] = e
@@ -292,17 +300,17 @@ async def ack_all(net: Network, dht: Lookup, inbox: bytes, entry_ids: Sequence[b
         return 0
 
     async def call(node: NodeCert) -> bool:
-        for i in range(0, len(ids_), MAX_ACK):
-            chunk = ids_[i:i + MAX_ACK]
-            proof = make_owner_proof(sign_key, cert, OwnerOp.ACK, inbox, node.node_id,
-                                     args_digest_ack(chunk), clock.now(), rng)
-            reply = await net.request(node, Ack(inbox, chunk, proof))
-            if not isinstance(reply, Acked):
+        for i in range(0, len(ids_), sm.MAX_ACK):
+            chunk = ids_[i:i + sm.MAX_ACK]
+            proof = make_owner_proof(sign_key, cert, sm.OwnerOp.ACK, inbox, node.node_id,
+                                     sm.args_digest_ack(chunk), clock.now(), rng)
+            reply = await net.request(node, sm.Ack(inbox, chunk, proof))
+            if not isinstance(reply, sm.Acked):
                 raise RemoteProtocolError(f"ACK answered with {type(reply).__name__}")
         return True
 
-    outcomes = await _gather(list(targets.values()), call)
-    return sum(1 for o in outcomes if o is True)
+    outcomes = await fan_out(list(targets.values()), call, catch=REQUEST_ERRORS)
+    return sum(1 for o in outcomes if o.value is True)
 
 
 async def delete_all(net: Network, dht: Lookup, key: bytes, secret: bytes, r: int, *,
@@ -313,8 +321,8 @@ async def delete_all(net: Network, dht: Lookup, key: bytes, secret: bytes, r: in
     found = await closest(dht, key, min(MAX_NODES, r + widen))
 
     async def call(node: NodeCert) -> bool:
-        reply = await net.request(node, Delete(key, secret))
-        return isinstance(reply, Deleted | NotFound)
+        reply = await net.request(node, sm.Delete(key, secret))
+        return isinstance(reply, sm.Deleted | sm.NotFound)
 
-    outcomes = await _gather(found, call)
-    return sum(1 for o in outcomes if o is True)
+    outcomes = await fan_out(found, call, catch=REQUEST_ERRORS)
+    return sum(1 for o in outcomes if o.value is True)

@@ -375,14 +375,11 @@ class StoreDb:
         c = self._conn
         held = 0
         for eid in eids:
-            row = c.execute("SELECT expires, size FROM entries WHERE inbox=? AND entry_id=?",
-                            (inbox, eid)).fetchone()
-            expires = default_expires
-            if row is not None:
+            expires = self._remove_entry(inbox, eid)
+            if expires is not None:
                 held += 1
-                expires = int(row[0])
-                c.execute("DELETE FROM entries WHERE inbox=? AND entry_id=?", (inbox, eid))
-                self._adjust(-int(row[1]))
+            else:
+                expires = default_expires
             old = c.execute("SELECT 1 FROM acked WHERE inbox=? AND entry_id=?",
                             (inbox, eid)).fetchone()
             if old is None:
@@ -397,16 +394,18 @@ class StoreDb:
     def drop_entries(self, inbox: bytes, eids: Iterable[bytes]) -> int:
         """Forget these entries (handover; no ACK tombstone)."""
         self._need_tx()
+        return sum(1 for eid in eids if self._remove_entry(inbox, eid) is not None)
+
+    def _remove_entry(self, inbox: bytes, eid: bytes) -> int | None:
+        """Delete one entry and its accounted bytes; its expiry, or None if not held."""
         c = self._conn
-        dropped = 0
-        for eid in eids:
-            row = c.execute("SELECT size FROM entries WHERE inbox=? AND entry_id=?",
-                            (inbox, eid)).fetchone()
-            if row is not None:
-                c.execute("DELETE FROM entries WHERE inbox=? AND entry_id=?", (inbox, eid))
-                self._adjust(-int(row[0]))
-                dropped += 1
-        return dropped
+        row = c.execute("SELECT expires, size FROM entries WHERE inbox=? AND entry_id=?",
+                        (inbox, eid)).fetchone()
+        if row is None:
+            return None
+        c.execute("DELETE FROM entries WHERE inbox=? AND entry_id=?", (inbox, eid))
+        self._adjust(-int(row[1]))
+        return int(row[0])
 
     # -- owner-proof nonces ----------------------------------------------------------------------
 

@@ -33,11 +33,12 @@ Semantics and invariants:
   total bytes are bounded; exceeding a bound is `QuotaExceeded` (not a fault: store/errors.py).
 
 APPEND authorisation is pluggable: `AppendPolicy(inbox, entry, proof, peer_node_id, now)`
-raises a StoreRefusal to refuse. The default, `accept_within_quotas`, accepts anything the
-quotas admit. The RTS/CTS permit check of DESIGN.md §6 plugs in here (the permit layer sits
-above the store and hands its policy to the StoreService). A policy must judge the proof alone,
-not the peer: entries arrive through relays (DESIGN.md §7) and by replication (`Replicate`,
-which re-runs the policy on the entry's original proof).
+raises `Denied` (an honest refusal) or `Invalid` (a fault) to refuse. The default,
+`accept_within_quotas`, accepts anything the quotas admit. The RTS/CTS permit check of
+DESIGN.md §6 plugs in here (the permit layer sits above the store and hands its policy to the
+StoreService). A policy must judge the proof alone, not the peer: entries arrive through relays
+(DESIGN.md §7) and by replication (`Replicate`, which re-runs the policy on the entry's original
+proof).
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from anonmail import crypto, ids, wire
-from anonmail.certs import AddressCert
-from anonmail.errors import RemoteProtocolError
-from anonmail.params import NetworkParams
-from anonmail.receipts import Receipt, StoreOp
+from anonmail import crypto, wire
+from anonmail.errors import Refusal, RemoteProtocolError
+from anonmail.records import ids
+from anonmail.records.certs import AddressCert
+from anonmail.records.params import NetworkParams
+from anonmail.records.receipts import Receipt, StoreOp
 from anonmail.store import proofs
 from anonmail.store.db import ObjectRow, StoreDb, entry_size, object_size
-from anonmail.store.errors import Denied, Invalid, QuotaExceeded, StoreRefusal
+from anonmail.store.errors import Denied, ErrorCode, Invalid, QuotaExceeded
 from anonmail.store.messages import (
     MAX_BLOB,
     MAX_ENTRY,
@@ -171,7 +173,7 @@ def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
         cert_issued = cert.issued
         expires = min(expires, cert.expires)
         if expires <= now:
-            raise Denied("certificate expires now")
+            raise Denied("certificate expires now", ErrorCode.EXPIRED)
     digest = blob_digest(req.blob)
     removed: set[bytes]
     fresh = ObjectRow(req.key, int(req.kind), req.blob, digest, expires, cert_issued,
@@ -184,15 +186,15 @@ def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
     if old is None:
         pass
     elif old.kind != req.kind:
-        raise Denied("this key holds another kind of object")
+        raise Denied("this key holds another kind of object", ErrorCode.CONFLICT)
     elif req.kind is ObjectKind.CERT and (old.cert_issued or 0) < (cert_issued or 0):
         pass  # a renewed certificate replaces the old one, with the new delete hashes
     elif old.blob is None:
-        raise Denied("object was deleted")
+        raise Denied("object was deleted", ErrorCode.GONE)
     elif old.digest != digest:
         if req.kind is ObjectKind.CERT:
-            raise Denied("a certificate as new or newer is held")
-        raise Denied("another object is stored under this key")
+            raise Denied("a certificate as new or newer is held", ErrorCode.CONFLICT)
+        raise Denied("another object is stored under this key", ErrorCode.CONFLICT)
     else:
         live, removed = db.get_hashes(req.key)
         if old.deletable:
@@ -230,7 +232,7 @@ def handle_delete(ctx: StoreContext, req: Delete, now: float) -> Deleted | NotFo
     if row.blob is None:
         return NotFound()
     if h not in live:
-        raise Denied("delete secret does not match")
+        raise Denied("delete secret does not match", ErrorCode.WRONG_SECRET)
     live.discard(h)
     removed.add(h)
     with db.transaction():
@@ -250,9 +252,9 @@ def _inbox_room(ctx: StoreContext, inbox: bytes, now: float, count: int, size: i
     `size` accounted bytes in total."""
     held, used = ctx.db.inbox_usage(inbox, now)
     if held + count > ctx.limits.inbox_entries:
-        raise QuotaExceeded("quota: inbox full (entries)")
+        raise QuotaExceeded("quota: inbox full (entries)", ErrorCode.INBOX_FULL)
     if used + size > ctx.limits.inbox_bytes:
-        raise QuotaExceeded("quota: inbox full (bytes)")
+        raise QuotaExceeded("quota: inbox full (bytes)", ErrorCode.INBOX_FULL)
     _check_room(ctx, size)
 
 
@@ -262,7 +264,7 @@ def handle_append(ctx: StoreContext, req: Append, peer_node_id: bytes, now: floa
         raise QuotaExceeded("quota: entry too large")
     eid = entry_id(req.entry)
     if db.is_acked(req.inbox, eid):
-        raise Denied("entry already acknowledged by the owner")
+        raise Denied("entry already acknowledged by the owner", ErrorCode.GONE)
     expires = _expires(ctx, req.ttl, now)
     held = db.has_entry(req.inbox, eid)
     proof = None if req.proof is None else wire.encode(req.proof)
@@ -356,7 +358,7 @@ def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
             break
         try:
             ctx.append_policy(req.inbox, item.entry, item.proof, peer_node_id, now)
-        except StoreRefusal:
+        except (Refusal, RemoteProtocolError):
             continue  # e.g. a permit revoked since: that entry stays out
         seen.add(eid)
         count += 1
@@ -371,23 +373,23 @@ def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
 
 # -- dispatch -------------------------------------------------------------------------------------
 
+_Handler = Callable[[StoreContext, Any, bytes, float], Any]  # (ctx, request, peer id, now)
+
+HANDLERS: dict[type, _Handler] = {
+    Store: lambda ctx, req, _peer, now: handle_store(ctx, req, now),
+    Fetch: lambda ctx, req, _peer, now: handle_fetch(ctx, req, now),
+    Delete: lambda ctx, req, _peer, now: handle_delete(ctx, req, now),
+    Append: handle_append,
+    Read: lambda ctx, req, _peer, now: handle_read(ctx, req, now),
+    Ack: lambda ctx, req, _peer, now: handle_ack(ctx, req, now),
+    Probe: lambda ctx, req, _peer, now: handle_probe(ctx, req, now),
+    Replicate: handle_replicate,
+}
+
 
 def dispatch(ctx: StoreContext, peer_node_id: bytes, msg: Any, now: float) -> Any:
-    """Answer one store request. Raises StoreRefusal (see store/errors.py) to refuse."""
-    if isinstance(msg, Store):
-        return handle_store(ctx, msg, now)
-    if isinstance(msg, Fetch):
-        return handle_fetch(ctx, msg, now)
-    if isinstance(msg, Delete):
-        return handle_delete(ctx, msg, now)
-    if isinstance(msg, Append):
-        return handle_append(ctx, msg, peer_node_id, now)
-    if isinstance(msg, Read):
-        return handle_read(ctx, msg, now)
-    if isinstance(msg, Ack):
-        return handle_ack(ctx, msg, now)
-    if isinstance(msg, Probe):
-        return handle_probe(ctx, msg, now)
-    if isinstance(msg, Replicate):
-        return handle_replicate(ctx, msg, peer_node_id, now)
-    raise Invalid(f"not a store request: {type(msg).__name__}")
+    """Answer one store request. Raises `Denied` (honest) or `Invalid` (a fault) to refuse."""
+    handler = HANDLERS.get(type(msg))
+    if handler is None:
+        raise Invalid(f"not a store request: {type(msg).__name__}")
+    return handler(ctx, msg, peer_node_id, now)

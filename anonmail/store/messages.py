@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from anonmail import crypto, wire
-from anonmail.certs import AddressCert
 from anonmail.net import rpc
-from anonmail.receipts import Receipt
+from anonmail.records.certs import AddressCert
+from anonmail.records.receipts import Receipt
 from anonmail.wire import Range, Size
 
 MAX_BLOB = (1 << 20) - (64 << 10)  # per-object cap; the fragment size of large bodies

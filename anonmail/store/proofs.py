@@ -21,13 +21,14 @@ sees the request) from turning the proof into an ACK of other entries.
 
 from __future__ import annotations
 
-from anonmail import crypto, ids, wire
-from anonmail.certs import AddressCert
+from anonmail import crypto, wire
 from anonmail.errors import RemoteProtocolError
-from anonmail.params import NetworkParams
+from anonmail.records import ids
+from anonmail.records.certs import AddressCert
+from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.store.db import StoreDb
-from anonmail.store.errors import Denied, Invalid
+from anonmail.store.errors import Denied, ErrorCode, Invalid
 from anonmail.store.messages import NONCE_SIZE, OwnerOp, OwnerProof, OwnerStatement
 
 OWNER_PROOF_DOMAIN = "owner-proof"
@@ -54,12 +55,14 @@ def nonce_scope(inbox: bytes, nonce: bytes) -> bytes:
 def check_owner_proof(db: StoreDb, proof: OwnerProof, op: OwnerOp, inbox: bytes, args: bytes,
                       own_node_id: bytes, trusted_cas: frozenset[bytes], params: NetworkParams,
                       now: float) -> bytes:
-    """Raise a StoreRefusal unless `proof` authorises `op` on `inbox` here and now. Returns the
-    nonce scope, which the caller records with `record_nonce` in the operation's transaction."""
+    """Raise `Denied` or `Invalid` unless `proof` authorises `op` on `inbox` here and now.
+    Returns the nonce scope, which the caller records with `record_nonce` in the operation's
+    transaction."""
     if proof.node_id != own_node_id:
         raise Invalid("owner proof is for another node")
     if abs(proof.time - now) > params.clock_skew:
-        raise Denied("owner proof time outside the clock skew")  # honest clocks drift
+        # Honest clocks drift: a refusal, not a fault.
+        raise Denied("owner proof time outside the clock skew", ErrorCode.CLOCK_SKEW)
     address = proof.cert.address
     if inbox not in (ids.inbox_key(address), ids.requests_key(address)):
         raise Invalid("owner proof certificate does not own this inbox")

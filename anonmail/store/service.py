@@ -1,10 +1,10 @@
 """The storage service a node runs: request dispatch, garbage collection, republish and repair.
 
-`StoreService.handle` is the node's `Handler` for store requests (the node routes by type with
-`handles`); it runs the synchronous handlers of store/handlers.py and turns refusals that are
-not the peer's fault into `ErrorReply(REFUSED)` itself (store/errors.py). `serve` runs two
-loops: garbage collection every `gc_interval` and republish every `republish_interval`, both
-jittered by the injected Rng so replicas do not act in lockstep.
+`StoreService` is a `Service` (net/services.py): it declares the store's request types and
+`handle` runs the synchronous handlers of store/handlers.py; the node's registry turns an
+honest refusal into a typed reply and leaves a fault to the transport (store/errors.py).
+`serve` runs two loops: garbage collection every `gc_interval` and republish every
+`republish_interval`, both jittered by the injected Rng so replicas do not act in lockstep.
 
 Republish (seed 002 §2.3-2.4; DESIGN.md §4: "replicas watch and repair each other"): for every
 key it holds, the node looks up the current r = `params.replication` closest nodes and asks
@@ -35,25 +35,25 @@ Logs carry counts only: never keys, blobs, entries or addresses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import trio
 
-from anonmail import crypto, ids, wire
-from anonmail.certs import NodeCert
+from anonmail import crypto, wire
 from anonmail.clock import Clock
-from anonmail.errors import LocalError, Refused, RemoteProtocolError, TransportError
-from anonmail.net import rpc
+from anonmail.errors import LocalError, Refusal, Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network, Peer
-from anonmail.params import NetworkParams
-from anonmail.receipts import StoreOp
+from anonmail.net.fanout import fan_out
+from anonmail.records import ids
+from anonmail.records.certs import NodeCert
+from anonmail.records.params import NetworkParams
+from anonmail.records.receipts import StoreOp
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup, check_receipt, closest
 from anonmail.store.db import EntryRow, Expired, StoreDb
-from anonmail.store.errors import StoreRefusal
 from anonmail.store.handlers import (
     AppendPolicy,
     StoreContext,
@@ -132,10 +132,7 @@ class StoreService:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def handles(msg: Any) -> bool:
-        """Is `msg` a store request (for the node's routing by type)?"""
-        return isinstance(msg, REQUESTS)
+    requests: tuple[type, ...] = REQUESTS  # the Service protocol (net/services.py)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a database-touching function inline, or on the worker thread (`offload`)."""
@@ -144,17 +141,19 @@ class StoreService:
         return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._db_lock)
 
     async def handle(self, peer: Peer, msg: Any) -> Any:
-        """The `Handler` for store requests."""
+        """Answer a store request. Refusals propagate to the node's registry, which answers an
+        honest one (`Denied`) with its code and leaves a fault (`Invalid`) to the transport."""
         now = self.clock.now()
         self.stats.handled += 1
         try:
             return await self._db(dispatch, self.ctx, peer.node_id, msg, now)
-        except StoreRefusal as e:
+        except Refusal:
             self.stats.refused += 1
-            if e.fault:
-                self.stats.faults += 1
-                raise  # the transport answers REFUSED and counts the fault
-            return rpc.ErrorReply(rpc.ErrorCode.REFUSED, str(e)[:200])
+            raise
+        except RemoteProtocolError:
+            self.stats.refused += 1
+            self.stats.faults += 1
+            raise
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -186,20 +185,14 @@ class StoreService:
         now = self.clock.now()
         objects = await self._db(self.db.object_keys, now)
         inboxes = await self._db(self.db.inbox_keys, now)
-        limiter = trio.CapacityLimiter(self.republish_parallel)
-
-        async def run(job: Callable[[bytes], Any], key: bytes) -> None:
-            async with limiter:
-                await job(key)
-
-        async with trio.open_nursery() as nursery:
-            for key, _kind, touched in objects:
-                if not force and now - touched < self.republish_interval:
-                    self.stats.skipped += 1
-                    continue
-                nursery.start_soon(run, self._republish_object, key)
-            for inbox in inboxes:
-                nursery.start_soon(run, self._republish_inbox, inbox)
+        jobs: list[tuple[Callable[[bytes], Awaitable[None]], bytes]] = []
+        for key, _kind, touched in objects:
+            if not force and now - touched < self.republish_interval:
+                self.stats.skipped += 1
+                continue
+            jobs.append((self._republish_object, key))
+        jobs.extend((self._republish_inbox, inbox) for inbox in inboxes)
+        await fan_out(jobs, lambda job: job[0](job[1]), limit=self.republish_parallel)
         log.debug("republish: %d objects, %d inboxes", len(objects), len(inboxes))
         return self.stats
 
@@ -256,8 +249,8 @@ class StoreService:
             self.stats.pushed_objects += 1
             return True
 
-        held = await _all(targets, sync)
-        if not responsible and targets and all(held):
+        held = await fan_out(targets, sync)
+        if not responsible and targets and all(o.value for o in held):
             def drop() -> bool:
                 with self.db.transaction():
                     return self.db.drop_object(key)
@@ -279,7 +272,7 @@ class StoreService:
         store = Store(key, ObjectKind.CERT, reply.blob, max(1, row.expires - int(now)), ())
         try:
             await self._db(handle_store, self.ctx, store, now)
-        except StoreRefusal:
+        except (Refusal, RemoteProtocolError):
             return
 
     async def _republish_inbox(self, inbox: bytes) -> None:
@@ -313,8 +306,8 @@ class StoreService:
                 ok = ok and reply.accepted == len(entries)
             return ok
 
-        held = await _all(targets, sync)
-        if not responsible and targets and all(held):
+        held = await fan_out(targets, sync)
+        if not responsible and targets and all(o.value for o in held):
             def drop() -> int:
                 with self.db.transaction():
                     return self.db.drop_entries(inbox, offered)
@@ -340,16 +333,4 @@ def _batches(rows: Sequence[EntryRow]) -> list[list[EntryRow]]:
         size += len(r.entry)
     if cur:
         out.append(cur)
-    return out
-
-
-async def _all(targets: Sequence[NodeCert], fn: Callable[[NodeCert], Any]) -> list[bool]:
-    out = [False] * len(targets)
-
-    async def one(i: int, t: NodeCert) -> None:
-        out[i] = bool(await fn(t))
-
-    async with trio.open_nursery() as nursery:
-        for i, t in enumerate(targets):
-            nursery.start_soon(one, i, t)
     return out

@@ -1,9 +1,11 @@
-"""`anonmail sim ...`: run simulations from the command line and print tables (an edge: it
-reads the real clock, only to report how long a run took).
+"""`anonmail sim lookup`: the S/Kademlia lookup experiment from the command line (model.py,
+run.py, report.py). `register(subparsers)` adds the subcommand under `anonmail sim`
+(experiments/sim_command.py calls it). It reads the real clock, only to report how long a run
+took; arguments are checked here, so a bad one is one clear `UserError` line before anything
+runs. Progress goes to stderr, the table to stdout.
 
     anonmail sim lookup                  # the S/Kademlia table (m x d, success %)
     anonmail sim lookup --plain          # no adversaries: exact-match rate and hop histogram
-    anonmail sim mail                    # mail delivery under droppers and churn (mail_cli.py)
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import time
 from typing import Any
 
 from anonmail.errors import UserError
-from anonmail.sim import lookup_experiment as lx
-from anonmail.sim import mail_cli
+from anonmail.experiments.lookup.model import Cell, ExperimentConfig
+from anonmail.experiments.lookup.report import format_report
+from anonmail.experiments.lookup.run import run
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -39,11 +42,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers: Any) -> None:
-    sim = subparsers.add_parser("sim", help="run a simulation and print its table")
-    sim.set_defaults(func=lambda args: _usage(sim))
-    sub = sim.add_subparsers(dest="scenario", metavar="SCENARIO")
-    defaults = lx.ExperimentConfig()
-    p = sub.add_parser(
+    """Add `lookup` to the `anonmail sim` subcommands."""
+    defaults = ExperimentConfig()
+    p = subparsers.add_parser(
         "lookup", help="S/Kademlia disjoint-path lookups under colluding adversaries",
         description="Reproduce S/Kademlia's lookup experiment: success rate of lookups (the "
                     "result holds the true closest honest node) per hostile fraction m and "
@@ -67,12 +68,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plain", action="store_true",
                    help="no adversaries: exact-match rate vs the oracle and hop histogram")
     p.set_defaults(func=_lookup)
-    mail_cli.register(sub)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _lookup(args: argparse.Namespace) -> int:
@@ -84,9 +79,9 @@ def _lookup(args: argparse.Namespace) -> int:
         raise UserError("--k must be 1-64")
     if not 1 <= args.alpha <= 16:
         raise UserError("--alpha must be 1-16")
-    config = lx.ExperimentConfig(nodes=args.nodes, lookups=args.lookups, k=args.k, alpha=args.alpha,
-                                 hostile=args.hostile, paths=args.paths, seed=args.seed,
-                                 bootstrap=args.bootstrap)
+    config = ExperimentConfig(nodes=args.nodes, lookups=args.lookups, k=args.k, alpha=args.alpha,
+                              hostile=args.hostile, paths=args.paths, seed=args.seed,
+                              bootstrap=args.bootstrap)
     start = time.perf_counter()
     built = [start]
 
@@ -94,13 +89,13 @@ def _lookup(args: argparse.Namespace) -> int:
         built[0] = time.perf_counter()
         print(f"built {args.nodes} nodes in {built[0] - start:.1f} s", file=sys.stderr)
 
-    def progress(cell: lx.Cell) -> None:
+    def progress(cell: Cell) -> None:
         rate = cell.exact_rate if args.plain else cell.success_rate
         print(f"  m={cell.m:g} d={cell.d}: {100 * rate:.1f}%", file=sys.stderr)
 
-    report = lx.run(config, plain=args.plain, on_built=on_built, progress=progress)
+    report = run(config, plain=args.plain, on_built=on_built, progress=progress)
     end = time.perf_counter()
-    print(lx.format_report(report))
+    print(format_report(report))
     print(f"\nwall clock: {end - start:.1f} s (build {built[0] - start:.1f} s, "
           f"lookups {end - built[0]:.1f} s); virtual time {report.virtual_seconds:.0f} s")
     return 0

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import trio
 
-from anonmail import ids
-from anonmail.certs import CertCache, Endpoint, NodeCert
 from anonmail.clock import Clock
-from anonmail.dht.node import DhtNode
+from anonmail.dht.dht_node import DhtNode
 from anonmail.errors import TransportError, UserError
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.user_agent import MailAgent
 from anonmail.net.tcp import TcpNetwork
-from anonmail.params import NetworkParams
+from anonmail.records import ids
+from anonmail.records.certs import CertCache, Endpoint, NodeCert
+from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 
 BOOTSTRAP_TIMEOUT = 30.0

@@ -22,9 +22,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
 
-from anonmail import crypto, ids, wire
+from anonmail import crypto, wire
 from anonmail.errors import RemoteProtocolError, UserError
-from anonmail.params import NetworkParams
+from anonmail.records import ids
+from anonmail.records.params import NetworkParams
 from anonmail.wire import Range, Size
 
 NODE_CERT_DOMAIN = "node-cert"

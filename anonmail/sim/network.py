@@ -40,11 +40,11 @@ from typing import Any
 import trio
 
 from anonmail import wire
-from anonmail.certs import Endpoint, NodeCert
 from anonmail.errors import LocalError, Refused, RemoteProtocolError, TransportError
 from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
-from anonmail.params import NetworkParams
+from anonmail.records.certs import Endpoint, NodeCert
+from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 
 # A policy sees (sender, receiver, message) and returns False to drop the message.
@@ -293,7 +293,7 @@ class SimWorld:
             reply = rpc.decode_response(delivery.body, self.params.max_frame)
         if isinstance(reply, rpc.ErrorReply):
             self.stats.refused += 1
-            raise Refused(int(reply.code), reply.detail)
+            raise Refused(reply.code, reply.detail)
         return reply
 
     def _encode(self, msg: Any) -> bytes | None:

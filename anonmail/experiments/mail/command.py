@@ -1,7 +1,8 @@
-"""`anonmail sim mail`: mail delivery reliability under dropping storage nodes and churn
-(sim/mail_experiment.py; seed 003 §6.1). An edge of the sim layer: it reads the real clock, only
-to report how long a run took. `register(subparsers)` adds the subcommand under `anonmail sim`
-(sim/cli.py calls it).
+"""`anonmail sim mail`: the mail delivery experiment from the command line (model.py, run.py,
+report.py; seed 003 §6.1). `register(subparsers)` adds the subcommand under `anonmail sim`
+(experiments/sim_command.py calls it). It reads the real clock, only to report how long a run
+took; arguments are checked here and turned into a `MailConfig`, so a bad one is one clear
+`UserError` line before anything runs.
 
     anonmail sim mail                   # 1,000 nodes and messages, 20% droppers, 10%/h churn
     anonmail sim mail --replication 4   # fewer replicas: watch delivery fall
@@ -17,7 +18,9 @@ import time
 from typing import Any
 
 from anonmail.errors import UserError
-from anonmail.sim import mail_experiment as mx
+from anonmail.experiments.mail.model import MailConfig
+from anonmail.experiments.mail.report import format_report
+from anonmail.experiments.mail.run import run_parallel
 
 
 def _range(kind: type[int] | type[float], what: str) -> Any:
@@ -45,7 +48,7 @@ def _fraction(text: str) -> float:
 
 
 def register(subparsers: Any) -> None:
-    d = mx.MailConfig()
+    d = MailConfig()
     p = subparsers.add_parser(
         "mail", help="mail delivery under dropping storage nodes and churn",
         description="Send messages between user agents over a simulated network where a "
@@ -91,7 +94,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_mail)
 
 
-def config_from(args: argparse.Namespace) -> mx.MailConfig:
+def config_from(args: argparse.Namespace) -> MailConfig:
     if args.nodes < args.replication + 2:
         raise UserError("--nodes must exceed --replication by at least 2")
     if not 1 <= args.replication <= 20:
@@ -106,7 +109,7 @@ def config_from(args: argparse.Namespace) -> mx.MailConfig:
         raise UserError("--republish-paths must be 1-16")
     if args.size[0] < 1 or args.size[1] > 10_000_000:
         raise UserError("--size must be 1 byte to 10 MB")
-    return mx.MailConfig(nodes=args.nodes, messages=args.messages, agents=args.agents,
+    return MailConfig(nodes=args.nodes, messages=args.messages, agents=args.agents,
                          replication=args.replication, droppers=args.droppers,
                          lying=args.lying, churn=args.churn, send_hours=args.hours,
                          delay_hours=(float(args.delay[0]), float(args.delay[1])),
@@ -120,10 +123,10 @@ def _mail(args: argparse.Namespace) -> int:
     if not 1 <= args.jobs <= 64:
         raise UserError("--jobs must be 1-64")
     start = time.perf_counter()
-    report = mx.run_parallel(config, args.jobs,
+    report = run_parallel(config, args.jobs,
                              progress=lambda line: print(line, file=sys.stderr))
     wall = time.perf_counter() - start
-    print(mx.format_report(report))
+    print(format_report(report))
     how = ("every message encoded" if config.encode
            else "messages passed as objects, not encoded (encode=False)")
     print(f"\nwall clock: {wall:.1f} s (build {report.wall_build:.1f} s, mail "

@@ -1,6 +1,6 @@
-"""`anonmail bench`: how fast this machine serves the protocol, beside what its crypto allows.
+"""`anonmail bench rpc`: how fast this machine serves the protocol, beside what its crypto allows.
 
-An edge module: it reads the real clock and the OS RNG.
+It reads the real clock and the OS RNG (a benchmark measures this machine, not a seeded run).
 
 `anonmail bench rpc` starts, in this process, one server node on loopback TCP that answers
 FIND_NODE from a table of synthetic certificates (closest by a plain XOR sort), and drives it from
@@ -14,12 +14,15 @@ server, which does not pay for its clients.
 
 `--transport sim` runs the same workload through the simulated network (zero latency, every
 message encoded and decoded): the CPU cost of one simulated RPC, which bounds the size of a
-simulation. `--transport both` prints the two side by side.
+simulation. `--transport both` prints the two side by side. The command-line front-end is
+command.py; `report` formats one measurement.
+
+Invariants: both transports run the same handler and the same client loop (`drive`), so their
+rates differ only by the transport; only completed requests are counted.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,17 +30,16 @@ from typing import Any
 
 import trio
 
-from anonmail import crypto, ids, params, wire
-from anonmail.certs import Endpoint, NodeCert
+from anonmail import crypto, wire
 from anonmail.clock import SystemClock
 from anonmail.dht.messages import FindNode, Nodes
-from anonmail.errors import UserError
 from anonmail.net.base import Handler, Network, Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
-from anonmail.net.sim import SimWorld
 from anonmail.net.tcp import Response, TcpLimits, TcpNetwork
+from anonmail.records import ids, params
+from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SystemRng
-from anonmail.sim import bench_mail, mail_experiment
+from anonmail.sim.network import SimWorld
 
 TABLE_SIZE = 200
 PARAMS = params.testnet(puzzle_bits=0)  # loopback endpoints allowed; keys are cheap to make
@@ -209,52 +211,3 @@ def report(rpc: RpcResult, verify: float, aead: float, size: int) -> str:
     lines += [f"{name:52} {rate:>12,.0f} {rate / max(rpc.rate, 1e-9):>8.2f}" for name, rate in rows]
     lines.append(f"{'mean RPC latency':52} {rpc.mean_latency * 1000:>9.2f} ms")
     return "\n".join(lines)
-
-
-def _cmd_rpc(args: argparse.Namespace) -> int:
-    if not args.seconds > 0:
-        raise UserError("--seconds must be positive")
-    if not 1 <= args.clients <= 1000:
-        raise UserError("--clients must be between 1 and 1000")
-    names = sorted(RPC_TRANSPORTS, reverse=True) if args.transport == "both" else [args.transport]
-    crypto_seconds = min(max(args.seconds / 5, 0.3), 2.0)
-    size = frame_size()
-    verify, aead = verify_rate(crypto_seconds), aead_rate(crypto_seconds, size)
-    for i, name in enumerate(names):
-        rpc = trio.run(RPC_TRANSPORTS[name], args.seconds, args.clients)
-        print(("\n" if i else "") + report(rpc, verify, aead, size))
-    return 0
-
-
-def _cmd_mail(args: argparse.Namespace) -> int:
-    if not 1 <= args.messages <= 10_000 or not 100 <= args.size <= 50_000_000:
-        raise UserError("--messages must be 1-10000 and --size 100-50000000 bytes")
-    if args.transport in ("tcp", "both"):
-        result = trio.run(bench_mail.bench_tcp, args.messages, args.size, args.nodes)
-        print(bench_mail.format_bench(result))
-    if args.transport in ("sim", "both"):
-        # the simulated half: 200 honest nodes, every message encoded (sim/mail_experiment.py)
-        sim = mail_experiment.bench_sim(messages=args.messages, size=args.size)
-        print(mail_experiment.format_bench(sim))
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add `anonmail bench` and its subcommands to the command line."""
-    bench = subparsers.add_parser("bench", help="measure this machine's throughput")
-    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    rpc = sub.add_parser("rpc", help="requests/second over loopback, beside the crypto bound")
-    rpc.add_argument("--seconds", type=float, default=5.0, help="how long to drive (default 5)")
-    rpc.add_argument("--clients", type=int, default=8,
-                     help="concurrent client connections (default 8)")
-    rpc.add_argument("--transport", choices=[*sorted(RPC_TRANSPORTS), "both"], default="both",
-                     help="which network to measure over (default both)")
-    rpc.set_defaults(func=_cmd_rpc)
-    mail = sub.add_parser("mail", help="deliveries/second and wire bytes per delivered mail")
-    mail.add_argument("--messages", type=int, default=20, help="messages to send (default 20)")
-    mail.add_argument("--size", type=int, default=20_000,
-                      help="bytes per message (default 20000)")
-    mail.add_argument("--nodes", type=int, default=5, help="loopback nodes (default 5)")
-    mail.add_argument("--transport", choices=["tcp", "sim", "both"], default="both",
-                      help="loopback TCP, the simulated network, or both (default)")
-    mail.set_defaults(func=_cmd_mail)

@@ -1,4 +1,4 @@
-"""A running node: TCP transport + DHT + storage service (relay roles come in later layers).
+"""A running node process: TCP transport + the DHT and storage services behind one registry.
 
 Invariants: the node's identity is its key file (same key → same node id across restarts); the
 routing table is saved to the home directory periodically and on shutdown, and restored (every
@@ -16,17 +16,18 @@ from typing import Any
 
 import trio
 
-from anonmail import crypto, ids, wire
-from anonmail.certs import CertCache, Endpoint, NodeCert
+from anonmail import crypto, wire
 from anonmail.clock import Clock
+from anonmail.dht.dht_node import DhtNode
 from anonmail.dht.lookup import LookupResult
 from anonmail.dht.messages import ContactList
-from anonmail.dht.node import DhtNode
 from anonmail.errors import RemoteProtocolError
 from anonmail.fileio import write_private
 from anonmail.net.base import Peer
 from anonmail.net.tcp import TcpLimits, TcpNetwork
-from anonmail.params import NetworkParams
+from anonmail.records import ids
+from anonmail.records.certs import CertCache, Endpoint, NodeCert
+from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.store.db import StoreDb
 from anonmail.store.service import StoreService
@@ -75,6 +76,8 @@ class Node:
                                 threads=on_disk)
         self.store = StoreService(self.net, self.dht, key, params, clock, rng, self.store_db,
                                   trusted_cas=trusted_cas, offload=on_disk)
+        # One way in: the DHT and the store behind one registry that observes every requester.
+        self.services = self.dht.registry(self.store)
         self.endpoint: Endpoint | None = None
         self.restored = 0  # contacts restored from the saved table at start
         self._saved = b""
@@ -88,13 +91,8 @@ class Node:
         return self.net.local_cert
 
     async def handle(self, peer: Peer, msg: Any) -> Any:
-        """Every incoming request: route to the service that owns its type. Any request from a
-        server is evidence it is alive (Kademlia §2.2), so the DHT observes them all."""
-        if StoreService.handles(msg):
-            self.dht.observe(peer)
-            reply = await self.store.handle(peer, msg)
-        else:
-            reply = await self.dht.handle(peer, msg)
+        """Every incoming request, through the node's one registry (net/services.py)."""
+        reply = await self.services.handle(peer, msg)
         # Types and public node ids only: never keys, blobs, entries or addresses.
         log.debug("%s from %s -> %s", type(msg).__name__, ids.short(peer.node_id),
                   type(reply).__name__)

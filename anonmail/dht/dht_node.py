@@ -1,8 +1,10 @@
 """A DHT node: answers PING / FIND_NODE, keeps its routing table, runs lookups and maintenance.
 
 Request handling (`answer`, `observe`) is synchronous and pure given `now`; `handle` is its
-`Handler` wrapper. Lookups, bootstrap and maintenance are trio code that talks only to the
-`Network` interface (DESIGN.md §1), so the same node runs over TCP and over `net.sim`.
+async wrapper (the `Service` protocol of net/services.py: a node serves the DHT through a
+`ServiceRegistry` that observes every requester, `registry()`). Lookups, bootstrap and
+maintenance are trio code that talks only to the `Network` interface (DESIGN.md §1), so the
+same node runs over TCP and over the simulator's network (sim/network.py).
 
 Invariants:
 * a contact enters the routing table only as a verified NodeCert (S/Kademlia §4.1) of a server
@@ -27,16 +29,18 @@ from typing import Any
 
 import trio
 
-from anonmail import crypto, ids
-from anonmail.certs import CertCache, Endpoint, NodeCert
+from anonmail import crypto
 from anonmail.clock import Clock
 from anonmail.dht.lookup import DisjointLookup, LookupResult, drive
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
 from anonmail.dht.routing import AddResult, Contact, ContactCache, RoutingTable
 from anonmail.errors import LocalError, Refused, RemoteProtocolError, TransportError
-from anonmail.ids import ID_BYTES
 from anonmail.net.base import Network, Peer
-from anonmail.params import NetworkParams
+from anonmail.net.services import Service, ServiceRegistry
+from anonmail.records import ids
+from anonmail.records.certs import CertCache, Endpoint, NodeCert
+from anonmail.records.ids import ID_BYTES
+from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 
 
@@ -87,20 +91,26 @@ class DhtNode:
 
     # -- serving (sans-I/O) --------------------------------------------------------------------
 
+    requests: tuple[type, ...] = (FindNode, Ping)  # the Service protocol (net/services.py)
+
     async def handle(self, peer: Peer, msg: Any) -> Any:
-        """The `Handler` for DHT requests."""
+        """Answer a DHT request (the Service protocol). The node's registry has already
+        observed the peer (`observe`, its `ServiceRegistry(observe=...)`)."""
         return self.answer(peer, msg, self.clock.now())
 
     def answer(self, peer: Peer, msg: Any, now: float) -> Any:
-        self.observe(peer, now)
         self.stats.handled += 1
-        if isinstance(msg, FindNode):
+        if type(msg) is FindNode:
             # Never name the requester to itself: it knows where it is.
             near = self.table.closest(msg.target, msg.count, exclude=(peer.node_id,))
             return Nodes(tuple(c.cert for c in near))
-        if isinstance(msg, Ping):
+        if type(msg) is Ping:
             return Pong()
         raise RemoteProtocolError(f"not a DHT request: {type(msg).__name__}")
+
+    def registry(self, *services: Service) -> ServiceRegistry:
+        """A registry serving this DHT node and `services`, observing every requester."""
+        return ServiceRegistry((self, *services), observe=self.observe)
 
     def observe(self, peer: Peer, now: float | None = None) -> AddResult:
         """A request came from `peer`: add it if it is a server reachable where we saw it.

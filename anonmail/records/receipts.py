@@ -12,8 +12,9 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated
 
-from anonmail import crypto, ids, wire
+from anonmail import crypto, wire
 from anonmail.errors import RemoteProtocolError
+from anonmail.records import ids
 from anonmail.wire import Size
 
 RECEIPT_DOMAIN = "receipt"

@@ -1,0 +1,1 @@
+"""`anonmail bench`: RPC and mail throughput over loopback TCP and the simulated network."""

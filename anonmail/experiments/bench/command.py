@@ -1,0 +1,65 @@
+"""`anonmail bench rpc|mail`: the benchmarks from the command line (rpc.py, mail_tcp.py,
+mail_sim.py). `register(subparsers)` adds the `bench` group. Arguments are checked here, so a
+bad one is one clear `UserError` line before anything runs; each measurement prints its own
+table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import trio
+
+from anonmail.errors import UserError
+from anonmail.experiments.bench import mail_sim, mail_tcp, rpc
+
+
+def _cmd_rpc(args: argparse.Namespace) -> int:
+    if not args.seconds > 0:
+        raise UserError("--seconds must be positive")
+    if not 1 <= args.clients <= 1000:
+        raise UserError("--clients must be between 1 and 1000")
+    names = (sorted(rpc.RPC_TRANSPORTS, reverse=True) if args.transport == "both"
+             else [args.transport])
+    crypto_seconds = min(max(args.seconds / 5, 0.3), 2.0)
+    size = rpc.frame_size()
+    verify, aead = rpc.verify_rate(crypto_seconds), rpc.aead_rate(crypto_seconds, size)
+    for i, name in enumerate(names):
+        result = trio.run(rpc.RPC_TRANSPORTS[name], args.seconds, args.clients)
+        print(("\n" if i else "") + rpc.report(result, verify, aead, size))
+    return 0
+
+
+def _cmd_mail(args: argparse.Namespace) -> int:
+    if not 1 <= args.messages <= 10_000 or not 100 <= args.size <= 50_000_000:
+        raise UserError("--messages must be 1-10000 and --size 100-50000000 bytes")
+    if args.transport in ("tcp", "both"):
+        result = trio.run(mail_tcp.bench_tcp, args.messages, args.size, args.nodes)
+        print(mail_tcp.format_bench(result))
+    if args.transport in ("sim", "both"):
+        # the simulated half: 200 honest nodes, every message encoded (mail_sim.py)
+        sim = mail_sim.bench_sim(messages=args.messages, size=args.size)
+        print(mail_sim.format_bench(sim))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `anonmail bench` and its subcommands to the command line."""
+    bench = subparsers.add_parser("bench", help="measure this machine's throughput")
+    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    rpc_p = sub.add_parser("rpc", help="requests/second over loopback, beside the crypto bound")
+    rpc_p.add_argument("--seconds", type=float, default=5.0, help="how long to drive (default 5)")
+    rpc_p.add_argument("--clients", type=int, default=8,
+                       help="concurrent client connections (default 8)")
+    rpc_p.add_argument("--transport", choices=[*sorted(rpc.RPC_TRANSPORTS), "both"],
+                       default="both", help="which network to measure over (default both)")
+    rpc_p.set_defaults(func=_cmd_rpc)
+    mail_p = sub.add_parser("mail", help="deliveries/second and wire bytes per delivered mail")
+    mail_p.add_argument("--messages", type=int, default=20, help="messages to send (default 20)")
+    mail_p.add_argument("--size", type=int, default=20_000,
+                        help="bytes per message (default 20000)")
+    mail_p.add_argument("--nodes", type=int, default=5, help="loopback nodes (default 5)")
+    mail_p.add_argument("--transport", choices=["tcp", "sim", "both"], default="both",
+                        help="loopback TCP, the simulated network, or both (default)")
+    mail_p.set_defaults(func=_cmd_mail)

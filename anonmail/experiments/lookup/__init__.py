@@ -1,0 +1,1 @@
+"""The S/Kademlia lookup experiment (`anonmail sim lookup`): model, run, report, command."""

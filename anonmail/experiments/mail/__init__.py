@@ -1,0 +1,1 @@
+"""The mail delivery experiment (`anonmail sim mail`): model, workload, run, report, command."""

@@ -1,0 +1,1 @@
+"""The running node: a process composed of services behind one request registry."""

@@ -1,0 +1,1 @@
+"""Records: ids, network parameters and the signed records every layer above exchanges."""
