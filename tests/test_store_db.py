@@ -16,15 +16,13 @@ import pytest
 
 from anonmail.errors import LocalError
 from anonmail.store.db import (
-    ACKED_OVERHEAD,
-    NONCE_OVERHEAD,
-    SCHEMA_VERSION,
     ObjectRow,
     StoreDb,
     object_size,
 )
 from anonmail.store.errors import StorageFailure
 from anonmail.store.messages import blob_digest
+from anonmail.store.schema import ACKED_OVERHEAD, NONCE_OVERHEAD, SCHEMA_VERSION
 
 NOW = 1_800_000_000.0
 KEY = b"\x01" * 32

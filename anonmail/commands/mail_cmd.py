@@ -20,18 +20,7 @@ import trio
 
 from anonmail.agent.session import AgentConfig, own_node_endpoint, session
 from anonmail.clock import SystemClock
-from anonmail.commands.common import (
-    ADDRESS_KEY,
-    add_fast_kdf_option,
-    add_home_option,
-    add_passphrase_option,
-    create_file,
-    home_of,
-    kdf_cost,
-    load_config,
-    new_config,
-    passphrase,
-)
+from anonmail.commands import common
 from anonmail.config import DEFAULT_PORT
 from anonmail.errors import UserError
 from anonmail.mail.compose import Attachment
@@ -48,12 +37,12 @@ MAIL_DIR = "mail"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def common(p: argparse.ArgumentParser) -> None:
-        add_home_option(p)
-        add_passphrase_option(p)
+    def shared(p: argparse.ArgumentParser) -> None:
+        common.add_home_option(p)
+        common.add_passphrase_option(p)
 
     p = sub.add_parser("init", help="create your mail address (a self-certifying .anon address)")
-    common(p)
+    shared(p)
     p.add_argument("--name", default="me", help="the part before @ (default: me)")
     p.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
                    help="without a config.toml: a node to reach the network through")
@@ -61,15 +50,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--puzzle-bits", type=int, help=argparse.SUPPRESS)
     p.add_argument("--offline", action="store_true",
                    help="do not publish the address certificate now")
-    add_fast_kdf_option(p)
+    common.add_fast_kdf_option(p)
     p.set_defaults(func=cmd_init)
 
     a = sub.add_parser("address", help="print your address and its fingerprint")
-    common(a)
+    shared(a)
     a.set_defaults(func=cmd_address)
 
     s = sub.add_parser("send", help="send a message (body from FILE or standard input)")
-    common(s)
+    shared(s)
     s.add_argument("--to", action="append", default=[], metavar="ADDRESS")
     s.add_argument("--cc", action="append", default=[], metavar="ADDRESS")
     s.add_argument("--bcc", action="append", default=[], metavar="ADDRESS")
@@ -80,12 +69,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.set_defaults(func=cmd_send)
 
     i = sub.add_parser("inbox", help="collect new mail and list it")
-    common(i)
+    shared(i)
     i.add_argument("--offline", action="store_true", help="list what is here; do not check")
     i.set_defaults(func=cmd_inbox)
 
     r = sub.add_parser("read", help="print a message (retrieving it first if needed)")
-    common(r)
+    shared(r)
     r.add_argument("id", help="the number `anonmail inbox` shows, or the Message-ID")
     r.add_argument("--raw", action="store_true", help="print the exact RFC 5322 bytes")
     r.set_defaults(func=cmd_read)
@@ -98,18 +87,18 @@ def open_identity(args: argparse.Namespace, home: Home) -> AddressIdentity:
     path = home.root / ADDRESS_KEY_FILE
     if not path.exists():
         raise UserError(f"no address in {home.root}: run `anonmail init` first")
-    return AddressIdentity.load(path, passphrase(args, f"{ADDRESS_KEY} in {path}"))
+    return AddressIdentity.load(path, common.passphrase(args, f"{common.ADDRESS_KEY} in {path}"))
 
 
 def _agent_config(home: Home) -> AgentConfig:
-    cfg = load_config(home)
+    cfg = common.load_config(home)
     entry = (own_node_endpoint(cfg.listen), *cfg.bootstrap)
     return AgentConfig(cfg.params, tuple(dict.fromkeys(entry)), cfg.trusted_cas,
                        home.root / MAIL_DIR)
 
 
 def _run(args: argparse.Namespace, job: Callable[[MailAgent], Awaitable[T]]) -> T:
-    home = home_of(args)
+    home = common.home_of(args)
     identity = open_identity(args, home)
     config = _agent_config(home)
 
@@ -123,13 +112,13 @@ def _run(args: argparse.Namespace, job: Callable[[MailAgent], Awaitable[T]]) -> 
 # -- commands -------------------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
-    home = home_of(args)
+    home = common.home_of(args)
     path = home.root / ADDRESS_KEY_FILE
     if path.exists():
         raise UserError(f"{path} exists: refusing to overwrite your address")
     text = None
     if not home.config.exists():  # validate before writing anything
-        text, _ = new_config(f"127.0.0.1:{DEFAULT_PORT}", args.bootstrap, args.testnet,
+        text, _ = common.new_config(f"127.0.0.1:{DEFAULT_PORT}", args.bootstrap, args.testnet,
                              args.puzzle_bits)
     checked = normalize_address_or_none(f"{args.name}@example.org")
     if checked is None:
@@ -137,14 +126,14 @@ def cmd_init(args: argparse.Namespace) -> int:
                         "(write e.g. alice or alice.smith)")
     rng, clock = SystemRng(), SystemClock()
     identity = AddressIdentity.create_anon(checked.split("@")[0], rng, clock.now())
-    secret = passphrase(args, f"{ADDRESS_KEY} of {identity.address}", new=True)
+    secret = common.passphrase(args, f"{common.ADDRESS_KEY} of {identity.address}", new=True)
     home.ensure()
     try:
-        identity.save(path, secret, rng, params=kdf_cost(args))
+        identity.save(path, secret, rng, params=common.kdf_cost(args))
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror}") from None
     if text is not None:
-        create_file(home.config, text.encode())
+        common.create_file(home.config, text.encode())
     print(f"your address: {identity.address}")
     print(f"fingerprint:  {fingerprint_words(identity.sign.public)}")
     if not args.offline:
@@ -160,7 +149,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_address(args: argparse.Namespace) -> int:
-    identity = open_identity(args, home_of(args))
+    identity = open_identity(args, common.home_of(args))
     print(identity.address)
     print(f"fingerprint: {fingerprint_words(identity.sign.public)}")
     return 0
@@ -219,7 +208,7 @@ def _listing(local: LocalMail) -> list[tuple[str, str, str, str]]:
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
-    home = home_of(args)
+    home = common.home_of(args)
     if not args.offline:
         report = _run(args, lambda agent: agent.check())
         print(f"{len(report.new)} new message(s)", file=sys.stderr)
@@ -240,7 +229,7 @@ def _resolve(local: LocalMail, ident: str) -> str:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    home = home_of(args)
+    home = common.home_of(args)
     local = LocalMail(home.root / MAIL_DIR)
     mid = _resolve(local, args.id)
     data = local.get_message(mid)

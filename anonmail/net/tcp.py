@@ -32,9 +32,8 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any
+from typing import Any
 
 import trio
 
@@ -49,46 +48,28 @@ from anonmail.errors import (
 )
 from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
-from anonmail.net.frames import FrameDecoder, FrameEncoder
-from anonmail.net.handshake import Established, Handshake, Role
+from anonmail.net.handshake import Handshake, Role
+from anonmail.net.links import (
+    Inbound,
+    Link,
+    Outbound,
+    Request,
+    Response,
+    TcpLimits,
+    TcpStats,
+    run_handshake,
+)
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
-from anonmail.wire import Range, Size
+
+__all__ = ["Request", "Response", "TcpLimits", "TcpNetwork", "TcpStats", "source_of"]
 
 logger = logging.getLogger(__name__)
 
-RECEIVE_SIZE = 65536
-MAX_BODY = 16 << 20  # the largest max_frame NetworkParams allows
+DEFAULT_LIMITS = TcpLimits()
 MAX_TRACKED_SOURCES = 65536  # bound on the fault table's memory
-
-
-@wire.message(tag=13)
-@dataclass(frozen=True, slots=True)
-class Request:
-    req_id: Annotated[int, wire.U64]
-    kind: Annotated[int, Range(0, 65535)]  # the wire tag of `body`
-    body: Annotated[bytes, Size(0, MAX_BODY)]
-
-
-@wire.message(tag=14)
-@dataclass(frozen=True, slots=True)
-class Response:
-    req_id: Annotated[int, wire.U64]
-    body: Annotated[bytes, Size(0, MAX_BODY)]
-
-
-@dataclass(frozen=True, slots=True)
-class TcpLimits:
-    """Resource limits of one node. The frame size limit is `NetworkParams.max_frame`."""
-
-    max_connections: int = 256  # accepted connections in total; also the outgoing pool size
-    max_connections_per_source: int = 8  # accepted connections from one IPv4 address / IPv6 /64
-    max_in_flight: int = 32  # requests being handled per connection; more are answered BUSY
-    handshake_timeout: float = 5.0
-    idle_timeout: float = 120.0  # close a connection with nothing in flight for this long
-    fault_threshold: int = 20  # faults after which a source is disconnected and refused
 
 
 def source_of(ip: str) -> str:
@@ -113,240 +94,6 @@ def _transport_errors(what: str) -> Iterator[None]:
         raise TransportError(f"{what}: {type(e).__name__}") from e
 
 
-@dataclass
-class TcpStats:
-    """Bytes this node put on and took off the wire (handshakes and frames, both directions)."""
-
-    sent: int = 0
-    received: int = 0
-
-
-async def _run_handshake(stream: trio.SocketStream, hs: Handshake, clock: Clock,
-                         stats: TcpStats) -> tuple[Established, bytes]:
-    """Drive `hs` to completion; returns the result and the bytes that came after it (the
-    initiator sends its first request right behind its last handshake message)."""
-    while True:
-        event = hs.next_event(clock.now())
-        out = hs.data_to_send()
-        if out:
-            await stream.send_all(out)
-            stats.sent += len(out)
-        if isinstance(event, Established):
-            return event, hs.trailing_data
-        data = await stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            raise TransportError("connection closed during the handshake")
-        stats.received += len(data)
-        hs.receive_data(data)
-
-
-class _Link:
-    """An established connection: the stream, who is on the other end, and the frame codecs."""
-
-    def __init__(self, stream: trio.SocketStream, handshake: tuple[Established, bytes],
-                 max_frame: int, source: str, stats: TcpStats) -> None:
-        est, trailing = handshake
-        self.stream = stream
-        self.stats = stats
-        self.peer = est.peer
-        self.source = source
-        self.max_frame = max_frame
-        self._encoder = FrameEncoder(est.keys.send, max_frame)
-        self.decoder = FrameDecoder(est.keys.recv, max_frame)
-        self.decoder.receive_data(trailing)
-        self._send_lock = trio.Lock()  # one writer at a time, frames in counter order
-        self.closed = False
-
-    async def send(self, envelope: Request | Response) -> None:
-        """Raises LocalProtocolError (stream intact) if the envelope does not fit a frame."""
-        async with self._send_lock:
-            frame = self._encoder.encode(wire.encode(envelope))
-            try:
-                await self.stream.send_all(frame)
-                self.stats.sent += len(frame)
-            except BaseException:
-                # Interrupted mid-frame (cancelled, reset): the stream is unusable from here.
-                await self.close()
-                raise
-
-    async def receive(self) -> bytes:
-        data = await self.stream.receive_some(RECEIVE_SIZE)
-        self.stats.received += len(data)
-        return data
-
-    async def close(self) -> None:
-        self.closed = True
-        await trio.aclose_forcefully(self.stream)
-
-
-class _Outbound:
-    """Our side of a connection we dialled: send requests, collect answers by req_id."""
-
-    def __init__(self, link: _Link, net: TcpNetwork) -> None:
-        self.link = link
-        self._net = net
-        self._next_id = 0
-        self._waiting: set[int] = set()
-        self._answers: dict[int, bytes] = {}
-        self._reading = False  # one waiter reads at a time
-        self._progress = trio.Event()  # set (and replaced) after every read
-        self.last_used = trio.current_time()
-
-    @property
-    def closed(self) -> bool:
-        return self.link.closed
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._waiting)
-
-    async def call(self, kind: int, body: bytes) -> bytes:
-        if self.closed:
-            raise TransportError("connection closed")
-        rid = self._next_id
-        self._next_id += 1
-        self._waiting.add(rid)
-        try:
-            await self.link.send(Request(rid, kind, body))
-            while rid not in self._answers:
-                if self._reading:
-                    await self._progress.wait()
-                    continue
-                # Nobody is reading: we do, for everyone, until our own answer is in. A reader
-                # that gives up (timeout) wakes the others, and one of them takes over.
-                self._reading = True
-                try:
-                    await self._read()
-                finally:
-                    self._reading = False
-                    self._progress.set()
-                    self._progress = trio.Event()
-            return self._answers.pop(rid)
-        finally:
-            self._waiting.discard(rid)
-            self._answers.pop(rid, None)
-            self.last_used = trio.current_time()
-
-    async def _read(self) -> None:
-        if self.closed:
-            raise TransportError("connection closed")
-        data = await self.link.receive()
-        if not data:
-            await self.close()
-            raise TransportError("connection closed by the peer")
-        self.link.decoder.receive_data(data)
-        try:
-            while (plain := self.link.decoder.next_frame()) is not None:
-                answer = wire.decode(plain, Response, max_size=self.link.max_frame)
-                if answer.req_id in self._waiting:
-                    self._answers[answer.req_id] = answer.body
-                elif answer.req_id >= self._next_id:
-                    raise RemoteProtocolError("answer to a request never sent")
-                # else: its asker gave up (timeout); a late answer is no fault
-        except RemoteProtocolError as e:
-            self._net.count_fault(self.link.source, e)
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        await self.link.close()
-
-
-class _Inbound:
-    """Our side of a connection we accepted: read requests, answer each in its own task."""
-
-    def __init__(self, link: _Link, peer: Peer, handler: Handler, net: TcpNetwork) -> None:
-        self.link = link
-        self.peer = peer
-        self.handler = handler
-        self.net = net
-        self.in_flight = 0
-
-    async def run(self) -> RemoteProtocolError | None:
-        """Serve until the peer leaves, idles out or misbehaves (returns the fault)."""
-        fault = None
-        async with trio.open_nursery() as nursery:
-            try:
-                await self._read_requests(nursery)
-            except RemoteProtocolError as e:
-                fault = e
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            nursery.cancel_scope.cancel()  # nobody is left to answer
-        return fault
-
-    async def _read_requests(self, nursery: trio.Nursery) -> None:
-        limits = self.net.limits
-        while True:
-            # Frames first: the first request may have arrived with the last handshake message.
-            while (plain := self.link.decoder.next_frame()) is not None:
-                req = wire.decode(plain, Request, max_size=self.link.max_frame)
-                if self.in_flight >= limits.max_in_flight:
-                    busy = rpc.ErrorReply(rpc.ErrorCode.BUSY, "too many requests in flight")
-                    await self.link.send(Response(req.req_id, wire.encode(busy)))
-                    continue
-                self.in_flight += 1
-                nursery.start_soon(self._answer, req)
-            with trio.move_on_after(limits.idle_timeout) as idle:
-                data = await self.link.receive()
-            if idle.cancelled_caught:
-                if self.in_flight:
-                    continue
-                return
-            if not data:
-                return
-            self.link.decoder.receive_data(data)
-
-    async def _answer(self, req: Request) -> None:
-        try:
-            reply = await self._dispatch(req)
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                try:
-                    await self.link.send(Response(req.req_id, wire.encode(reply)))
-                except LocalProtocolError:
-                    logger.error("answer to %s does not fit in a frame", _kind_name(req.kind))
-                    too_big = rpc.ErrorReply(rpc.ErrorCode.INTERNAL, "answer too large")
-                    await self.link.send(Response(req.req_id, wire.encode(too_big)))
-        finally:
-            self.in_flight -= 1
-
-    async def _dispatch(self, req: Request) -> Any:
-        error = rpc.ErrorCode
-        if req.kind not in rpc.REQUEST_TYPES.values():
-            return rpc.ErrorReply(error.UNSUPPORTED, f"unknown request type {req.kind}")
-        try:
-            msg = rpc.decode_request(req.body, self.link.max_frame)
-            if rpc.REQUEST_TYPES[type(msg)] != req.kind:
-                raise RemoteProtocolError("request kind does not match its body")
-        except RemoteProtocolError as e:
-            self.net.count_fault(self.link.source, e)
-            return rpc.ErrorReply(error.MALFORMED, _detail(e))
-        try:
-            reply = await self.handler(self.peer, msg)
-        except RemoteProtocolError as e:
-            self.net.count_fault(self.link.source, e)
-            return rpc.ErrorReply(error.REFUSED, _detail(e))
-        except NotImplementedError:
-            return rpc.ErrorReply(error.UNSUPPORTED, f"{type(msg).__name__} not served here")
-        except Exception:
-            # Our bug, not the peer's: log it (no message contents), answer, keep serving.
-            logger.exception("handler failed on %s", type(msg).__name__)
-            return rpc.ErrorReply(error.INTERNAL, "internal error")
-        if type(reply) not in rpc.RESPONSE_TYPES:
-            logger.error("handler answered %s with non-response %s", type(msg).__name__,
-                         type(reply).__name__)
-            return rpc.ErrorReply(error.INTERNAL, "internal error")
-        return reply
-
-
-def _detail(e: Exception) -> str:
-    return str(e)[:200]
-
-
-def _kind_name(kind: int) -> str:
-    return next((t.__name__ for t, k in rpc.REQUEST_TYPES.items() if k == kind), str(kind))
-
-
 class TcpNetwork:
     """A node's TCP transport: implements `anonmail.net.base.Network`.
 
@@ -356,7 +103,7 @@ class TcpNetwork:
     """
 
     def __init__(self, key: SigningKey, params: NetworkParams, clock: Clock, rng: Rng, *,
-                 cert_cache: CertCache | None = None, limits: TcpLimits = TcpLimits()) -> None:
+                 cert_cache: CertCache | None = None, limits: TcpLimits = DEFAULT_LIMITS) -> None:
         self.key = key
         self.params = params
         self.clock = clock
@@ -369,7 +116,7 @@ class TcpNetwork:
         self._listeners: list[trio.SocketListener] = []
         self._serve_scope: trio.CancelScope | None = None
         self._inbound: dict[str, set[trio.CancelScope]] = {}  # live accepted connections
-        self._outbound: dict[ids.NodeId, _Outbound] = {}
+        self._outbound: dict[ids.NodeId, Outbound] = {}
         self._dialing: dict[ids.NodeId, trio.Lock] = {}
 
     # -- identity -----------------------------------------------------------------------------
@@ -459,9 +206,10 @@ class TcpNetwork:
         hs = Handshake(Role.RESPONDER, self.key, self.local_cert, self.params, self.rng,
                        cert_cache=self.cert_cache)
         with trio.fail_after(self.limits.handshake_timeout):
-            done = await _run_handshake(stream, hs, self.clock, self.stats)
-        link = _Link(stream, done, self.params.max_frame, source, self.stats)
-        fault = await _Inbound(link, Peer(link.peer, ip), handler, self).run()
+            done = await run_handshake(stream, hs, self.clock, self.stats)
+        link = Link(stream, done, self.params.max_frame, source, self.stats)
+        inbound = Inbound(link, Peer(link.peer, ip), handler, self.limits, self.count_fault)
+        fault = await inbound.run()
         if fault is not None:
             raise fault
 
@@ -513,7 +261,7 @@ class TcpNetwork:
             return conn.link.peer
         raise TransportError("introduction timed out")
 
-    async def _connection(self, to: NodeCert) -> _Outbound:
+    async def _connection(self, to: NodeCert) -> Outbound:
         """The live connection to `to`'s node, dialling it if there is none (once, not per
         concurrent caller)."""
         await self._sweep()
@@ -534,7 +282,7 @@ class TcpNetwork:
             if not lock.locked() and self._dialing.get(nid) is lock:
                 del self._dialing[nid]
 
-    async def _dial(self, to: NodeCert) -> _Outbound:
+    async def _dial(self, to: NodeCert) -> Outbound:
         if not to.endpoints:
             raise TransportError(f"{ids.short(to.node_id)} accepts no connections")
         last: Exception | None = None
@@ -546,7 +294,7 @@ class TcpNetwork:
         assert last is not None
         raise last
 
-    async def _open(self, ep: Endpoint, expect: ids.NodeId | None) -> _Outbound:
+    async def _open(self, ep: Endpoint, expect: ids.NodeId | None) -> Outbound:
         source = source_of(ep.host)
         with _transport_errors("connect"):
             stream = await trio.open_tcp_stream(ep.host, ep.port)
@@ -554,7 +302,7 @@ class TcpNetwork:
             hs = Handshake(Role.INITIATOR, self.key, self.local_cert, self.params, self.rng,
                            expect=expect, cert_cache=self.cert_cache)
             with _transport_errors("handshake"):
-                done = await _run_handshake(stream, hs, self.clock, self.stats)
+                done = await run_handshake(stream, hs, self.clock, self.stats)
         except RemoteProtocolError as e:
             self.count_fault(source, e)
             await trio.aclose_forcefully(stream)
@@ -562,7 +310,8 @@ class TcpNetwork:
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-        return _Outbound(_Link(stream, done, self.params.max_frame, source, self.stats), self)
+        link = Link(stream, done, self.params.max_frame, source, self.stats)
+        return Outbound(link, self.count_fault)
 
     async def _sweep(self) -> None:
         """Forget closed connections and close idle ones. The idle limit here is half the

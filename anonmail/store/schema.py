@@ -1,0 +1,113 @@
+"""The store's SQLite schema, its rows and the byte accounting (store/db.py uses them).
+
+Invariants: the schema holds only what nodes see on the wire (keys, ciphertext, entry bytes,
+digests, delete hashes, times: threat T-STORE-READ); `SCHEMA_VERSION` names it, and a database
+of another version is refused, not guessed at; every row's accounted size is its bytes plus a
+fixed overhead per row (`object_size`, `entry_size`, and the ACK and nonce overheads), so a
+quota bounds the disk a peer can make us use, indexes included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+# Accounted bytes beyond the payload: rows, index entries and keys are not free, and without a
+# per-row charge a flood of tiny objects would be unbounded in everything but bytes.
+OBJECT_OVERHEAD = 160
+HASH_OVERHEAD = 48
+ENTRY_OVERHEAD = 128
+ACKED_OVERHEAD = 64
+NONCE_OVERHEAD = 64
+
+SCHEMA = """
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE objects (
+    key BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    blob BLOB,                    -- NULL: deleted, a tombstone until `expires`
+    digest BLOB NOT NULL,         -- messages.blob_digest(blob)
+    expires INTEGER NOT NULL,
+    cert_issued INTEGER,          -- CERT: the held certificate's `issued`
+    deletable INTEGER NOT NULL,   -- 0: stored without delete hashes, only its TTL removes it
+    touched REAL NOT NULL,        -- last STORE of it (republish skips recently pushed keys)
+    size INTEGER NOT NULL         -- accounted bytes (payload + overheads)
+) WITHOUT ROWID;
+CREATE INDEX objects_expires ON objects (expires);
+CREATE TABLE delete_hashes (
+    key BLOB NOT NULL,
+    hash BLOB NOT NULL,           -- H("delete", secret); the secret is never stored
+    removed INTEGER NOT NULL,     -- 1: used by a DELETE; remembered so no merge re-adds it
+    PRIMARY KEY (key, hash)
+) WITHOUT ROWID;
+CREATE TABLE entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: the READ cursor
+    inbox BLOB NOT NULL,
+    entry_id BLOB NOT NULL,       -- messages.entry_id(entry)
+    entry BLOB NOT NULL,          -- sealed header: ciphertext
+    proof BLOB,                   -- the encoded AppendProof, kept for re-checks at replication
+    expires INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    UNIQUE (inbox, entry_id)
+);
+CREATE INDEX entries_expires ON entries (expires);
+CREATE TABLE acked (
+    inbox BLOB NOT NULL,
+    entry_id BLOB NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (inbox, entry_id)
+) WITHOUT ROWID;
+CREATE INDEX acked_expires ON acked (expires);
+CREATE TABLE nonces (
+    scope BLOB PRIMARY KEY,       -- H(inbox, nonce) of an accepted owner proof
+    expires INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX nonces_expires ON nonces (expires);
+"""
+
+
+def statements(script: str) -> list[str]:
+    """Split a schema script into statements (comments dropped first: they contain ';')."""
+    text = "\n".join(line.split("--")[0] for line in script.splitlines())
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRow:
+    key: bytes
+    kind: int
+    blob: bytes | None  # None: tombstone
+    digest: bytes
+    expires: int
+    cert_issued: int | None
+    deletable: bool
+    touched: float
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    seq: int
+    entry_id: bytes
+    entry: bytes
+    proof: bytes | None
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    objects: int = 0
+    entries: int = 0
+    acked: int = 0
+    nonces: int = 0
+
+
+def object_size(blob: bytes | None, hashes: int) -> int:
+    return OBJECT_OVERHEAD + (0 if blob is None else len(blob)) + HASH_OVERHEAD * hashes
+
+
+def entry_size(entry: bytes, proof: bytes | None) -> int:
+    return ENTRY_OVERHEAD + len(entry) + (0 if proof is None else len(proof))
