@@ -1,12 +1,16 @@
 """A simulated storage grid for tests: a Scenario whose nodes each run a StoreService, and the
-questions tests ask of it (who holds a key, which nodes are truly closest)."""
+questions tests ask of it (who holds a key, which nodes are truly closest). `serving_grid`
+builds one; tests/mailsim.py and tests/storesim.py wrap it in their `sim` fixtures."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from anonmail.records import ids
 from anonmail.sim.scenario import Scenario, SimNode
+from anonmail.store.db import StoreDb
 from anonmail.store.service import StoreService
 
 R = 8  # params.replication (the default)
@@ -33,3 +37,24 @@ class StoreGrid:
             if row is not None and row.blob is not None:
                 out.add(nid)
         return out
+
+
+@asynccontextmanager
+async def serving_grid(n: int, seed: int, trusted_cas: frozenset[bytes]
+                       ) -> AsyncIterator[tuple[Scenario, dict[bytes, StoreService]]]:
+    """`n` nodes (sim/scenario.py, oracle-filled routing tables, every message encoded and
+    decoded), each serving a StoreService on an in-memory database; the databases are closed on
+    exit."""
+    s = Scenario(n, seed=seed, encode=True)
+    await s.build("oracle")
+    svc = {x.node_id: StoreService(x.net, x.dht, x.key, s.params, s.clock,
+                                   s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
+                                   trusted_cas=trusted_cas)
+           for i, x in enumerate(s.nodes)}
+    for x in s.nodes:
+        x.services.add(svc[x.node_id])
+    try:
+        yield s, svc
+    finally:
+        for service in svc.values():
+            service.db.close()

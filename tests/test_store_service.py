@@ -1,34 +1,33 @@
-"""The storage service in simulation (anonmail/store/service.py + client.py on sim/network.py).
+"""The storage service in simulation (anonmail/store/service.py + client.py on sim/network.py,
+with the `sim` of tests/storesim.py).
 
-A few hundred nodes (sim/scenario.py, oracle-filled routing tables, every message encoded and
-decoded), each running a StoreService on an in-memory database, under trio's MockClock with
-autojump: replicated STORE/APPEND with receipts, republish after crashes, handover by nodes no
-longer among the r closest, READ/ACK across replicas, tampering and dropping replicas, the
-client's retry with a fresh node set, and the GC loop.
+Replicated STORE/APPEND with receipts, republish after crashes, handover by nodes no longer among
+the r closest, certificates republished and repaired by readers, READ/ACK across replicas and
+crashes, the GC loop, and handlers offloaded to one worker thread. Hostile replicas and the
+client's retry are in test_store_client.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
-from storegrid import R, StoreGrid
+from storegrid import R
+from storesim import CA, DAY, TIMEOUT, Sim
+from storesim import sim_fixture as sim_fixture  # the `sim` fixture
 from trio.testing import MockClock
 
 from anonmail import crypto, wire
-from anonmail.errors import LocalError, Refused
+from anonmail.errors import LocalError
 from anonmail.net.base import Peer
 from anonmail.net.rpc import ErrorCode, ErrorReply
 from anonmail.net.services import ServiceRegistry
 from anonmail.records import ids
-from anonmail.records.certs import AddressCert, CertificateAuthority
+from anonmail.records.certs import AddressCert
 from anonmail.records.receipts import StoreOp
 from anonmail.rng import SeededRng
-from anonmail.sim.scenario import Scenario, SimNode
+from anonmail.sim.scenario import Scenario
 from anonmail.store.client import (
     ack_all,
     append_replicated,
@@ -40,58 +39,8 @@ from anonmail.store.client import (
     store_replicated,
 )
 from anonmail.store.db import StoreDb
-from anonmail.store.handlers import StoreLimits
-from anonmail.store.messages import (
-    Append,
-    Fetched,
-    ObjectKind,
-    Store,
-    blob_digest,
-    delete_hash,
-)
+from anonmail.store.messages import Append, ObjectKind, Store, blob_digest, delete_hash
 from anonmail.store.service import StoreService
-
-N = 300
-DAY = 86400
-CA = CertificateAuthority(crypto.SigningKey(b"\x33" * 32))
-TIMEOUT = 20 * DAY  # virtual seconds: a deadlock jumps here and fails
-
-
-@dataclass
-class Sim(StoreGrid):
-
-    def inbox_holders(self, inbox: bytes, now: float) -> dict[bytes, int]:
-        counts = {nid: svc.db.inbox_usage(inbox, now)[0] for nid, svc in self.svc.items()}
-        return {nid: c for nid, c in counts.items() if c}
-
-    async def republish_all(self, *, force: bool = False,
-                            skip: frozenset[bytes] = frozenset()) -> None:
-        for x in self.s.nodes:
-            if x.net.up and x.node_id not in skip:
-                await self.svc[x.node_id].republish(force=force)
-
-    def far_node(self, key: bytes) -> SimNode:
-        return sorted(self.s.nodes, key=lambda x: ids.distance(x.node_id, key))[-1]
-
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Sim]:
-    """Tests take `autojump_clock` themselves: pytest-trio picks the clock from the test's own
-    arguments only."""
-    s = Scenario(N, seed=7, encode=True)
-    await s.build("oracle")
-    svc = {}
-    for i, x in enumerate(s.nodes):
-        svc[x.node_id] = StoreService(x.net, x.dht, x.key, s.params, s.clock,
-                                      s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
-                                      trusted_cas=frozenset({CA.public}))
-        x.services.add(svc[x.node_id])
-    try:
-        yield Sim(s, svc)
-    finally:
-        for service in svc.values():
-            service.db.close()
 
 
 def rts_owner(name: str) -> tuple[crypto.SigningKey, AddressCert]:
@@ -265,114 +214,7 @@ async def test_inbox_append_read_ack_across_replicas_and_crashes(
         assert final.entries == {}
 
 
-# -- hostile replicas -----------------------------------------------------------------------------
-
-
-@pytest.mark.threat("T-STORE-TAMPER")
-async def test_reader_skips_replicas_serving_tampered_content(
-    sim: Sim, autojump_clock: MockClock
-) -> None:
-    agent = sim.node(20)
-    body_key = ids.body_key("<tamper@anonmail>")
-    frag = b"fragment ciphertext"
-    frag_key = ids.fragment_key(frag)
-    with trio.fail_after(TIMEOUT):
-        await store_replicated(agent.net, agent.dht, body_key, ObjectKind.BODY, b"body", DAY,
-                               [], R)
-        await store_replicated(agent.net, agent.dht, frag_key, ObjectKind.FRAGMENT, frag, DAY,
-                               [], R)
-        for key in (body_key, frag_key):
-            for liar in sim.closest(key)[:3]:  # the three closest serve altered bytes
-                honest = liar.services.handle
-
-                async def lie(peer: Peer, msg: Any, honest: Any = honest) -> Any:
-                    reply = await honest(peer, msg)
-                    if isinstance(reply, Fetched):
-                        return Fetched(reply.kind, reply.blob + b"!", reply.expires)
-                    return reply
-
-                liar.net.set_handler(lie)
-        reader = sim.node(21)
-        assert await fetch_any(reader.net, reader.dht, body_key, R,
-                               digest=blob_digest(b"body")) == b"body"
-        assert await fetch_any(reader.net, reader.dht, frag_key, R) == frag
-        assert await fetch_any(reader.net, reader.dht, body_key, R,
-                               digest=blob_digest(b"other")) is None
-
-
-@pytest.mark.threat("T-RECEIPT-DROP")
-async def test_replicas_that_sign_then_drop_are_caught_and_outlived(
-    sim: Sim, autojump_clock: MockClock
-) -> None:
-    s = sim.s
-    key = ids.body_key("<dropper@anonmail>")
-    droppers = sim.closest(key)[:2]
-    for d in droppers:
-        svc = sim.svc[d.node_id]
-        honest = d.services.handle
-
-        async def sign_then_drop(peer: Peer, msg: Any, svc: StoreService = svc,
-                                 honest: Any = honest) -> Any:
-            reply = await honest(peer, msg)
-            if isinstance(msg, Store):
-                with svc.db.transaction():
-                    svc.db.drop_object(msg.key)
-            return reply
-
-        d.net.set_handler(sign_then_drop)
-    agent = sim.node(30)
-    with trio.fail_after(TIMEOUT):
-        receipts = (await store_replicated(agent.net, agent.dht, key, ObjectKind.BODY, b"mail",
-                                           DAY, [], R, clock=s.clock)).receipts
-        assert len(receipts) == R
-        # The droppers' receipts are valid signed evidence that they took the data.
-        by_node = {r.node_id: r for r in receipts}
-        for d in droppers:
-            check_receipt(by_node[d.node_id], d.cert, StoreOp.STORE, key, blob_digest(b"mail"),
-                          s.clock.now())
-            assert d.node_id not in sim.holders(key)
-        for _ in range(3):
-            await trio.sleep(3700)
-            await sim.republish_all()
-            honest_closest = {x.node_id for x in sim.closest(key)} - {d.node_id for d in droppers}
-            assert honest_closest <= sim.holders(key)
-        reader = sim.node(31)
-        assert await fetch_any(reader.net, reader.dht, key, R,
-                               digest=blob_digest(b"mail")) == b"mail"
-
-
-# -- the client's retry, refusals, loops ----------------------------------------------------------
-
-
-async def test_client_retries_on_a_fresh_set_and_refusals_are_typed(
-    sim: Sim, autojump_clock: MockClock
-) -> None:
-    s = sim.s
-    key = ids.body_key("<retry@anonmail>")
-    closest = sim.closest(key, R + 1)
-    full = closest[1]
-    sim.svc[full.node_id].ctx.limits = StoreLimits(node_bytes=10)  # refuses: quota
-    agent = sim.node(40)
-    with trio.fail_after(TIMEOUT):
-        placed = await store_replicated(agent.net, agent.dht, key, ObjectKind.BODY, b"b" * 100,
-                                        DAY, [], R, clock=s.clock)
-        got = {r.node_id for r in placed.receipts}
-        # The full node's refusal reaches the caller typed, and is not counted as a failure.
-        assert placed.refusals[full.node_id].code is ErrorCode.QUOTA
-        assert full.node_id not in placed.failures
-        assert got == {x.node_id for x in closest} - {full.node_id}
-        # Over quota: REFUSED, and not counted as the requester's fault ...
-        faults = s.world.stats.faults[agent.node_id]
-        with pytest.raises(Refused) as e:
-            await agent.net.request(full.cert, Store(key, ObjectKind.BODY, b"b", DAY, ()))
-        assert e.value.code == ErrorCode.QUOTA
-        assert s.world.stats.faults[agent.node_id] == faults
-        # ... while a fragment that does not match its address is the requester's fault.
-        with pytest.raises(Refused) as e:
-            await agent.net.request(closest[0].cert,
-                                    Store(key, ObjectKind.FRAGMENT, b"not it", DAY, ()))
-        assert e.value.code == ErrorCode.REFUSED
-        assert s.world.stats.faults[agent.node_id] == faults + 1
+# -- the service's loops and worker thread --------------------------------------------------------
 
 
 async def test_serve_runs_garbage_collection(
