@@ -89,6 +89,12 @@ class TransportError(AnonmailError):
     """
 
 
+class BadContact(TransportError):
+    """Another node answered at the endpoint a certificate names (a stale entry, or an address
+    a third party named to aim our suspicion at its owner). Not the answering node's fault, so
+    nothing is counted against its address; the contact is just dropped."""
+
+
 class Refused(AnonmailError):
     """The peer answered a request with a typed error (ErrorReply) instead of a result."""
 

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
-from anonmail.errors import Refused, RemoteProtocolError, TransportError
+from anonmail.errors import BadContact, Refused, RemoteProtocolError, TransportError
 from anonmail.net import rpc
 from anonmail.net.base import Peer
 from anonmail.records.certs import Endpoint, NodeCert
@@ -169,16 +169,18 @@ async def test_adversarial_handler_replaces_the_honest_one(
     assert reply == Nodes((c.local_cert,))
 
 
-async def test_endpoint_of_another_key_is_the_peers_fault(
+async def test_endpoint_of_another_key_is_a_bad_contact_not_a_fault(
         autojump_clock: trio.testing.MockClock) -> None:
-    """As over TCP: a cert naming someone else's endpoint fails authentication."""
+    """As over TCP: a cert naming someone else's endpoint is a bad contact, blamed on nobody
+    (a third party may have named the address)."""
     rng = SeededRng(9)
-    _, (a, b) = _world(2)
+    w, (a, b) = _world(2)
     b.set_handler(_pong)
     impostor = NodeCert.issue(make_key(rng, PARAMS), b.local_cert.endpoints, 1_800_000_000.0,
                               PARAMS)
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(BadContact):
         await a.request(impostor, Ping())
+    assert not w.stats.faults
     nowhere = NodeCert.issue(make_key(rng, PARAMS), (Endpoint("198.19.200.1", 7000),),
                              1_800_000_000.0, PARAMS)
     with pytest.raises(TransportError):

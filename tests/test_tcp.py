@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 from tcppeers import (
+    FIND,
     KNOWN,
     LOCAL,
     PARAMS,
@@ -29,11 +30,17 @@ from tcppeers import (
 
 from anonmail import crypto, wire
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
-from anonmail.errors import BadSignature, Refused, RemoteProtocolError, TransportError
+from anonmail.errors import (
+    BadContact,
+    BadSignature,
+    Refused,
+    RemoteProtocolError,
+    TransportError,
+)
 from anonmail.net import rpc
 from anonmail.net.base import Peer
 from anonmail.net.frames import TAG_SIZE
-from anonmail.net.handshake import Handshake, HandshakeError, Role
+from anonmail.net.handshake import Handshake, Role
 from anonmail.net.tcp import Request, TcpNetwork
 from anonmail.records.certs import Endpoint
 from anonmail.rng import SeededRng
@@ -226,11 +233,30 @@ async def test_responder_with_other_node_id_refused() -> None:
     with trio.fail_after(TIMEOUT):
         async with server(1) as carol, client(2) as alice:
             bob_cert = issue(key(5), carol.local_cert.endpoints[0])
-            with pytest.raises(HandshakeError, match="not the node we dialled"):
+            with pytest.raises(BadContact):
                 await alice.request(bob_cert, Ping())
             # Alice hung up before sending her certificate (see test_handshake.py); Carol saw
-            # an honest caller leave, which is no fault.
-            assert carol.faults == {} and alice.outbound_connections == 0
+            # an honest caller leave, which is no fault; and Alice blames nobody: whoever
+            # issued Bob's certificate may have named Carol's address on purpose.
+            assert carol.faults == {} and alice.faults == {}
+            assert alice.outbound_connections == 0
+
+
+@pytest.mark.threat("T-FAULT-REFLECT")
+async def test_certificates_aimed_at_an_honest_node_do_not_get_it_banned() -> None:
+    """A liar hands out 100 valid certificates of its own making whose endpoint is Carol's
+    (issue 7: FIND_NODE answers full of them made peers count faults against the victim and
+    refuse her past 20). Alice dials every one: each is a bad contact, none is a fault, and
+    Carol, on the same address as everyone here, still gets through to Alice afterwards."""
+    with trio.fail_after(TIMEOUT):
+        async with server(1) as carol, server(2) as alice:
+            aimed = [issue(key(500 + i), carol.local_cert.endpoints[0]) for i in range(100)]
+            for cert in aimed:
+                with pytest.raises(BadContact):
+                    await alice.request(cert, Ping(), timeout=TIMEOUT)
+            assert alice.faults == {} and carol.faults == {}
+            assert await carol.request(alice.local_cert, FIND) == Nodes(closest(FIND.target, 5))
+            assert await alice.request(carol.local_cert, Ping()) == Pong()
 
 
 @pytest.mark.threat("T-MITM")

@@ -34,7 +34,7 @@ from anonmail.clock import Clock
 from anonmail.dht.lookup import DisjointLookup, LookupResult, drive
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
 from anonmail.dht.routing import AddResult, Contact, ContactCache, RoutingTable
-from anonmail.errors import LocalError, Refused, RemoteProtocolError, TransportError
+from anonmail.errors import BadContact, LocalError, Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network, Peer
 from anonmail.net.services import Service, ServiceRegistry
 from anonmail.records import ids
@@ -51,6 +51,7 @@ class DhtStats:
     timeouts: int = 0
     refused: int = 0
     faults: int = 0  # hostile or broken replies and requests
+    bad_contacts: int = 0  # certificates whose endpoint another node answers at (dropped)
     lookups: int = 0
     fault_by_peer: Counter[bytes] = field(default_factory=Counter)
 
@@ -148,6 +149,12 @@ class DhtNode:
     def contacts(self) -> list[NodeCert]:
         return self.table.contacts()
 
+    def _bad_contact(self, node_id: bytes) -> None:
+        """Another node answers where `node_id`'s certificate points: drop the contact at once
+        (it cannot be reached there), but blame nobody (net/tcp.py, BadContact)."""
+        self.stats.bad_contacts += 1
+        self.table.remove(node_id)
+
     def _fault(self, node_id: bytes) -> None:
         self.stats.faults += 1
         self.stats.fault_by_peer[node_id] += 1
@@ -191,6 +198,10 @@ class DhtNode:
                                            timeout=self.params.rpc_timeout)
             now = self.clock.now()
             learned = self._check_nodes(reply, count, now)
+        except BadContact:
+            tally.failures += 1
+            self._bad_contact(c.node_id)
+            return None
         except TransportError:
             tally.failures += 1
             self.stats.timeouts += 1
@@ -222,6 +233,9 @@ class DhtNode:
         try:
             contact = self.contacts_cache.contact(cert, self.clock.now())
             reply = await self.net.request(cert, Ping(), timeout=self.params.rpc_timeout)
+        except BadContact:
+            self._bad_contact(cert.node_id)
+            return False
         except TransportError:
             self.stats.timeouts += 1
             self.table.record_failure(cert.node_id)

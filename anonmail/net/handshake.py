@@ -70,6 +70,11 @@ class HandshakeError(RemoteProtocolError):
     """The peer broke the handshake: wrong network, wrong identity, malformed message."""
 
 
+class UnexpectedPeer(HandshakeError):
+    """A valid node answered, but not the one we dialled. The transport does not count this
+    against the endpoint's address (net/tcp.py: a third party may have named it)."""
+
+
 @wire.message(tag=10)
 @dataclass(frozen=True, slots=True)
 class Hello:
@@ -238,7 +243,7 @@ class Handshake:
         # Checked before anything of ours is sent: a stranger at a known contact's address
         # never learns who is calling.
         if self._expect is not None and auth.cert.node_id != self._expect:
-            raise HandshakeError("responder is not the node we dialled")
+            raise UnexpectedPeer("responder is not the node we dialled")
         self._check(auth, RESPONDER_DOMAIN, h1, now)
         h2 = crypto.hash("handshake-2", h1, reply.sealed)
         sealed = self._seal(k_init, INITIATOR_DOMAIN, h2)

@@ -18,7 +18,9 @@ Invariants:
 * a peer's fault (failed handshake, bad frame, malformed or refused request) is counted in
   `faults` under its source (the IPv4 address, or the IPv6 /64, which one party controls as a
   whole), ends at most the connection that carried it, and never reaches another connection. A
-  source at `fault_threshold` is disconnected and refused from then on (until restart);
+  source at `fault_threshold` is disconnected and refused from then on (until restart). A valid
+  node that merely is not the one a certificate sent us to is no fault: that is a `BadContact`,
+  since a third party may have named its address to get it banned;
 * limits are checked before any cryptography is spent: connections in total and per source on
   accept, the handshake within `handshake_timeout`, requests in flight per connection (`BUSY`
   beyond), idle connections closed, frames no larger than `params.max_frame`;
@@ -41,6 +43,7 @@ from anonmail import wire
 from anonmail.clock import Clock
 from anonmail.crypto import SigningKey
 from anonmail.errors import (
+    BadContact,
     LocalProtocolError,
     Refused,
     RemoteProtocolError,
@@ -48,7 +51,7 @@ from anonmail.errors import (
 )
 from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
-from anonmail.net.handshake import Handshake, Role
+from anonmail.net.handshake import Handshake, Role, UnexpectedPeer
 from anonmail.net.links import (
     Inbound,
     Link,
@@ -303,6 +306,11 @@ class TcpNetwork:
                            expect=expect, cert_cache=self.cert_cache)
             with _transport_errors("handshake"):
                 done = await run_handshake(stream, hs, self.clock, self.stats)
+        except UnexpectedPeer as e:
+            # Whoever answered proved a valid identity; the certificate that sent us here may
+            # come from anyone. Charging the address would let a liar get its owner banned.
+            await trio.aclose_forcefully(stream)
+            raise BadContact("another node answers at the endpoint dialled") from e
         except RemoteProtocolError as e:
             self.count_fault(source, e)
             await trio.aclose_forcefully(stream)

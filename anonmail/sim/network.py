@@ -40,7 +40,13 @@ from typing import Any
 import trio
 
 from anonmail import wire
-from anonmail.errors import LocalError, Refused, RemoteProtocolError, TransportError
+from anonmail.errors import (
+    BadContact,
+    LocalError,
+    Refused,
+    RemoteProtocolError,
+    TransportError,
+)
 from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
 from anonmail.records.certs import Endpoint, NodeCert
@@ -186,13 +192,14 @@ class SimWorld:
 
     def route(self, to: NodeCert) -> SimNetwork | None:
         """Who receives a request sent to `to`: the node at one of its endpoints. As over TCP,
-        reaching a node that holds a different key is the peer's fault (the handshake would
-        fail), and an endpoint where nobody listens means no answer."""
+        reaching a node that holds a different key is a `BadContact` (the handshake would show
+        another valid identity: nobody's fault that we can tell), and an endpoint where nobody
+        listens means no answer."""
         for ep in to.endpoints:
             net = self._by_endpoint.get(ep)
             if net is not None:
                 if net.local_cert.public_key != to.public_key:
-                    raise RemoteProtocolError(f"{ep} is not the node its certificate names")
+                    raise BadContact("another node answers at the endpoint dialled")
                 return net
         return None
 
