@@ -257,6 +257,37 @@ async def test_forged_cert_in_a_reply_is_rejected_and_counted(
     assert all(c.endpoints != forged.endpoints for c in result.nodes)
 
 
+@pytest.mark.threat("T-FAULT-REFLECT")
+async def test_certificates_aimed_at_a_victim_cost_the_liar_not_the_victim(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A liar answers FIND_NODE with valid certificates of its own making whose endpoint is an
+    honest node's (issue 7, item 1). The asker dials them, meets the victim instead, drops each
+    as a bad contact and charges the liar, which it drops after `failure_limit`; the victim is
+    blamed for nothing, stays in the table and is still found."""
+    sc = await _scenario()
+    victim = sc.nodes[7]
+    liar = sc.nodes[1]
+    rng = SeededRng(11)
+    # Ground to lie closer to the liar's id than any real node, so the lookup dials them.
+    keys = sorted((make_key(rng, sc.params) for _ in range(1500)),
+                  key=lambda k: ids.distance(ids.node_id(k.public), liar.node_id))
+    aimed = tuple(NodeCert.issue(k, victim.cert.endpoints, NOW, sc.params) for k in keys[:8])
+    _liar(sc, Nodes(aimed))
+    initiator = next(node for node in sc.nodes[2:]
+                     if liar.node_id in node.dht.table and victim.node_id in node.dht.table)
+    with trio.fail_after(120):
+        await initiator.dht.lookup(liar.node_id, paths=2)
+        stats = initiator.dht.stats
+        assert stats.bad_contacts >= sc.params.failure_limit
+        assert stats.misdirected_by[liar.node_id] >= sc.params.failure_limit
+        assert liar.node_id not in initiator.dht.table
+        assert victim.node_id in initiator.dht.table
+        assert stats.fault_by_peer[victim.node_id] == 0 and not sc.world.stats.faults
+        assert await initiator.net.request(victim.cert, Ping()) == Pong()
+        found = await initiator.dht.lookup(victim.node_id)
+        assert victim.node_id in found.node_ids
+
+
 @pytest.mark.threat("T-SYBIL")
 async def test_cert_failing_the_puzzle_in_a_reply_is_rejected(
         autojump_clock: trio.testing.MockClock) -> None:

@@ -52,6 +52,7 @@ class DhtStats:
     refused: int = 0
     faults: int = 0  # hostile or broken replies and requests
     bad_contacts: int = 0  # certificates whose endpoint another node answers at (dropped)
+    misdirected_by: Counter[bytes] = field(default_factory=Counter)  # who named bad contacts
     lookups: int = 0
     fault_by_peer: Counter[bytes] = field(default_factory=Counter)
 
@@ -149,11 +150,19 @@ class DhtNode:
     def contacts(self) -> list[NodeCert]:
         return self.table.contacts()
 
-    def _bad_contact(self, node_id: bytes) -> None:
+    def _bad_contact(self, node_id: bytes, named_by: bytes | None = None) -> None:
         """Another node answers where `node_id`'s certificate points: drop the contact at once
-        (it cannot be reached there), but blame nobody (net/tcp.py, BadContact)."""
+        (it cannot be reached there) and blame neither it nor the address (net/tcp.py,
+        BadContact). The node whose answer named it is charged instead: a stale certificate
+        can happen to an honest node, so it is dropped as a fault only after
+        `params.failure_limit` such misdirections, as liveness tolerates that many timeouts."""
         self.stats.bad_contacts += 1
         self.table.remove(node_id)
+        if named_by is None:
+            return
+        self.stats.misdirected_by[named_by] += 1
+        if self.stats.misdirected_by[named_by] >= self.params.failure_limit:
+            self._fault(named_by)
 
     def _fault(self, node_id: bytes) -> None:
         self.stats.faults += 1
@@ -181,16 +190,17 @@ class DhtNode:
         state = DisjointLookup(key, k, d, self.params.alpha, self.table.closest(key, k), own,
                                self.node_id)
         tally = _Tally()
+        named_by: dict[bytes, bytes] = {}  # contact -> the node whose answer first named it
 
         async def query(c: Contact, count: int) -> Sequence[Contact] | None:
-            return await self._find_node(c, key, count, tally)
+            return await self._find_node(c, key, count, tally, named_by)
 
         await drive(state, query)
         return LookupResult(key, tuple(c.cert for c in state.result()), state.hops,
                             tally.queried, tally.failures, tally.faults, tally.refused, d)
 
-    async def _find_node(self, c: Contact, key: bytes, count: int,
-                         tally: _Tally) -> Sequence[Contact] | None:
+    async def _find_node(self, c: Contact, key: bytes, count: int, tally: _Tally,
+                         named_by: dict[bytes, bytes]) -> Sequence[Contact] | None:
         tally.queried += 1
         self.stats.requests += 1
         try:
@@ -200,7 +210,7 @@ class DhtNode:
             learned = self._check_nodes(reply, count, now)
         except BadContact:
             tally.failures += 1
-            self._bad_contact(c.node_id)
+            self._bad_contact(c.node_id, named_by.get(c.node_id))
             return None
         except TransportError:
             tally.failures += 1
@@ -215,7 +225,15 @@ class DhtNode:
             tally.faults += 1
             self._fault(c.node_id)
             return None
+        if self.stats.misdirected_by[c.node_id] >= self.params.failure_limit:
+            # It named too many bad contacts (`_bad_contact`): its answers are not used, and
+            # answering does not bring it back into the table.
+            tally.faults += 1
+            self._fault(c.node_id)
+            return None
         self.table.add(c, now)  # it answered: alive, and reachable at its cert
+        for x in learned:
+            named_by.setdefault(x.node_id, c.node_id)
         return learned
 
     def _check_nodes(self, reply: Any, count: int, now: float) -> list[Contact]:
