@@ -61,7 +61,7 @@ async def test_routes_by_type_and_observes_every_requester(peer: Peer) -> None:
     assert isinstance(await registry.handle(peer, Ping()), Pong)
     assert isinstance(await registry.handle(peer, Fetch(b"\x01" * 32)), NotFound)
     assert pinger.seen == [Ping()] and seen == [peer, peer]
-    assert registry.serves(Ping()) and not registry.serves(FindNode(b"\x00" * 32, 3))
+    assert registry.routes == {Ping: pinger, Fetch: fetcher}
 
 
 async def test_unserved_type_is_unsupported_and_not_observed(peer: Peer) -> None:

@@ -31,10 +31,6 @@ class Outcome(Generic[T, R]):
     value: R | None = None
     error: Exception | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
 
 async def fan_out(items: Sequence[T], call: Callable[[T], Awaitable[R]], *,
                   catch: tuple[type[Exception], ...] = (),
@@ -62,7 +58,3 @@ async def fan_out(items: Sequence[T], call: Callable[[T], Awaitable[R]], *,
             nursery.start_soon(run if limiter is None else limited, i, item)
     return out
 
-
-def values(outcomes: Sequence[Outcome[T, R]]) -> list[R | None]:
-    """Each outcome's value (None where the call failed), in order."""
-    return [o.value for o in outcomes]

@@ -68,9 +68,6 @@ class ServiceRegistry:
         for kind in service.requests:
             self.routes[kind] = service
 
-    def serves(self, msg: Any) -> bool:
-        return type(msg) in self.routes
-
     async def handle(self, peer: Peer, msg: Any) -> Any:
         """The node's `Handler`."""
         service = self.routes.get(type(msg))

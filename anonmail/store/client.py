@@ -35,7 +35,7 @@ from anonmail import crypto, wire
 from anonmail.clock import Clock
 from anonmail.dht.lookup import LookupResult
 from anonmail.dht.messages import MAX_NODES
-from anonmail.errors import ErrorCode, Refused, RemoteProtocolError, TransportError
+from anonmail.errors import Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network
 from anonmail.net.fanout import fan_out
 from anonmail.records import ids
@@ -98,10 +98,6 @@ class Placement:
     @property
     def receipts(self) -> list[Receipt]:
         return list(self.receipts_by_node.values())
-
-    def codes(self) -> set[ErrorCode]:
-        """The refusal codes the nodes answered with."""
-        return {e.code for e in self.refusals.values()}
 
 
 async def _replicated(dht: Lookup, key: bytes, r: int, rounds: int,
