@@ -48,6 +48,7 @@ class ErrorCode(enum.IntEnum):
     WRONG_SECRET = 15  # a delete secret that does not match
     EXPIRED = 16  # what the request carries has expired or expires now
     CLOCK_SKEW = 17  # a timestamp outside the allowed clock skew
+    UNREACHABLE = 18  # a relay could not reach the next hop of a circuit (anon/relay.py)
 
     @property
     def is_fault(self) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from anonmail.anon.relay import RelayService
 from anonmail.records import ids
 from anonmail.sim.scenario import Scenario, SimNode
 from anonmail.store.db import StoreDb
@@ -43,16 +44,18 @@ class StoreGrid:
 async def serving_grid(n: int, seed: int, trusted_cas: frozenset[bytes]
                        ) -> AsyncIterator[tuple[Scenario, dict[bytes, StoreService]]]:
     """`n` nodes (sim/scenario.py, oracle-filled routing tables, every message encoded and
-    decoded), each serving a StoreService on an in-memory database; the databases are closed on
-    exit."""
+    decoded), each serving a StoreService on an in-memory database and the relay role
+    (anon/relay.py); the databases are closed on exit."""
     s = Scenario(n, seed=seed, encode=True)
     await s.build("oracle")
     svc = {x.node_id: StoreService(x.net, x.dht, x.key, s.params, s.clock,
                                    s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
                                    trusted_cas=trusted_cas)
            for i, x in enumerate(s.nodes)}
-    for x in s.nodes:
+    for i, x in enumerate(s.nodes):
         x.services.add(svc[x.node_id])
+        x.services.add(RelayService(x.net, x.dht, x.key, s.params, s.clock,
+                                    s.rng.fork(f"relay-{i}")))
     try:
         yield s, svc
     finally:

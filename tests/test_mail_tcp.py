@@ -157,7 +157,9 @@ async def test_agent_sessions_use_fresh_transport_keys(tmp_path: Path) -> None:
             config = AgentConfig(params, (node.endpoint,), frozenset(), tmp_path / "mail")
             seen = []
             for _ in range(2):
-                async with session(identity, config, clock, rng) as agent:
+                # direct: one node cannot be X and Z (the anonymous path is
+                # tests/test_anon_tcp.py)
+                async with session(identity, config, clock, rng, anonymous=False) as agent:
                     await agent.publish_cert()
                     seen.append(agent.net.local_cert)
             assert seen[0].node_id != seen[1].node_id

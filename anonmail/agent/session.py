@@ -20,6 +20,9 @@ from pathlib import Path
 
 import trio
 
+from anonmail.anon.client import AnonymousStore
+from anonmail.anon.gobetweens import GoBetweens, load_state, save_state
+from anonmail.anon.options import DEFAULT, AnonOptions
 from anonmail.clock import Clock
 from anonmail.dht.dht_node import DhtNode
 from anonmail.errors import TransportError, UserError
@@ -32,6 +35,7 @@ from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 
 BOOTSTRAP_TIMEOUT = 30.0
+REFILL_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class AgentConfig:
     entry_points: tuple[Endpoint, ...]  # own node first, then the bootstrap list
     trusted_cas: frozenset[bytes]
     mail_dir: Path
+    guard_file: Path | None = None  # where the anonymous sender keeps its guard X
+    options: AnonOptions = DEFAULT
 
 
 def own_node_endpoint(listen: Endpoint) -> Endpoint:
@@ -53,8 +59,14 @@ def own_node_endpoint(listen: Endpoint) -> Endpoint:
 
 @asynccontextmanager
 async def session(identity: AddressIdentity, config: AgentConfig, clock: Clock,
-                  rng: Rng) -> AsyncIterator[MailAgent]:
-    """Join the network as a client and yield a MailAgent; connections close on exit."""
+                  rng: Rng, *, anonymous: bool = True) -> AsyncIterator[MailAgent]:
+    """Join the network as a client and yield a MailAgent; connections close on exit.
+
+    `anonymous` (the default): every storage request of the agent (certificates, bodies,
+    inbox appends, reads and acknowledgements) goes through go-betweens (anon/client.py), so
+    storage and inbox nodes never see this session's node; the guard X is kept in
+    `config.guard_file` across sessions, and the circuits use a second transport key that
+    only X sees (the DHT lookups use the first). Otherwise the agent talks to them directly."""
     params = config.params
     key = ids.grind_node_key(params.puzzle_bits, rng)
     net = TcpNetwork(key, params, clock, rng, cert_cache=CertCache())
@@ -68,8 +80,33 @@ async def session(identity: AddressIdentity, config: AgentConfig, clock: Clock,
             where = ", ".join(str(e) for e in config.entry_points) or "none configured"
             raise UserError(f"cannot reach the network (tried {where}): start your node with "
                             "`anonmail node` or add a bootstrap node to config.toml")
-        yield MailAgent(identity, net, dht, config.mail_dir, params, clock, rng,
-                        trusted_cas=config.trusted_cas)
+        if not anonymous:
+            yield MailAgent(identity, net, dht, config.mail_dir, params, clock, rng,
+                            trusted_cas=config.trusted_cas)
+            return
+        # Two identities: the lookups above (bootstrap, and the random keys go-betweens are
+        # drawn from) use `key`; the circuits use `sender`, which only the guard X ever sees.
+        # So the nodes a lookup queried cannot tie it to anything the session sends.
+        sender = ids.grind_node_key(params.puzzle_bits, rng)
+        circuits = TcpNetwork(sender, params, clock, rng, cert_cache=CertCache())
+        circuits.cert = NodeCert.issue(sender, (), clock.now(), params)
+        gb = GoBetweens(circuits, dht, params, clock, rng, options=config.options)
+        if config.guard_file is not None:
+            load_state(config.guard_file, gb)
+        store = AnonymousStore(gb)
+        try:
+            yield MailAgent(identity, store, store, config.mail_dir, params, clock, rng,
+                            trusted_cas=config.trusted_cas)
+            # Nodes for the next session's channels, found now so they are not found just
+            # before they are used (anon/gobetweens.py `refill`).
+            with trio.move_on_after(REFILL_TIMEOUT), suppress(TransportError, UserError):
+                await gb.refill()
+        finally:
+            if config.guard_file is not None:
+                save_state(config.guard_file, gb)
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+                await circuits.aclose()
     finally:
         with trio.CancelScope(shield=True):
             await net.aclose()

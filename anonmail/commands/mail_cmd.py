@@ -34,6 +34,7 @@ from anonmail.rng import SystemRng
 T = TypeVar("T")
 ADDRESS_KEY_FILE = "address.key"
 MAIL_DIR = "mail"
+GUARD_FILE = "anon-guard.cbor"  # the anonymous sender's guard X, kept between sessions
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,18 +67,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--attach", action="append", default=[], type=Path, metavar="FILE")
     s.add_argument("file", nargs="?", type=Path,
                    help="the body, or a whole RFC 5322 message when no --to is given")
+    _direct_option(s, "send")
     s.set_defaults(func=cmd_send)
 
     i = sub.add_parser("inbox", help="collect new mail and list it")
     shared(i)
     i.add_argument("--offline", action="store_true", help="list what is here; do not check")
+    _direct_option(i, "check")
     i.set_defaults(func=cmd_inbox)
 
     r = sub.add_parser("read", help="print a message (retrieving it first if needed)")
     shared(r)
     r.add_argument("id", help="the number `anonmail inbox` shows, or the Message-ID")
     r.add_argument("--raw", action="store_true", help="print the exact RFC 5322 bytes")
+    _direct_option(r, "retrieve")
     r.set_defaults(func=cmd_read)
+
+
+def _direct_option(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--direct", action="store_true",
+                   help=f"{verb} without go-betweens: faster, but the storage nodes see your "
+                        f"node (default: anonymous, through go-between nodes)")
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -94,16 +104,18 @@ def _agent_config(home: Home) -> AgentConfig:
     cfg = common.load_config(home)
     entry = (own_node_endpoint(cfg.listen), *cfg.bootstrap)
     return AgentConfig(cfg.params, tuple(dict.fromkeys(entry)), cfg.trusted_cas,
-                       home.root / MAIL_DIR)
+                       home.root / MAIL_DIR, guard_file=home.root / GUARD_FILE)
 
 
 def _run(args: argparse.Namespace, job: Callable[[MailAgent], Awaitable[T]]) -> T:
     home = common.home_of(args)
     identity = open_identity(args, home)
     config = _agent_config(home)
+    anonymous = not getattr(args, "direct", False)
 
     async def main() -> T:
-        async with session(identity, config, SystemClock(), SystemRng()) as agent:
+        async with session(identity, config, SystemClock(), SystemRng(),
+                           anonymous=anonymous) as agent:
             return await job(agent)
 
     return trio.run(main)
@@ -189,8 +201,14 @@ def cmd_send(args: argparse.Namespace) -> int:
                 raise UserError("--subject and --attach need --to (or give a whole RFC 5322 "
                                 "message without them)")
             report = await agent.send_message(data)
-        return (f"sent {report.message_id} ({report.size:,} bytes) to "
-                f"{len(report.delivered)} recipient(s)")
+        how = "directly (not anonymous: storage nodes saw your node)" if args.direct else \
+            "anonymously (storage nodes saw only go-betweens)"
+        lines = [f"{address}: delivered, {len(report.inboxes[address].receipts)} inbox "
+                 f"receipts verified" for address in report.delivered]
+        lines.append(f"sent {report.message_id} ({report.size:,} bytes) to "
+                     f"{len(report.delivered)} recipient(s) {how}; "
+                     f"{len(report.body.receipts)} body receipts verified")
+        return "\n".join(lines)
 
     print(_run(args, job))
     return 0

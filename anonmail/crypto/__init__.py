@@ -92,8 +92,25 @@ class SigningKey:
     def sign(self, domain: str, message: bytes) -> bytes:
         return bytes(self._sk.sign(_signed_message(domain, message)).signature)
 
+    def box_secret(self) -> bytes:
+        """The X25519 secret matching `box_public(self.public)`: lets a node open boxes sealed
+        to its identity without a second key in its certificate (libsodium's Ed25519 to
+        Curve25519 map, as age and ssh-to-age use)."""
+        return bytes(_b.crypto_sign_ed25519_sk_to_curve25519(bytes(self._sk) + self.public))
+
     def __repr__(self) -> str:  # never print secrets
         return f"SigningKey(public={self.public.hex()[:16]}…)"
+
+
+def box_public(signing_public: bytes) -> bytes:
+    """The X25519 public key of an Ed25519 identity key (to `seal_to` a node by its NodeCert).
+    Raises DecryptError for a key that is not a valid Edwards point."""
+    if len(signing_public) != PUBLIC_KEY_SIZE:
+        raise DecryptError("an Ed25519 public key is 32 bytes")
+    try:
+        return bytes(_b.crypto_sign_ed25519_pk_to_curve25519(signing_public))
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, ValueError) as e:
+        raise DecryptError("invalid Ed25519 public key") from e
 
 
 def verify(public: bytes, domain: str, message: bytes, signature: bytes) -> None:

@@ -1,6 +1,7 @@
 """`anonmail sim`: the command group of the simulation experiments. `register(subparsers)` adds
-`sim` and, under it, each experiment's own subcommand (`lookup`, `mail`), by static imports the
-layer test can see. `anonmail sim` alone prints the group's help and exits with status 2.
+`sim` and, under it, each experiment's own subcommand (`lookup`, `mail`, `anonymity`), by static
+imports the layer test can see. `anonmail sim` alone prints the group's help and exits with
+status 2.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from anonmail.experiments.anonymity import command as anonymity_command
 from anonmail.experiments.lookup import command as lookup_command
 from anonmail.experiments.mail import command as mail_command
 
 # The experiments under `anonmail sim`, in the order of its help.
-EXPERIMENTS = (lookup_command, mail_command)
+EXPERIMENTS = (lookup_command, mail_command, anonymity_command)
 
 
 def register(subparsers: Any) -> None:

@@ -7,7 +7,8 @@ run at once, and learn per item whether it succeeded. `fan_out` is that shape, o
 Semantics (trio's): the calls start in item order, in one nursery; with `limit`, each call
 waits for a slot of a `CapacityLimiter` before it runs, otherwise all run at once. An
 exception of a `catch` type becomes that item's `Outcome.error` and the others carry on; any
-other exception cancels the remaining calls and propagates (a bug must not be swallowed).
+other exception cancels the remaining calls and propagates (a bug must not be swallowed), as
+itself when it is the only one (not wrapped in the nursery's exception group).
 Cancelling the caller cancels every call. Outcomes come back in item order.
 """
 
@@ -53,8 +54,16 @@ async def fan_out(items: Sequence[T], call: Callable[[T], Awaitable[R]], *,
         async with limiter:
             await run(i, item)
 
-    async with trio.open_nursery() as nursery:
-        for i, item in enumerate(items):
-            nursery.start_soon(run if limiter is None else limited, i, item)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i, item in enumerate(items):
+                nursery.start_soon(run if limiter is None else limited, i, item)
+    except BaseExceptionGroup as group:
+        # One call's error, as itself: a caller (and the user) sees a UserError as a UserError,
+        # not wrapped in the nursery's group. Several at once stay a group.
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0],
+                                                         BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
     return out
 

@@ -1,4 +1,5 @@
-"""A running node process: TCP transport + the DHT and storage services behind one registry.
+"""A running node process: TCP transport + the DHT, storage and relay services behind one
+registry.
 
 Invariants: the node's identity is its key file (same key → same node id across restarts); the
 routing table is saved to the home directory periodically and on shutdown, and restored (every
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from anonmail import crypto, wire
+from anonmail.anon.relay import RelayService
 from anonmail.clock import Clock
 from anonmail.dht.dht_node import DhtNode
 from anonmail.dht.lookup import LookupResult
@@ -76,8 +78,15 @@ class Node:
                                 threads=on_disk)
         self.store = StoreService(self.net, self.dht, key, params, clock, rng, self.store_db,
                                   trusted_cas=trusted_cas, offload=on_disk)
-        # One way in: the DHT and the store behind one registry that observes every requester.
-        self.services = self.dht.registry(self.store)
+        # Every node relays and anonymizes for others (DESIGN.md §7): X, Y, Z and W are
+        # drawn from all nodes, so every node must be able to play each role.
+        self.relay = RelayService(self.net, self.dht, key, params, clock, rng)
+        # One way in: the DHT, the store and the relay behind one registry that observes every
+        # requester.
+        self.services = self.dht.registry(self.store, self.relay)
+        # An observer of every answered request (peer, request, reply): the demo's and the
+        # tests' view of what this node saw. None in a real node.
+        self.on_request: Callable[[Peer, Any, Any], object] | None = None
         self.endpoint: Endpoint | None = None
         self.restored = 0  # contacts restored from the saved table at start
         self._saved = b""
@@ -96,6 +105,8 @@ class Node:
         # Types and public node ids only: never keys, blobs, entries or addresses.
         log.debug("%s from %s -> %s", type(msg).__name__, ids.short(peer.node_id),
                   type(reply).__name__)
+        if self.on_request is not None:
+            self.on_request(peer, msg, reply)
         return reply
 
     def _issue_cert(self) -> None:

@@ -27,10 +27,12 @@ from dataclasses import dataclass
 
 import trio
 
+from anonmail.anon.relay import RelayService
 from anonmail.dht.dht_node import DhtNode
 from anonmail.dht.lookup import LookupResult
 from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SeededRng
+from anonmail.sim.anon_adversary import RECEIPT_DEEDS, HostileRelay, HostileStats, Misdeed
 from anonmail.sim.metrics import add_counts
 from anonmail.sim.network import sim_address
 from anonmail.sim.scenario import SIM_PORT, Scenario, SimNode, make_key
@@ -53,6 +55,8 @@ class StorageConfig:
     republish: bool = True
     republish_interval: float = HOUR
     republish_paths: int = 1  # disjoint paths of the nodes' republish lookups
+    relays: bool = False  # every node also runs the relay role (anon/relay.py)
+    hostile_relays: bool = False  # droppers are also hostile go-betweens (sim/anon_adversary)
 
 
 class FixedPaths:
@@ -96,6 +100,8 @@ class StorageNetwork:
         self.taken = {ep.host for node in scenario.nodes for ep in node.cert.endpoints}
         self.joined = 0
         self.left = 0
+        self.hostile_relays = 0
+        self.hostile_stats = HostileStats()
 
     def populate(self) -> None:
         """Services for the scenario's nodes; exactly round(f * N) of them droppers."""
@@ -117,10 +123,28 @@ class StorageNetwork:
                                republish_interval=cfg.republish_interval)
         drop = StorageDropper(service, lie_in_probe=cfg.lying) if dropper else None
         node.services.add(service if drop is None else drop)
+        if cfg.relays:
+            node.services.add(self._relay(node, dropper, label))
         sn = StorageNode(node, service, drop, trio.CancelScope(), trio.current_time())
         self.all[node.node_id] = sn
         self.live.append(sn)
         return sn
+
+    def _relay(self, node: SimNode, hostile: bool, label: str) -> RelayService:
+        """The node's relay role: honest, or (a dropper with `hostile_relays`) a coalition
+        member that lies, refuses to relay outside the coalition and tampers with receipts,
+        each tamperer one way (FORGE, ALTER, WITHHOLD, SUBSTITUTE in turn)."""
+        s, rng = self.s, self.rng.fork(f"relay-{label}")
+        if not (hostile and self.config.hostile_relays):
+            return RelayService(node.net, node.dht, node.key, s.params, s.clock, rng)
+        deeds = Misdeed.LIE | Misdeed.REFUSE | RECEIPT_DEEDS[self.hostile_relays %
+                                                            len(RECEIPT_DEEDS)]
+        self.hostile_relays += 1
+        return HostileRelay(node.net, node.dht, node.key, s.params, s.clock, rng, deeds=deeds,
+                            coalition=self.coalition, stats=self.hostile_stats)
+
+    def coalition(self) -> list[NodeCert]:
+        return [sn.node.cert for sn in self.live if sn.dropper is not None]
 
     def _start(self, sn: StorageNode) -> None:
         if not self.config.republish:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from anonmail import crypto, wire
 from anonmail.clock import Clock
@@ -37,7 +37,7 @@ from anonmail.dht.lookup import LookupResult
 from anonmail.dht.messages import MAX_NODES
 from anonmail.errors import Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network
-from anonmail.net.fanout import fan_out
+from anonmail.net.fanout import Outcome, fan_out
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert, NodeCert
 from anonmail.records.receipts import Receipt, StoreOp
@@ -57,6 +57,23 @@ class Lookup(Protocol):
 
 
 REQUEST_ERRORS = (TransportError, Refused, RemoteProtocolError)
+
+
+@runtime_checkable
+class Multicast(Protocol):
+    """A network that can send one request to many nodes at once (anon/client.py: one copy
+    through the anonymizer, which fans it out)."""
+
+    async def request_many(self, targets: Sequence[NodeCert],
+                           msg: Any) -> list[Outcome[NodeCert, Any]]: ...
+
+
+async def request_all(net: Network, targets: Sequence[NodeCert],
+                      msg: Any) -> list[Outcome[NodeCert, Any]]:
+    """`msg` to every target, each target's answer or caught error, in target order."""
+    if isinstance(net, Multicast):
+        return await net.request_many(targets, msg)
+    return await fan_out(targets, lambda cert: net.request(cert, msg), catch=REQUEST_ERRORS)
 
 
 async def closest(dht: Lookup, key: bytes, n: int) -> tuple[NodeCert, ...]:
@@ -101,7 +118,9 @@ class Placement:
 
 
 async def _replicated(dht: Lookup, key: bytes, r: int, rounds: int,
-                      call: Callable[[NodeCert], Awaitable[Receipt]]) -> Placement:
+                      call_all: Callable[[Sequence[NodeCert]],
+                                         Awaitable[list[Outcome[NodeCert, Receipt]]]]
+                      ) -> Placement:
     """Seed 002 §3.1 steps 4-6: do `call` on the r closest; on failures ask for a fresh set
     (wider by the failures, which are excluded) and try the newcomers."""
     out = Placement()
@@ -116,7 +135,7 @@ async def _replicated(dht: Lookup, key: bytes, r: int, rounds: int,
                    if c.node_id not in done and c.node_id not in failed][:want]
         if not targets:
             break
-        for o in await fan_out(targets, call, catch=REQUEST_ERRORS):
+        for o in await call_all(targets):
             nid = o.item.node_id
             if o.value is not None:
                 done[nid] = o.value
@@ -136,15 +155,26 @@ async def _receipted(net: Network, dht: Lookup, key: bytes, msg: sm.Store | sm.A
     from the node it went to."""
     answer = sm.Stored if op is StoreOp.STORE else sm.Appended
 
-    async def call(cert: NodeCert) -> Receipt:
-        reply = await net.request(cert, msg)
+    def receipt(cert: NodeCert, reply: Any) -> Receipt:
         if not isinstance(reply, answer):
             raise RemoteProtocolError(f"{op.name} answered with {type(reply).__name__}")
         check_receipt(reply.receipt, cert, op, key, digest,
                       None if clock is None else clock.now(), skew)
         return reply.receipt
 
-    return await _replicated(dht, key, r, rounds, call)
+    async def call_all(targets: Sequence[NodeCert]) -> list[Outcome[NodeCert, Receipt]]:
+        out: list[Outcome[NodeCert, Receipt]] = []
+        for o in await request_all(net, targets, msg):
+            if o.error is not None:
+                out.append(Outcome(o.item, None, o.error))
+                continue
+            try:
+                out.append(Outcome(o.item, receipt(o.item, o.value)))
+            except RemoteProtocolError as e:
+                out.append(Outcome(o.item, None, e))
+        return out
+
+    return await _replicated(dht, key, r, rounds, call_all)
 
 
 async def store_replicated(net: Network, dht: Lookup, key: bytes, kind: sm.ObjectKind, blob: bytes,
@@ -211,13 +241,11 @@ async def fetch_cert(net: Network, dht: Lookup, address: str, r: int,
     key = ids.cert_key(address)
     found = await closest(dht, key, r)
 
-    async def call(cert: NodeCert) -> Any:
-        return await net.request(cert, sm.Fetch(key))
-
     now = clock.now()
     out = CertSearch()
     held: dict[bytes, int] = {}  # node id -> issued of the valid cert it gave
-    for o in await fan_out(found, call, catch=REQUEST_ERRORS):
+    for o in await fan_out(found, lambda cert: net.request(cert, sm.Fetch(key)),
+                           catch=REQUEST_ERRORS):
         if not isinstance(o.value, sm.Fetched):
             continue
         try:
@@ -238,7 +266,8 @@ async def fetch_cert(net: Network, dht: Lookup, address: str, r: int,
     if best is not None and repair:
         stale = [n for n in found if held.get(n.node_id, -1) < best.issued]
         msg = sm.Store(key, sm.ObjectKind.CERT, wire.encode(best), ttl, ())
-        await fan_out(stale, lambda node: net.request(node, msg), catch=REQUEST_ERRORS)
+        if stale:
+            await request_all(net, stale, msg)
     return out
 
 
@@ -316,9 +345,5 @@ async def delete_all(net: Network, dht: Lookup, key: bytes, secret: bytes, r: in
     longer hold the right (Deleted, or NotFound)."""
     found = await closest(dht, key, min(MAX_NODES, r + widen))
 
-    async def call(node: NodeCert) -> bool:
-        reply = await net.request(node, sm.Delete(key, secret))
-        return isinstance(reply, sm.Deleted | sm.NotFound)
-
-    outcomes = await fan_out(found, call, catch=REQUEST_ERRORS)
-    return sum(1 for o in outcomes if o.value is True)
+    outcomes = await request_all(net, found, sm.Delete(key, secret))
+    return sum(1 for o in outcomes if isinstance(o.value, sm.Deleted | sm.NotFound))

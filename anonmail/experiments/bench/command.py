@@ -1,7 +1,7 @@
-"""`anonmail bench rpc|mail`: the benchmarks from the command line (rpc.py, mail_tcp.py,
-mail_sim.py). `register(subparsers)` adds the `bench` group. Arguments are checked here, so a
-bad one is one clear `UserError` line before anything runs; each measurement prints its own
-table.
+"""`anonmail bench rpc|mail|anon`: the benchmarks from the command line (rpc.py,
+mail_tcp.py, mail_sim.py, anon.py). `register(subparsers)` adds the `bench` group. Arguments
+are checked here, so a bad one is one clear `UserError` line before anything runs; each
+measurement prints its own table.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from anonmail.errors import UserError
-from anonmail.experiments.bench import mail_sim, mail_tcp, rpc
+from anonmail.experiments.bench import anon, mail_sim, mail_tcp, rpc
 
 
 def _cmd_rpc(args: argparse.Namespace) -> int:
@@ -44,6 +44,18 @@ def _cmd_mail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_anon(args: argparse.Namespace) -> int:
+    if not 1 <= args.messages <= 1000 or not 100 <= args.size <= 5_000_000:
+        raise UserError("--messages must be 1-1000 and --size 100-5000000 bytes")
+    if not 3 <= args.nodes <= 32:
+        raise UserError("--nodes must be 3-32")
+    if args.transport in ("sim", "both"):
+        print(anon.bench_anon_sim(args.messages, args.size))
+    if args.transport in ("tcp", "both"):
+        print(anon.bench_anon_tcp(args.messages, args.size, args.nodes))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add `anonmail bench` and its subcommands to the command line."""
     bench = subparsers.add_parser("bench", help="measure this machine's throughput")
@@ -63,3 +75,11 @@ def register(subparsers: Any) -> None:
     mail_p.add_argument("--transport", choices=["tcp", "sim", "both"], default="both",
                         help="loopback TCP, the simulated network, or both (default)")
     mail_p.set_defaults(func=_cmd_mail)
+    anon_p = sub.add_parser("anon", help="the price of anonymity: anonymous vs direct mail")
+    anon_p.add_argument("--messages", type=int, default=20, help="messages (default 20)")
+    anon_p.add_argument("--size", type=int, default=20_000, help="bytes per message (default "
+                                                                  "20000)")
+    anon_p.add_argument("--nodes", type=int, default=7, help="loopback nodes (default 7)")
+    anon_p.add_argument("--transport", choices=["tcp", "sim", "both"], default="both",
+                        help="the simulated network, loopback TCP, or both (default)")
+    anon_p.set_defaults(func=_cmd_anon)

@@ -32,6 +32,8 @@ class BenchResult:
     wire_messages: int  # requests and replies during the workload
     mean_size: float  # bytes of one RFC 5322 message
     replication: int
+    send_latency: float = 0.0  # mean virtual seconds a send took
+    anonymous: bool = False
 
     @property
     def rate(self) -> float:
@@ -49,16 +51,18 @@ class BenchResult:
 
 
 def bench_sim(*, nodes: int = 200, messages: int = 100, agents: int = 20, size: int = 5_000,
-              replication: int = 8, seed: int = 1) -> BenchResult:
-    """The simulated half of `anonmail bench mail` (module docstring)."""
+              replication: int = 8, seed: int = 1, anonymous: bool = False) -> BenchResult:
+    """The simulated half of `anonmail bench mail` (module docstring); with `anonymous` the
+    agents go through go-betweens (all honest here)."""
     config = MailConfig(nodes=nodes, messages=messages, agents=agents, replication=replication,
                         droppers=0.0, churn=0.0, send_hours=1.0, delay_hours=(0.1, 0.5),
-                        size=(size, size), encode=True, seed=seed)
+                        size=(size, size), encode=True, seed=seed, anonymous=anonymous)
     rep = run(config)
+    took = [x.sent - x.send_at for x in rep.letters if x.sent is not None and x.attempts == 1]
     return BenchResult(nodes, messages, rep.delivered, rep.wall_run, rep.virtual_seconds,
                        rep.exact_bytes or 0, rep.meter.bytes("mail"),
                        rep.meter.messages("mail") + rep.meter.messages("upkeep"), rep.mean_size,
-                       replication)
+                       replication, sum(took) / len(took) if took else 0.0, anonymous)
 
 
 def format_bench(b: BenchResult) -> str:

@@ -86,6 +86,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--encode", action="store_true",
                    help="encode and decode every message (exact bytes; about 3x slower)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--anonymous", action="store_true",
+                   help="agents go through go-betweens; the droppers are then also hostile "
+                        "go-betweens (lie, refuse to relay, forge/alter/withhold receipts)")
     jobs = min(2, os.cpu_count() or 1)
     p.add_argument("--jobs", type=int, default=jobs,
                    help="run as this many independent networks of --nodes nodes in parallel "
@@ -115,7 +118,7 @@ def config_from(args: argparse.Namespace) -> MailConfig:
                          delay_hours=(float(args.delay[0]), float(args.delay[1])),
                          size=(int(args.size[0]), int(args.size[1])),
                          republish=args.republish, republish_paths=args.republish_paths,
-                         encode=args.encode, seed=args.seed)
+                         encode=args.encode, seed=args.seed, anonymous=args.anonymous)
 
 
 def _mail(args: argparse.Namespace) -> int:

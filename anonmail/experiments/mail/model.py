@@ -38,6 +38,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from anonmail.anon.client import AnonStats
+from anonmail.sim.anon_adversary import HostileStats
 from anonmail.sim.metrics import WireMeter
 from anonmail.sim.storage import HOUR, StorageConfig
 from anonmail.sim.storage_adversary import DropStats
@@ -65,11 +67,14 @@ class MailConfig:
     encode: bool = False  # encode every message (exact bytes; ~3x the CPU)
     sample_every: int = 32  # WireMeter: encode one message in this many per (category, type)
     seed: int = 1
+    anonymous: bool = False  # agents send, check and retrieve through go-betweens (anon/);
+    # the droppers are then also hostile go-betweens (sim/anon_adversary.py)
 
     def storage(self) -> StorageConfig:
         """What the storage nodes of this run do (sim/storage.py)."""
         return StorageConfig(self.nodes, self.droppers, self.lying, self.churn, self.churn_step,
-                             self.republish, self.republish_interval, self.republish_paths)
+                             self.republish, self.republish_interval, self.republish_paths,
+                             relays=self.anonymous, hostile_relays=self.anonymous)
 
 
 # -- the prediction -------------------------------------------------------------------------------
@@ -192,6 +197,8 @@ class MailReport:
     world_requests: int = 0  # requests sent over the workload (incl. to dead nodes)
     swept: int = 0  # delivered by the final check
     shards: int = 1  # independent networks the letters were spread over (run_parallel)
+    anon: AnonStats | None = None  # the agents' go-between counts (anonymous runs)
+    hostile: HostileStats | None = None  # what the hostile go-betweens did
 
     @property
     def delivered(self) -> int:

@@ -99,6 +99,22 @@ def _wire(rep: MailReport) -> list[str]:
     return lines
 
 
+def _anonymity(rep: MailReport) -> list[str]:
+    a, h = rep.anon, rep.hostile
+    assert a is not None and h is not None
+    caught = "every one caught" if a.bad_receipts >= h.tampered else \
+        f"ONLY {a.bad_receipts} CAUGHT"
+    return [
+        f"anonymous: agents sent {a.forwards} forwards through Z, {a.lookups} cross-checked "
+        f"lookups ({a.lookup_disagreements} Z/W disagreements), {a.retried} targets retried "
+        f"through a fresh Z, {a.z_failures} channels to Z failed",
+        f"hostile go-betweens ({rep.config.droppers:.0%}): {h.forged} receipts forged, "
+        f"{h.altered} altered, {h.substituted} from friends, {h.withheld} answers withheld, "
+        f"{h.lied} lies, {h.refused} refusals to relay; tampered receipts {h.tampered}, "
+        f"detected by senders {a.bad_receipts} ({caught})",
+    ]
+
+
 def format_report(rep: MailReport) -> str:
     lines = [*_header(rep), "", *_delivery(rep), ""]
     lat = [x / HOUR for x in rep.latencies()]
@@ -113,6 +129,8 @@ def format_report(rep: MailReport) -> str:
         f"repair: {st.pushed_objects} objects and {st.pushed_entries} entries pushed, "
         f"{st.handed_over} handovers; droppers signed {dr.receipts} receipts, dropped "
         f"{dr.objects} objects and {dr.entries} entries, lied {dr.lies} times")
+    if rep.anon is not None and rep.hostile is not None:
+        lines += _anonymity(rep)
     if rep.errors:
         lines.append("agent errors: " + ", ".join(f"{k} {v}" for k, v in sorted(
             rep.errors.items())))

@@ -34,9 +34,11 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from anonmail.anon.client import AnonStats
 from anonmail.errors import UserError
 from anonmail.experiments.mail.model import MailConfig, MailReport, prediction_for
-from anonmail.experiments.mail.workload import Workload, make_seats, plan, text
+from anonmail.experiments.mail.workload import Seat, Workload, make_seats, plan, text
+from anonmail.sim.anon_adversary import HostileStats
 from anonmail.sim.determinism import seed_scheduler
 from anonmail.sim.metrics import WireMeter, add_counts
 from anonmail.sim.scenario import Scenario, sim_params
@@ -83,11 +85,21 @@ async def run_async(config: MailConfig, tmp: Path, progress: Progress | None = N
                 net.drop_stats(), net.joined, net.left, work.errors, work.now(), wall1 - wall0,
                 time.perf_counter() - wall1,
                 s.world.stats.wire_bytes - bytes0 if config.encode else None,
-                s.world.stats.requests - requests0, work.swept)
+                s.world.stats.requests - requests0, work.swept,
+                anon=_anon_stats(seats) if config.anonymous else None,
+                hostile=net.hostile_stats if config.anonymous else None)
         finally:
             services.cancel_scope.cancel()
     net.close()
     return report
+
+
+def _anon_stats(seats: Sequence[Seat]) -> AnonStats:
+    total = AnonStats()
+    for st in seats:
+        if st.anon is not None:
+            add_counts(total, st.anon.stats)
+    return total
 
 
 def run(config: MailConfig, progress: Progress | None = None,
@@ -144,7 +156,28 @@ def merge(config: MailConfig, parts: Sequence[MailReport]) -> MailReport:
         max(p.virtual_seconds for p in parts), max(p.wall_build for p in parts),
         max(p.wall_run for p in parts),
         None if None in exact else sum(x or 0 for x in exact),
-        sum(p.world_requests for p in parts), sum(p.swept for p in parts), len(parts))
+        sum(p.world_requests for p in parts), sum(p.swept for p in parts), len(parts),
+        _sum_anon(parts), _sum_hostile(parts))
+
+
+def _sum_anon(parts: Sequence[MailReport]) -> AnonStats | None:
+    if all(p.anon is None for p in parts):
+        return None
+    total = AnonStats()
+    for p in parts:
+        if p.anon is not None:
+            add_counts(total, p.anon)
+    return total
+
+
+def _sum_hostile(parts: Sequence[MailReport]) -> HostileStats | None:
+    if all(p.hostile is None for p in parts):
+        return None
+    total = HostileStats()
+    for p in parts:
+        if p.hostile is not None:
+            add_counts(total, p.hostile)
+    return total
 
 
 def run_parallel(config: MailConfig, jobs: int, progress: Progress | None = None) -> MailReport:

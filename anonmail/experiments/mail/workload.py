@@ -25,16 +25,20 @@ from pathlib import Path
 
 import trio
 
+from anonmail.anon.client import AnonymousStore
+from anonmail.anon.gobetweens import GoBetweens
 from anonmail.dht.dht_node import DhtNode
 from anonmail.errors import UserError
 from anonmail.experiments.mail.model import Letter, MailConfig
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.send import SendFailed
 from anonmail.mail.user_agent import MailAgent
+from anonmail.net.base import Network
 from anonmail.records.certs import NodeCert
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario, make_key
 from anonmail.sim.storage import HOUR, StorageNetwork
+from anonmail.store.client import Lookup
 
 
 @dataclass(eq=False)
@@ -42,6 +46,7 @@ class Seat:
     """One user: a MailAgent on its own client connection, used one operation at a time."""
 
     agent: MailAgent
+    anon: AnonymousStore | None = None  # its go-betweens, in an anonymous run
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -74,9 +79,16 @@ async def make_seats(s: Scenario, net: StorageNetwork, config: MailConfig, tmp: 
         cnet = s.world.attach(NodeCert.issue(key, (), now, s.params))
         dht = DhtNode(cnet, key, s.params, s.clock, rng.fork(f"agent-dht-{i}"), s.contacts)
         ident = AddressIdentity.create_anon(f"user{i}", rng.fork(f"id-{i}"), now)
-        agent = MailAgent(ident, cnet, dht, tmp / f"user{i}", s.params, s.clock,
+        store: Network = cnet
+        lookup: Lookup = dht
+        anon = None
+        if config.anonymous:
+            anon = AnonymousStore(GoBetweens(cnet, dht, s.params, s.clock,
+                                             rng.fork(f"agent-anon-{i}")))
+            store = lookup = anon
+        agent = MailAgent(ident, store, lookup, tmp / f"user{i}", s.params, s.clock,
                           rng.fork(f"agent-{i}"))
-        seats.append(Seat(agent))
+        seats.append(Seat(agent, anon))
         introducer = net.pick(rng, net.honest_live())
         await dht.bootstrap(introducer.node.cert.endpoints, paths=1)
         await agent.publish_cert()
@@ -128,6 +140,9 @@ class Workload:
                     await seat.agent.send_composed(msg)
                 except SendFailed:
                     self.errors["send failed (retried)"] += 1
+                    continue
+                except UserError:  # no anonymous channel now (anon/gobetweens.py)
+                    self.errors["no channel (retried)"] += 1
                     continue
             letter.sent = self.now()
             break

@@ -1,0 +1,256 @@
+"""The relay role every node runs: circuits through it, and what it does at a circuit's end
+(DESIGN.md §7; seed 002 §4.1 X "asks ... to deliver this to Z", §4.2 Z stores for A).
+
+`RelayService` answers Open, Cell, Destroy and Locate (anon/messages.py):
+
+* Open: opens this hop's onion layer (anon/onion.py). With a next hop it draws a fresh circuit
+  id for the next link, passes the inner onion on and adds its layer to the confirmation; at
+  the end it confirms. The circuit is remembered under (previous hop, circuit id);
+* Cell: removes this hop's layer; a relay passes the rest to the next hop and adds its layer
+  to the answer; the end decodes the op and answers it (anon/anonymizer.py), padding its answer
+  as the request was padded;
+* Locate: "the node closest to this key", signed (asked of X directly, of Y through X).
+
+Budgets, so a relay cannot be used to amplify load: open circuits per node and per previous
+hop, cells and bytes per circuit (a Forward's fan-out counts as its request times its
+targets), one cell at a time per circuit, idle and total lifetimes, and lookups (a Locate or
+FindNodes costs this node a whole lookup) per minute per previous hop and in all.
+
+Whose fault: a bad Open or Cell *content* (a layer that does not open, an invalid next-hop
+certificate) is answered with a typed refusal, never a fault: the hop cannot tell the sender
+from a relay that passed it on, and charging the relay would let any sender get honest relays
+banned (threat T-FAULT-REFLECT). A schema error in the message itself stays the direct peer's
+fault (the transport counts it). A next hop that fails is `ErrorCode.UNREACHABLE`.
+
+Nothing here logs; `observe` (optional) gets a `Sighting` per event: what this node saw (ids,
+sizes, times), for the demo and the tests that check what each role could see.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from anonmail import crypto, wire
+from anonmail.anon import messages as am
+from anonmail.anon import onion
+from anonmail.anon.anonymizer import Anonymizer, Sighting
+from anonmail.clock import Clock
+from anonmail.errors import (
+    DecryptError,
+    ErrorCode,
+    Refusal,
+    Refused,
+    RemoteProtocolError,
+    TransportError,
+)
+from anonmail.net.base import Network, Peer
+from anonmail.records.certs import NodeCert
+from anonmail.records.params import NetworkParams
+from anonmail.rng import Rng
+from anonmail.store.client import Lookup
+
+RELAY_TIMEOUT = am.MAX_FORWARD_DELAY_MS / 1000 + 30.0  # a Forward may be held, then fan out
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    circuits: int = 1024  # open circuits on this node
+    circuits_per_peer: int = 64  # opened by one previous hop
+    cells_per_circuit: int = 256
+    bytes_per_circuit: int = 128 << 20  # in and out, a Forward's fan-out included
+    idle: float = 120.0  # seconds without a cell before a circuit is dropped
+    lifetime: float = 1800.0
+    # A Locate or FindNodes makes this node run a whole lookup (tens of requests): at most this
+    # many a minute for one previous hop, and for all of them together.
+    lookups_per_peer: int = 120
+    lookups: int = 600
+
+
+@dataclass(eq=False)
+class _Circuit:
+    prev: bytes
+    keys: onion.HopKeys
+    next: NodeCert | None
+    next_id: bytes | None
+    created: float
+    last: float
+    counter: int = 0
+    cells: int = 0
+    bytes: int = 0
+    busy: bool = False
+
+
+class RelayService:
+    """The relay and anonymizer roles of one node (module docstring)."""
+
+    requests = (am.Open, am.Cell, am.Destroy, am.Locate)
+
+    def __init__(self, net: Network, dht: Lookup, key: crypto.SigningKey, params: NetworkParams,
+                 clock: Clock, rng: Rng, *, limits: RelayLimits = RelayLimits(),
+                 observe: Callable[[Sighting], object] | None = None) -> None:
+        self.net = net
+        self.dht = dht
+        self.key = key
+        self.params = params
+        self.clock = clock
+        self.rng = rng
+        self.limits = limits
+        self.observe = observe
+        self.circuits: dict[tuple[bytes, bytes], _Circuit] = {}
+        self._lookups: dict[bytes, deque[float]] = {}
+        self.end = Anonymizer(net, dht, key, params, clock, self._saw)
+
+    def _saw(self, s: Sighting) -> None:
+        if self.observe is not None:
+            self.observe(s)
+
+    async def handle(self, peer: Peer, msg: Any) -> Any:
+        if isinstance(msg, am.Cell):
+            return await self._cell(peer, msg)
+        if isinstance(msg, am.Open):
+            return await self._open(peer, msg)
+        if isinstance(msg, am.Locate):
+            self._lookup_budget(peer.node_id)
+            self._saw(Sighting(self.clock.now(), "end", "Locate", peer.node_id, None,
+                               len(wire.encode(msg)), msg.key))
+            return await self.end.locate(msg.key)
+        assert isinstance(msg, am.Destroy)
+        return await self._destroy(peer, msg)
+
+    def _lookup_budget(self, prev: bytes) -> None:
+        """Charge one lookup to `prev` (and to everyone); QUOTA when a minute's budget is spent."""
+        now = self.clock.now()
+        mine = self._lookups.setdefault(prev, deque())
+        everyone = self._lookups.setdefault(b"", deque())
+        for q in (mine, everyone):
+            while q and now - q[0] > 60.0:
+                q.popleft()
+        if len(mine) >= self.limits.lookups_per_peer or len(everyone) >= self.limits.lookups:
+            raise Refusal("too many lookups asked", ErrorCode.QUOTA)
+        mine.append(now)
+        everyone.append(now)
+        if len(self._lookups) > 4 * self.limits.circuits:  # forget idle peers
+            for k in [k for k, q in self._lookups.items() if k and not q]:
+                del self._lookups[k]
+
+    # -- circuits ---------------------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        lim = self.limits
+        for k, c in list(self.circuits.items()):
+            if not c.busy and (now - c.last > lim.idle or now - c.created > lim.lifetime):
+                del self.circuits[k]
+
+    async def _open(self, peer: Peer, msg: am.Open) -> am.Opened:
+        now = self.clock.now()
+        self._expire(now)
+        ident = (peer.node_id, msg.circuit)
+        if ident in self.circuits:
+            raise Refusal("circuit id in use", ErrorCode.CONFLICT)
+        if len(self.circuits) >= self.limits.circuits or sum(
+                1 for (p, _) in self.circuits if p == peer.node_id) >= \
+                self.limits.circuits_per_peer:
+            raise Refusal("too many open circuits", ErrorCode.QUOTA)
+        try:
+            layer = onion.open_onion(self.key, msg.onion)
+            if layer.next is not None:
+                layer.next.verify(self.params, now)
+        except RemoteProtocolError:
+            raise Refusal("not an onion for this node", ErrorCode.DENIED) from None
+        keys = onion.HopKeys.from_session(layer.key)
+        self._saw(Sighting(now, "relay" if layer.next else "end", "open", peer.node_id,
+                           None if layer.next is None else layer.next.node_id,
+                           len(msg.onion)))
+        if layer.next is None:
+            box = onion.OPENED
+            next_id = None
+        else:
+            if layer.next.node_id in (peer.node_id, self.key_id):
+                raise Refusal("a circuit may not loop", ErrorCode.DENIED)
+            next_id = self.rng.bytes(am.CIRCUIT_ID_SIZE)
+            reply = await self._next(layer.next, am.Open(next_id, layer.inner))
+            if not isinstance(reply, am.Opened):
+                raise Refusal("next hop answered wrongly", ErrorCode.UNREACHABLE)
+            box = reply.box
+        self.circuits[ident] = _Circuit(peer.node_id, keys, layer.next, next_id, now, now)
+        return am.Opened(onion.seal_layer(keys.backward, onion.OPENED_COUNTER, box))
+
+    @property
+    def key_id(self) -> bytes:
+        return self.net.local_cert.node_id
+
+    async def _next(self, to: NodeCert, msg: Any) -> Any:
+        try:
+            return await self.net.request(to, msg, timeout=RELAY_TIMEOUT)
+        except (TransportError, RemoteProtocolError, Refused) as e:
+            raise Refusal("next hop did not answer", ErrorCode.UNREACHABLE) from e
+
+    async def _cell(self, peer: Peer, msg: am.Cell) -> am.CellReply:
+        now = self.clock.now()
+        self._expire(now)
+        ident = (peer.node_id, msg.circuit)
+        c = self.circuits.get(ident)
+        if c is None:
+            raise Refusal("no such circuit", ErrorCode.GONE)
+        if c.busy:
+            raise Refusal("one cell at a time", ErrorCode.QUOTA)
+        if c.cells >= self.limits.cells_per_circuit or \
+                c.bytes + len(msg.box) > self.limits.bytes_per_circuit:
+            del self.circuits[ident]
+            raise Refusal("circuit budget spent", ErrorCode.QUOTA)
+        n = c.counter
+        try:
+            data = onion.open_layer(c.keys.forward, n, msg.box)
+        except DecryptError:
+            del self.circuits[ident]  # out of step or altered: never used again
+            raise Refusal("cell failed authentication", ErrorCode.DENIED) from None
+        c.counter, c.cells, c.bytes, c.busy, c.last = n + 1, c.cells + 1, \
+            c.bytes + len(msg.box), True, now
+        try:
+            if c.next is not None:
+                assert c.next_id is not None
+                self._saw(Sighting(now, "relay", "cell", peer.node_id, c.next.node_id,
+                                   len(msg.box)))
+                reply = await self._next(c.next, am.Cell(c.next_id, data))
+                if not isinstance(reply, am.CellReply):
+                    raise Refusal("next hop answered wrongly", ErrorCode.UNREACHABLE)
+                out = reply.box
+            else:
+                out = await self._at_end(peer, c, data)
+        except BaseException:
+            self.circuits.pop(ident, None)
+            raise
+        c.busy, c.last = False, self.clock.now()
+        c.bytes += len(out)
+        return am.CellReply(onion.seal_layer(c.keys.backward, n, out))
+
+    async def _at_end(self, peer: Peer, c: _Circuit, data: bytes) -> bytes:
+        try:
+            body, padded = onion.unpad(data)
+            op = wire.decode_any(body, am.OPS, max_size=am.MAX_CELL)
+        except RemoteProtocolError:
+            raise Refusal("not an operation", ErrorCode.DENIED) from None
+        if isinstance(op, am.Locate | am.FindNodes):
+            self._lookup_budget(peer.node_id)
+        def spend(n: int) -> bool:
+            """Charge `n` bytes of fan-out to the circuit, if its budget has them."""
+            if c.bytes + n > self.limits.bytes_per_circuit:
+                return False
+            c.bytes += n
+            return True
+
+        answer = await self.end.answer(peer.node_id, op, len(data), spend, self.rng)
+        return onion.pad(wire.encode(answer), padded)
+
+    async def _destroy(self, peer: Peer, msg: am.Destroy) -> am.Destroyed:
+        c = self.circuits.pop((peer.node_id, msg.circuit), None)
+        if c is not None and c.next is not None and c.next_id is not None:
+            # best effort: the next hop's idle timer ends it anyway
+            with suppress(TransportError, RemoteProtocolError, Refused):
+                await self.net.request(c.next, am.Destroy(c.next_id))
+        return am.Destroyed()
+
