@@ -55,6 +55,7 @@ DENSITY_SAMPLES = 64  # own lookups remembered for the density test (anon/client
 POOL_SIZE = 16  # pre-found nodes for Y and middle relays
 POOL_MIN_AGE = 300.0  # seconds between finding a pool node and using it
 REFILL_PER_CHANNEL = 2
+UNUSABLE_Z = "Z was unusable (X itself, the other channel's end, or avoided)"
 
 
 class AnonUnavailable(UserError):
@@ -301,12 +302,18 @@ class GoBetweens:
     async def channel(self, exclude: Iterable[bytes] = ()) -> Circuit:
         """A circuit to a fresh, cross-checked Z not in `exclude` (module docstring)."""
         skip = set(exclude)
-        for _ in range(MAX_ATTEMPTS):
+        why: Counter[str] = Counter()
+        # A Z that is unusable here (X itself, the other channel's end: common in a network
+        # of a handful of nodes) costs a Locate, not a failure: it gets attempts of its own.
+        for _ in range(2 * MAX_ATTEMPTS):
+            if sum(why.values()) - why[UNUSABLE_Z] // 2 >= MAX_ATTEMPTS:
+                break
             self.stats.attempts += 1
             try:
                 x = await self.relay()
                 z = await self.locate_z(x)
                 if z.node_id in {self.me, x.node_id, *skip} or self.blame.avoid(z.node_id):
+                    why[UNUSABLE_Z] += 1
                     continue
                 hops = [x]
                 for _ in range(self.options.hops - 1):
@@ -314,6 +321,7 @@ class GoBetweens:
                 circuit = await Circuit.open(self.net, [*hops, z], self.rng,
                                              padded=self.options.padding)
             except ChannelError as e:
+                why[str(e)] += 1
                 self.stats.failures += 1
                 if e.at is not None:
                     self.blame.failures[e.at] += 1
@@ -321,13 +329,15 @@ class GoBetweens:
                         await self._guard_failed(e)
                 continue
             except Disagreement:
+                why["X and Y disagreed on Z"] += 1
                 continue
             self.stats.built += 1
             await self.refill(REFILL_PER_CHANNEL)
             return circuit
+        common = why.most_common(1)[0][0] if why else "no attempt"
         raise AnonUnavailable(
-            "could not build an anonymous channel (every attempt failed): try again later, "
-            "or send with --direct")
+            f"could not build an anonymous channel ({sum(why.values())} attempts, mostly: "
+            f"{common}): try again later, or send with --direct")
 
     def delay_ms(self) -> int:
         """A Forward's hold at Z: an exponential draw with mean `delay_mean` (capped)."""

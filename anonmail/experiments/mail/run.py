@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 import trio.testing
@@ -47,6 +48,7 @@ from anonmail.sim.storage_adversary import DropStats
 from anonmail.store.service import StoreStats
 
 Progress = Callable[[str], None]
+C = TypeVar("C", AnonStats, HostileStats)
 
 
 async def run_async(config: MailConfig, tmp: Path, progress: Progress | None = None) -> MailReport:
@@ -157,26 +159,17 @@ def merge(config: MailConfig, parts: Sequence[MailReport]) -> MailReport:
         max(p.wall_run for p in parts),
         None if None in exact else sum(x or 0 for x in exact),
         sum(p.world_requests for p in parts), sum(p.swept for p in parts), len(parts),
-        _sum_anon(parts), _sum_hostile(parts))
+        _sum_counts([p.anon for p in parts], AnonStats()),
+        _sum_counts([p.hostile for p in parts], HostileStats()))
 
 
-def _sum_anon(parts: Sequence[MailReport]) -> AnonStats | None:
-    if all(p.anon is None for p in parts):
+def _sum_counts(stats: Sequence[C | None], total: C) -> C | None:
+    """The field-by-field sum of the shards' counters (None when no shard had them)."""
+    if all(x is None for x in stats):
         return None
-    total = AnonStats()
-    for p in parts:
-        if p.anon is not None:
-            add_counts(total, p.anon)
-    return total
-
-
-def _sum_hostile(parts: Sequence[MailReport]) -> HostileStats | None:
-    if all(p.hostile is None for p in parts):
-        return None
-    total = HostileStats()
-    for p in parts:
-        if p.hostile is not None:
-            add_counts(total, p.hostile)
+    for x in stats:
+        if x is not None:
+            add_counts(total, x)
     return total
 
 
