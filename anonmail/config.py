@@ -1,7 +1,10 @@
 """The node's TOML configuration (an edge).
 
 Unknown keys and bad values are refused with one line naming the key and what is accepted, so a
-typo never silently falls back to a default. Example (what `anonmail node --init` writes):
+typo never silently falls back to a default. A missing `listen` reads as 0.0.0.0:7600, and
+`NodeConfig.listen_set` says so: `anonmail node` takes that default on a test network only, and
+refuses to start a main-network node until `listen` is set here or given with --listen.
+Example (what `anonmail node --init --listen ...` writes):
 
     [node]
     listen = "0.0.0.0:7600"        # where to accept connections
@@ -35,6 +38,7 @@ class NodeConfig:
     bootstrap: tuple[Endpoint, ...]
     params: NetworkParams
     trusted_cas: frozenset[bytes] = frozenset()
+    listen_set: bool = True  # False: no [node] listen in the file, `listen` is the default
 
 
 DEFAULT_PORT = 7600
@@ -42,13 +46,18 @@ _TESTNET_TUNABLES = {"puzzle_bits", "k", "alpha", "disjoint_paths", "replication
                      "rpc_timeout_ms", "refresh_interval"}
 
 
-def template(listen: str = f"0.0.0.0:{DEFAULT_PORT}", bootstrap: tuple[str, ...] = (),
+def template(listen: str | None = f"0.0.0.0:{DEFAULT_PORT}", bootstrap: tuple[str, ...] = (),
              network: str = "main", extra_network: dict[str, int] | None = None) -> str:
+    """A config.toml; `listen` None leaves the line commented out (a main-network node then
+    refuses to start until it is set)."""
     boot = ", ".join(f'"{b}"' for b in bootstrap)
+    listen_line = f'listen = "{listen}"' if listen is not None else \
+        f'# listen = "0.0.0.0:{DEFAULT_PORT}"  # required on the main network: where to accept ' \
+        "connections"
     lines = [
         "# anonmail node configuration",
         "[node]",
-        f'listen = "{listen}"',
+        listen_line,
         '# advertise = "203.0.113.7:7600"  # the public address others should dial',
         f"bootstrap = [{boot}]",
         "",
@@ -113,7 +122,8 @@ def parse(text: str, source: str = "config.toml") -> NodeConfig:
             raise UserError(f"{source}: [network] value out of range ({e})") from None
     else:
         raise UserError(f'{source}: network.name must be "main" or "test", not {name!r}')
-    return NodeConfig(listen, advertise, bootstrap, params, trusted_cas)
+    return NodeConfig(listen, advertise, bootstrap, params, trusted_cas,
+                      listen_set="listen" in node)
 
 
 def _ca_keys(value: Any, source: str) -> frozenset[bytes]:

@@ -2,8 +2,9 @@
 
 A Unix socket in the node's home directory, mode 0600 inside a 0700 directory, so only the user
 who runs the node can talk to it. One JSON object per line each way; requests are capped at
-64 KiB. Operations: `status`, `lookup` (key as 64 hex digits, optional k), `contacts`, `stop`.
-Used by `anonmail status` / `anonmail lookup` and by tests that drive real node processes.
+64 KiB. Operations: `status` (with the node's pid), `lookup` (key as 64 hex digits, optional k),
+`contacts`, `stop`. Used by `anonmail status` / `anonmail lookup`, by `anonmail node` to refuse
+starting a second node in the same home (`probe`), and by tests that drive real node processes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def _status(node: Node) -> dict[str, Any]:
         "contacts": len(node.dht.contacts()),
         "restored": node.restored,
         "network": node.params.network_id.decode(errors="replace"),
+        "pid": os.getpid(),
     }
 
 
@@ -87,6 +89,9 @@ async def serve_control(node: Node, path: Path, stop: trio.CancelScope, *,
     old_umask = os.umask(0o177)  # the socket file is born 0600
     try:
         await sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot create the control socket {path}: {e.strerror or e}") from None
     finally:
         os.umask(old_umask)
     sock.listen(16)
@@ -111,14 +116,37 @@ def call(path: Path, request: dict[str, Any], timeout: float = 120.0) -> dict[st
             s.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
             raise UserError(f"the node at {path.parent} is not running") from None
-        s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    reply: dict[str, Any] = json.loads(buf) if buf else {"ok": False, "error": "no answer"}
+        reply = _exchange(s, request)
     if not reply.get("ok"):
         raise UserError(f"node refused: {reply.get('error')}")
+    return reply
+
+
+def probe(path: Path, timeout: float = 5.0) -> dict[str, Any] | None:
+    """Whether a node serves the control socket `path`: None when nothing listens there (no
+    socket, or a stale one a killed node left), else its `status` reply, or {} when something
+    accepts the connection but gives no status (it is there all the same)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return None
+        try:
+            reply = _exchange(s, {"op": "status"})
+        except (OSError, ValueError):
+            return {}
+    return reply if reply.get("ok") else {}
+
+
+def _exchange(s: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
+    """One request line out, one reply line back, on a connected control socket."""
+    s.sendall(json.dumps(request).encode() + b"\n")
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    reply: dict[str, Any] = json.loads(buf) if buf else {"ok": False, "error": "no answer"}
     return reply

@@ -2,7 +2,9 @@
 
 The home directory is `--home`, else $ANONMAIL_HOME, else the platform's per-user data directory
 (XDG on Linux and BSD, Application Support on macOS, %APPDATA% on Windows). Everything secret in
-it is written 0600, and the directory itself 0700.
+it is written 0600, and the directory itself 0700. The control socket's path must fit in an
+AF_UNIX address (`sun_path`: 108 bytes on Linux, 104 on macOS and the BSDs, with the closing NUL),
+so a node refuses a home whose path is too long before it starts anything.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anonmail.errors import UserError
+
+CONTROL_PATH_MAX = 107 if sys.platform.startswith("linux") else 103  # bytes, without the NUL
 
 
 def default_home() -> Path:
@@ -56,6 +60,15 @@ class Home:
     @property
     def log(self) -> Path:
         return self.root / "node.log"
+
+    def check_control_path(self) -> None:
+        """Refuse a home whose control socket path does not fit in an AF_UNIX address (binding
+        it would fail only after the node had joined the network)."""
+        size = len(os.fsencode(self.control))
+        if size > CONTROL_PATH_MAX:
+            raise UserError(f"the home directory path is too long for the control socket "
+                            f"({size} bytes, limit {CONTROL_PATH_MAX}): use a shorter --home "
+                            "or ANONMAIL_HOME")
 
     def ensure(self) -> None:
         try:

@@ -65,15 +65,15 @@ def load_config(home: Home) -> NodeConfig:
         return config_mod.load(home.config)
     except OSError as e:  # a missing file is config.load's own clear error
         raise UserError(f"cannot read {home.config}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{home.config} is not UTF-8 text; fix it or delete it to start "
-                        "over") from None
+    except UnicodeDecodeError as e:  # nothing is written: the file stays as it is
+        raise UserError(f"{home.config} is not UTF-8 text (byte {e.start}): fix or recreate "
+                        "it") from None
 
 
-def new_config(listen: str, bootstrap: Sequence[str], testnet: bool,
+def new_config(listen: str | None, bootstrap: Sequence[str], testnet: bool,
                puzzle_bits: int | None) -> tuple[str, NodeConfig]:
     """The text of a config.toml for a new home, and what it says: validated, so that nothing
-    is written when an option is wrong."""
+    is written when an option is wrong. `listen` None: left unset (config.template)."""
     if puzzle_bits is not None and not testnet:
         raise UserError("--puzzle-bits is for test networks (add --testnet)")
     extra = {} if puzzle_bits is None else {"puzzle_bits": puzzle_bits}

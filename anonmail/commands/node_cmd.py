@@ -3,12 +3,19 @@
 The node key is `node.key` in the home directory, sealed under a passphrase (commands/common.py
 says where the passphrase comes from); `status` and `lookup` ask a running node through its
 control socket and need no passphrase.
+
+`anonmail node` refuses, with one line and before it binds, joins or writes anything, what would
+fail later or silently: a home whose control socket path is too long, a home whose node is
+already running, a main-network node with no explicit listen address, a node key whose id does
+not solve this network's puzzle (peers would refuse it). A busy port is one line too. SIGINT
+(Ctrl-C) and SIGTERM both stop the node cleanly: the routing table is saved, "node stopped".
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import signal
 import sys
@@ -32,12 +39,14 @@ from anonmail.commands.common import (
     new_config,
     passphrase,
 )
-from anonmail.control import call, serve_control
+from anonmail.control import call, probe, serve_control
 from anonmail.crypto import keyfile
 from anonmail.errors import UserError
 from anonmail.node.process import Node
 from anonmail.paths import Home
 from anonmail.records import ids
+from anonmail.records import params as params_mod
+from anonmail.records.certs import Endpoint
 from anonmail.rng import SystemRng
 
 NODE_KEY_PURPOSE = "node"
@@ -49,8 +58,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_home_option(p)
     p.add_argument("--init", action="store_true",
                    help="create the node key and config in --home, then exit")
-    p.add_argument("--listen", default=f"0.0.0.0:{config_mod.DEFAULT_PORT}",
-                   help="with --init: address:port to accept connections on")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="address:port to accept connections on (with --init: written to "
+                        "config.toml; else overrides its [node] listen). Required on the main "
+                        "network, here or in config.toml")
     p.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
                    help="with --init: a node to join through (repeatable)")
     p.add_argument("--testnet", action="store_true",
@@ -78,7 +89,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_init(args: argparse.Namespace, home: Home) -> int:
     if home.node_key.exists() or home.config.exists():
         raise UserError(f"{home.root} already holds a node; refusing to overwrite its identity")
-    text, cfg = new_config(args.listen, args.bootstrap, args.testnet, args.puzzle_bits)
+    # A test network may listen on the default; a main-network config without --listen leaves
+    # `listen` unset, and the node will not start until it is set.
+    listen = args.listen or (f"0.0.0.0:{config_mod.DEFAULT_PORT}" if args.testnet else None)
+    text, cfg = new_config(listen, args.bootstrap, args.testnet, args.puzzle_bits)
     secret = passphrase(args, f"{NODE_KEY} in {home.node_key}", new=True)
     home.ensure()
     key = ids.grind_node_key(cfg.params.puzzle_bits, SystemRng())
@@ -104,34 +118,113 @@ def open_node_key(args: argparse.Namespace, home: Home) -> crypto.SigningKey:
 
 def cmd_node(args: argparse.Namespace) -> int:
     home = home_of(args)
+    home.check_control_path()
     if args.init:
         return cmd_init(args, home)
+    refuse_if_running(home)
     cfg = load_config(home)
+    listen = listen_endpoint(args, cfg, home)
     key = open_node_key(args, home)
+    check_puzzle(key, cfg, home)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    node = Node(key, cfg.params, SystemClock(), SystemRng(), listen=cfg.listen,
+    node = Node(key, cfg.params, SystemClock(), SystemRng(), listen=listen,
                 advertise=cfg.advertise, bootstrap=cfg.bootstrap, contacts_file=home.contacts,
                 store_file=home.store, trusted_cas=cfg.trusted_cas)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
-        trio.run(_run_node, node, home)
+    failed: OSError | None = None
+    try:
+        # Ctrl-C before or after the node runs (signal receivers catch it while it runs).
+        with contextlib.suppress(KeyboardInterrupt):
+            failed = trio.run(_run_node, node, home, stop_signals())
+    except BaseExceptionGroup as group:  # trio wraps what a task raises
+        error = only_user_error(group)
+        if error is None:
+            raise
+        raise error from None
+    if failed is not None:
+        node.store_db.close()
+        raise cannot_listen(home, listen, failed)
     print("node stopped", flush=True)
     return 0
 
 
-async def _run_node(node: Node, home: Home) -> None:
-    with trio.CancelScope() as stop, trio.open_signal_receiver(signal.SIGTERM) as signals:
+def refuse_if_running(home: Home) -> None:
+    """One line if a node already serves this home's control socket (a second one would take
+    over its socket and share its files)."""
+    found = probe(home.control)
+    if found is None:
+        return
+    where = ", ".join(f"{k} {found[k]}" for k in ("pid", "endpoint") if k in found)
+    raise UserError(f"a node for this home is already running "
+                    f"({where or f'its control socket {home.control} answers'}); "
+                    "stop it or use another --home")
+
+
+def listen_endpoint(args: argparse.Namespace, cfg: config_mod.NodeConfig, home: Home) -> Endpoint:
+    """--listen, else config.toml's [node] listen; a main-network node needs one of them (the
+    default, every interface on port 7600, is for test networks only)."""
+    if args.listen is not None:
+        try:
+            return Endpoint.parse(args.listen)
+        except UserError as e:
+            raise UserError(f"--listen: {e}") from None
+    if not cfg.listen_set and cfg.params.network_id == params_mod.MAINNET.network_id:
+        raise UserError(f"a main-network node needs a listen address: set listen = "
+                        f'"HOST:PORT" under [node] in {home.config}, or pass --listen HOST:PORT')
+    return cfg.listen
+
+
+def check_puzzle(key: crypto.SigningKey, cfg: config_mod.NodeConfig, home: Home) -> None:
+    """Refuse a key whose node id does not solve the network's static puzzle: peers would
+    refuse the node in every handshake."""
+    solved, asked = ids.puzzle_bits_of_key(key.public), cfg.params.puzzle_bits
+    if solved < asked:
+        raise UserError(f"{home.node_key.name}'s id solves a {solved}-bit puzzle; this network "
+                        f"asks {asked} bits: run `anonmail node --init` in a new home")
+
+
+def cannot_listen(home: Home, listen: Endpoint, e: OSError) -> UserError:
+    """The line for a listen address the node could not bind."""
+    refuse_if_running(home)  # this home's own node may hold the port (it started meanwhile)
+    if e.errno == errno.EADDRINUSE:
+        return UserError(f"port {listen.port} is in use on {listen.host}: choose another "
+                         f"`listen` in {home.config} or --listen")
+    return UserError(f"cannot listen on {listen}: {e.strerror or e}; choose another `listen` "
+                     f"in {home.config} or --listen")
+
+
+def only_user_error(group: BaseExceptionGroup[BaseException]) -> UserError | None:
+    """The UserError a (nested) exception group holds when it holds nothing else."""
+    e: BaseException = group
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e if isinstance(e, UserError) else None
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM, and SIGINT (Ctrl-C) unless this process was started with SIGINT ignored (as a
+    shell starts a background job): both stop the node the same clean way."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        return (signal.SIGTERM,)
+    return (signal.SIGTERM, signal.SIGINT)
+
+
+async def _run_node(node: Node, home: Home, signals: tuple[signal.Signals, ...]) -> OSError | None:
+    """Run the node until a stop signal or the control socket's `stop`. Returns the error
+    binding the listen address failed with (nothing started then), else None."""
+    with trio.CancelScope() as stop, trio.open_signal_receiver(*signals) as received:
+        try:
+            await node.bind()
+        except OSError as e:  # returned, not raised: raised in the nursery it arrives wrapped
+            return e
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_signal, signals, stop)
-            try:
-                await nursery.start(node.run)
-            except OSError as e:
-                raise UserError(f"cannot listen on {node.listen}: {e.strerror}; "
-                                "choose another [node] listen in config.toml") from None
+            nursery.start_soon(_cancel_on_signal, received, stop)
+            await nursery.start(node.run)
             await nursery.start(serve_control, node, home.control, stop)
             print(f"anonmail node {node.node_id.hex()} listening on {node.endpoint} "
                   f"with {len(node.dht.contacts())} contacts", flush=True)
+    return None
 
 
 async def _cancel_on_signal(signals: AsyncIterator[int], stop: trio.CancelScope) -> None:
@@ -142,6 +235,7 @@ async def _cancel_on_signal(signals: AsyncIterator[int], stop: trio.CancelScope)
 
 def _ask(home: Home, request: dict[str, Any]) -> dict[str, Any]:
     """One request to the node running in `home`, over its control socket."""
+    home.check_control_path()
     try:
         return call(home.control, request)
     except OSError as e:  # no permission, a timeout, the node went away mid-answer

@@ -114,8 +114,15 @@ class Node:
         self.net.cert = NodeCert.issue(self.key, (self.advertise or self.endpoint,),
                                        self.clock.now(), self.params)
 
+    async def bind(self) -> Endpoint:
+        """Open the listening socket, unless done already (`run` calls this): a caller that
+        binds first can tell a busy port (OSError, nothing started) from later failures."""
+        if self.endpoint is None:
+            self.endpoint = await self.net.bind(self.listen.host, self.listen.port)
+        return self.endpoint
+
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-        self.endpoint = await self.net.bind(self.listen.host, self.listen.port)
+        await self.bind()
         self._issue_cert()
         self.restored = restored = self.restore_contacts()
         try:
