@@ -143,6 +143,7 @@ class AnonymousStore:
             return hit[1]
         for _ in range(MAX_ROUNDS):
             z, w = await self._end("z"), await self._end("w")
+            z = await self._end("z")  # still fresh after W was built (else a new one)
             found: dict[str, list[NodeCert]] = {}
 
             async def ask(which: str, circuit: Circuit,

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import trio
+
 from anonmail import wire
 from anonmail.anon import messages as am
 from anonmail.anon.circuit import ChannelError, Circuit
@@ -54,7 +56,9 @@ LOCATE_TIMEOUT = 60.0  # X looks the key up first: a lookup past dead contacts t
 DENSITY_SAMPLES = 64  # own lookups remembered for the density test (anon/client.py)
 POOL_SIZE = 16  # pre-found nodes for Y and middle relays
 POOL_MIN_AGE = 300.0  # seconds between finding a pool node and using it
+POOL_MAX_AGE = 86400.0  # older entries are dropped: their nodes may well have left
 REFILL_PER_CHANNEL = 2
+REFILL_BUDGET = 5.0  # seconds a channel build may spend refilling the pool
 UNUSABLE_Z = "Z was unusable (X itself, the other channel's end, or avoided)"
 
 
@@ -194,6 +198,7 @@ class GoBetweens:
         to a fresh random key (`stats.fresh`: the lookup that found it queried it just now)."""
         skip = {self.me, *exclude}
         now = self.clock.now()
+        self.pool = [(c, found) for c, found in self.pool if now - found <= POOL_MAX_AGE]
         ready = [i for i, (c, found) in enumerate(self.pool)
                  if now - found >= POOL_MIN_AGE and c.node_id not in skip and c.expires > now
                  and not self.blame.avoid(c.node_id)]
@@ -332,7 +337,10 @@ class GoBetweens:
                 why["X and Y disagreed on Z"] += 1
                 continue
             self.stats.built += 1
-            await self.refill(REFILL_PER_CHANNEL)
+            # A little for later channels, but never long: the circuit must carry its first
+            # cell before the hops' idle timers drop it (RelayLimits.idle).
+            with trio.move_on_after(REFILL_BUDGET):
+                await self.refill(REFILL_PER_CHANNEL)
             return circuit
         common = why.most_common(1)[0][0] if why else "no attempt"
         raise AnonUnavailable(

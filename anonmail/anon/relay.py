@@ -54,6 +54,10 @@ from anonmail.rng import Rng
 from anonmail.store.client import Lookup
 
 RELAY_TIMEOUT = am.MAX_FORWARD_DELAY_MS / 1000 + 30.0  # a Forward may be held, then fan out
+# An Open is answered at once by a live next hop; a dead one is reported UNREACHABLE well before
+# the sender gives up on the first hop (circuit.OPEN_TIMEOUT_PER_HOP x hops), so the sender
+# never blames a live relay for a dead node further on.
+OPEN_RELAY_TIMEOUT = 8.0
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,9 @@ class RelayService:
         return self.net.local_cert.node_id
 
     async def _next(self, to: NodeCert, msg: Any) -> Any:
+        timeout = OPEN_RELAY_TIMEOUT if isinstance(msg, am.Open) else RELAY_TIMEOUT
         try:
-            return await self.net.request(to, msg, timeout=RELAY_TIMEOUT)
+            return await self.net.request(to, msg, timeout=timeout)
         except (TransportError, RemoteProtocolError, Refused) as e:
             raise Refusal("next hop did not answer", ErrorCode.UNREACHABLE) from e
 
