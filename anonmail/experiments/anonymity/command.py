@@ -25,19 +25,10 @@ from anonmail.errors import UserError
 from anonmail.experiments.anonymity.model import STRATEGIES, AnonConfig
 from anonmail.experiments.anonymity.report import format_report
 from anonmail.experiments.anonymity.run import run_many
+from anonmail.experiments.args import fractions
 
 QUICK = {"nodes": 300, "senders": 100, "messages": 1_500, "history_senders": 50,
          "calibration": 600}
-
-
-def _fractions(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write fractions like 0.05,0.1,0.2") from None
-    if not values or not all(0.0 <= v < 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: fractions must be in [0, 1)")
-    return values
 
 
 def parse_options(text: str) -> tuple[str, AnonOptions]:
@@ -78,7 +69,7 @@ def register(subparsers: Any) -> None:
                    help=f"honest senders, each also a recipient (default {d.senders})")
     p.add_argument("--messages", type=int, default=None,
                    help=f"measured messages (default {d.messages})")
-    p.add_argument("--fractions", type=_fractions, default=d.fractions,
+    p.add_argument("--fractions", type=fractions, default=d.fractions,
                    help="hostile fractions f (default 0.05,0.1,0.2)")
     p.add_argument("--load", type=float, default=d.load,
                    help=f"network-wide anonymous messages per second (default {d.load:g})")

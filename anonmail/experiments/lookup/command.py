@@ -16,19 +16,10 @@ import time
 from typing import Any
 
 from anonmail.errors import UserError
+from anonmail.experiments.args import fractions
 from anonmail.experiments.lookup.model import Cell, ExperimentConfig
 from anonmail.experiments.lookup.report import format_report
 from anonmail.experiments.lookup.run import run
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write fractions like 0,0.1,0.2") from None
-    if not values or not all(0.0 <= v < 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: fractions must be in [0, 1)")
-    return values
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -57,7 +48,7 @@ def register(subparsers: Any) -> None:
                    help=f"bucket size and result size (default {defaults.k})")
     p.add_argument("--alpha", type=int, default=defaults.alpha,
                    help=f"requests in flight per path (default {defaults.alpha})")
-    p.add_argument("--hostile", type=_floats, default=defaults.hostile,
+    p.add_argument("--hostile", type=fractions, default=defaults.hostile,
                    help="hostile fractions m (default 0,0.1,0.2,0.3)")
     p.add_argument("--paths", type=_ints, default=defaults.paths,
                    help="disjoint path counts d (default 1,2,4,8)")
