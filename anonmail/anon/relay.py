@@ -29,7 +29,7 @@ sizes, times), for the demo and the tests that check what each role could see.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -113,17 +113,16 @@ class RelayService:
             self.observe(s)
 
     async def handle(self, peer: Peer, msg: Any) -> Any:
-        if isinstance(msg, am.Cell):
-            return await self._cell(peer, msg)
-        if isinstance(msg, am.Open):
-            return await self._open(peer, msg)
-        if isinstance(msg, am.Locate):
-            self._lookup_budget(peer.node_id)
-            self._saw(Sighting(self.clock.now(), "end", "Locate", peer.node_id, None,
-                               len(wire.encode(msg)), msg.key))
-            return await self.end.locate(msg.key)
-        assert isinstance(msg, am.Destroy)
-        return await self._destroy(peer, msg)
+        route: dict[type, Callable[[Peer, Any], Awaitable[Any]]] = {
+            am.Cell: self._cell, am.Open: self._open, am.Locate: self._locate,
+            am.Destroy: self._destroy}  # the types in `requests`
+        return await route[type(msg)](peer, msg)
+
+    async def _locate(self, peer: Peer, msg: am.Locate) -> am.Located:
+        self._lookup_budget(peer.node_id)
+        self._saw(Sighting(self.clock.now(), "end", "Locate", peer.node_id, None,
+                           len(wire.encode(msg)), msg.key))
+        return await self.end.locate(msg.key)
 
     def _lookup_budget(self, prev: bytes) -> None:
         """Charge one lookup to `prev` (and to everyone); QUOTA when a minute's budget is spent."""
