@@ -49,6 +49,14 @@ class ErrorCode(enum.IntEnum):
     EXPIRED = 16  # what the request carries has expired or expires now
     CLOCK_SKEW = 17  # a timestamp outside the allowed clock skew
     UNREACHABLE = 18  # a relay could not reach the next hop of a circuit (anon/relay.py)
+    # Permits (DESIGN.md §6, anonmail/permit/). Never faults: appends arrive through relays
+    # and by replication, so a bad permit is not the forwarding peer's doing.
+    NO_POLICY = 19  # this replica holds no inbox policy for the inbox: push it, then retry
+    PERMIT_REQUIRED = 20  # the inbox takes appends only with a permit token (or a stamp: open)
+    PERMIT_SPENT = 21  # the token was spent on another entry
+    PERMIT_REVOKED = 22  # the owner revoked the token
+    PERMIT_INVALID = 23  # the token is not the owner's, is for another inbox, or expired
+    STAMP_REQUIRED = 24  # a proof-of-work stamp at the policy's difficulty, for today, is needed
 
     @property
     def is_fault(self) -> bool:

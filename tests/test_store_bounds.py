@@ -140,6 +140,7 @@ ALLOWED_COLUMNS = {
     "entries": {"seq", "inbox", "entry_id", "entry", "proof", "expires", "size"},
     "acked": {"inbox", "entry_id", "expires"},
     "nonces": {"scope", "expires"},
+    "spent": {"inbox", "spend", "entry_id", "expires"},  # token ids: random keys, no sender
 }
 
 

@@ -114,11 +114,11 @@ def test_requests_inbox_belongs_to_the_same_owner(ctx: StoreContext) -> None:
 
 
 def test_append_policy_plugs_in(ctx: StoreContext) -> None:
-    seen: list[tuple[bytes, AppendProof | None, bytes]] = []
+    seen: list[tuple[bytes, AppendProof | None]] = []
 
-    def permits_only(inbox: bytes, entry: bytes, proof: AppendProof | None, peer: bytes,
+    def permits_only(inbox: bytes, entry: bytes, proof: AppendProof | None,
                      now: float) -> None:
-        seen.append((entry, proof, peer))
+        seen.append((entry, proof))
         if proof is None or proof.kind is not AppendProofKind.PERMIT:
             raise Denied("no permit")
 
@@ -127,7 +127,7 @@ def test_append_policy_plugs_in(ctx: StoreContext) -> None:
         handle_append(ctx, Append(INBOX, b"spam", 60, None), PEER, NOW)
     permit = AppendProof(AppendProofKind.PERMIT, b"signed permit")
     handle_append(ctx, Append(INBOX, b"mail", 60, permit), PEER, NOW)
-    assert seen[-1] == (b"mail", permit, PEER)
+    assert seen[-1] == (b"mail", permit)  # judged on the proof, never on the peer
     # The proof is kept with the entry, and replication re-judges it.
     rows = ctx.db.inbox_entries(INBOX, NOW)
     assert [wire.decode(r.proof, AppendProof) for r in rows if r.proof] == [permit]

@@ -62,6 +62,48 @@ def leading_zero_bits(data: bytes) -> int:
     return len(data) * 8 - n.bit_length()
 
 
+STAMP_NONCE_SIZE = 8
+
+
+def _stamp_state(tag: str, parts: tuple[bytes, ...]) -> hashlib.blake2b:
+    h = hashlib.blake2b(digest_size=HASH_SIZE)
+    h.update(_PREFIX)
+    h.update(_frame(tag.encode()))
+    for p in parts:
+        h.update(_frame(p))
+    return h
+
+
+def stamp_bits(tag: str, parts: tuple[bytes, ...], nonce: bytes) -> int:
+    """The work a proof-of-work stamp shows: leading zero bits of hash(tag, *parts, nonce).
+    One hash to check, whatever the difficulty (hashcash's asymmetry)."""
+    return leading_zero_bits(hash(tag, *parts, nonce))
+
+
+def mint_stamp(tag: str, parts: tuple[bytes, ...], bits: int, start: int = 0) -> bytes:
+    """A nonce whose `stamp_bits` is at least `bits`: about 2**bits hashes of work. `start`
+    is where the search begins (give a random one, so two minters do not race the same
+    nonces). The framed prefix is hashed once and copied per try, which keeps a try to about
+    0.4 microseconds of CPU."""
+    if not 0 <= bits <= 64:
+        raise LocalError("stamp difficulty must be 0..64 bits")
+    base = _stamp_state(tag, parts)
+    head = _frame(bytes(STAMP_NONCE_SIZE))[:8]  # the nonce's length prefix
+    limit = 1 << (8 * STAMP_NONCE_SIZE)
+    full, rest = divmod(bits, 8)
+    mask = (0xFF00 >> rest) & 0xFF
+    n = start % limit
+    while True:
+        nonce = n.to_bytes(STAMP_NONCE_SIZE, "big")
+        h = base.copy()
+        h.update(head)
+        h.update(nonce)
+        d = h.digest()
+        if not any(d[:full]) and not (rest and d[full] & mask):
+            return nonce
+        n = (n + 1) % limit
+
+
 def constant_time_eq(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 

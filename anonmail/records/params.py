@@ -31,6 +31,9 @@ class NetworkParams:
     refresh_interval: Annotated[int, Range(1, 86400)] = 3600  # bucket refresh (Kademlia: 1 h)
     max_frame: Annotated[int, Range(1024, 16 << 20)] = 1 << 20
     allow_private_endpoints: bool = False  # loopback/private endpoints in NodeCerts (testnets)
+    # The least proof of work an RTS (or an append to an open inbox) carries; an owner's inbox
+    # policy may ask more, never less (DESIGN.md §6). 19 bits: ~0.2 s of one core, p95 < 1 s.
+    stamp_bits: Annotated[int, Range(0, 40)] = 19
 
     @property
     def rpc_timeout(self) -> float:
@@ -45,6 +48,6 @@ MAINNET = NetworkParams(network_id=b"anonmail-main-v1")
 
 def testnet(**changes: object) -> NetworkParams:
     """Parameters for a local test network: cheap puzzle, loopback endpoints allowed."""
-    base = NetworkParams(network_id=b"anonmail-test-v1", puzzle_bits=4,
+    base = NetworkParams(network_id=b"anonmail-test-v1", puzzle_bits=4, stamp_bits=8,
                          allow_private_endpoints=True)
     return base.replace(**changes)

@@ -33,9 +33,11 @@ from anonmail.errors import LocalError
 from anonmail.store.errors import StorageFailure
 from anonmail.store.schema import (
     ACKED_OVERHEAD,
+    MIGRATIONS,
     NONCE_OVERHEAD,
     SCHEMA,
     SCHEMA_VERSION,
+    SPENT_OVERHEAD,
     EntryRow,
     Expired,
     ObjectRow,
@@ -90,6 +92,12 @@ class StoreDb:
                 c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
                 c.execute("INSERT INTO meta VALUES ('used_bytes', 0)")
         version = self._meta("schema_version")
+        while version < SCHEMA_VERSION and version in MIGRATIONS:
+            with self.transaction():  # each step whole or not at all
+                for stmt in statements(MIGRATIONS[version]):
+                    c.execute(stmt)
+                version += 1
+                c.execute("UPDATE meta SET value=? WHERE name='schema_version'", (version,))
         if version != SCHEMA_VERSION:
             raise StorageFailure(f"store database has schema version {version}; this program "
                                  f"knows version {SCHEMA_VERSION}")
@@ -159,7 +167,9 @@ class StoreDb:
         entries = c.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
         acked = c.execute("SELECT COUNT(*) FROM acked").fetchone()[0]
         nonces = c.execute("SELECT COUNT(*) FROM nonces").fetchone()[0]
-        return int(objects + entries + ACKED_OVERHEAD * acked + NONCE_OVERHEAD * nonces)
+        spent = c.execute("SELECT COUNT(*) FROM spent").fetchone()[0]
+        return int(objects + entries + ACKED_OVERHEAD * acked + NONCE_OVERHEAD * nonces
+                   + SPENT_OVERHEAD * spent)
 
     # -- objects ---------------------------------------------------------------------------------
 
@@ -330,6 +340,21 @@ class StoreDb:
         self._conn.execute("INSERT INTO nonces VALUES (?, ?)", (scope, expires))
         self._adjust(NONCE_OVERHEAD)
 
+    # -- spent one-time rights (permit tokens) ----------------------------------------------------
+
+    def spent_on(self, inbox: bytes, spend: bytes) -> bytes | None:
+        """The entry id a one-time right was spent on here, or None."""
+        row = self._conn.execute("SELECT entry_id FROM spent WHERE inbox=? AND spend=?",
+                                 (inbox, spend)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def add_spent(self, inbox: bytes, spend: bytes, eid: bytes, expires: int) -> None:
+        self._need_tx()
+        if self.spent_on(inbox, spend) is None:
+            self._conn.execute("INSERT INTO spent VALUES (?, ?, ?, ?)",
+                               (inbox, spend, eid, expires))
+            self._adjust(SPENT_OVERHEAD)
+
     # -- expiry ----------------------------------------------------------------------------------
 
     def expire(self, now: float) -> Expired:
@@ -346,5 +371,7 @@ class StoreDb:
             c.execute("DELETE FROM entries WHERE expires <= ?", (now,))
             acked = c.execute("DELETE FROM acked WHERE expires <= ?", (now,)).rowcount
             nonces = c.execute("DELETE FROM nonces WHERE expires <= ?", (now,)).rowcount
-            self._adjust(-int(freed[1]) - ACKED_OVERHEAD * acked - NONCE_OVERHEAD * nonces)
+            spent = c.execute("DELETE FROM spent WHERE expires <= ?", (now,)).rowcount
+            self._adjust(-int(freed[1]) - ACKED_OVERHEAD * acked - NONCE_OVERHEAD * nonces
+                         - SPENT_OVERHEAD * spent)
         return Expired(len(keys), int(freed[0]), acked, nonces)

@@ -32,13 +32,15 @@ Semantics and invariants:
 * every TTL is clamped to `limits.max_ttl`; sizes, per-inbox counts and bytes and the node's
   total bytes are bounded; exceeding a bound is `QuotaExceeded` (not a fault: store/errors.py).
 
-APPEND authorisation is pluggable: `AppendPolicy(inbox, entry, proof, peer_node_id, now)`
-raises `Denied` (an honest refusal) or `Invalid` (a fault) to refuse. The default,
-`accept_within_quotas`, accepts anything the quotas admit. The RTS/CTS permit check of
-DESIGN.md §6 plugs in here (the permit layer sits above the store and hands its policy to the
-StoreService). A policy must judge the proof alone, not the peer: entries arrive through relays
-(DESIGN.md §7) and by replication (`Replicate`, which re-runs the policy on the entry's original
-proof).
+APPEND authorisation is pluggable: `AppendPolicy(inbox, entry, proof, now)` raises `Denied` to
+refuse (an honest refusal: never a fault, because a policy judges the proof alone, not the peer:
+entries arrive through relays, DESIGN.md §7, and by replication, `Replicate`, which re-runs the
+policy on the entry's original proof) and otherwise returns an `Admission`: the one-time right the
+entry spends (a permit token; the store refuses it for any other entry and remembers it, in the
+entry's transaction, until it lapses) and tighter quotas (request inboxes). The default,
+`accept_within_quotas`, admits anything the quotas admit. The RTS/CTS permit gate of DESIGN.md §6
+(permit/gate.py) plugs in here, with the rule that checks POLICY objects (`record_rules`): the
+store holds policies like certificates, versioned, but cannot read them itself.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from anonmail.store.messages import (
     MAX_BLOB,
     MAX_ENTRY,
     MAX_PAGE,
+    VERSIONED,
     Ack,
     Acked,
     Append,
@@ -93,12 +96,34 @@ from anonmail.store.messages import (
 DAY = 86400
 MAX_PROBE_TOTAL = 4096  # entry ids across one Probe's items (bounds the handler's work)
 
-AppendPolicy = Callable[[bytes, bytes, AppendProof | None, bytes, float], None]
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What an append policy grants one entry (see the module docstring)."""
+
+    spend: bytes | None = None  # a one-time right the entry uses; None: nothing is spent
+    spend_until: int = 0  # remember the spent right until then (its lapse)
+    entries: int | None = None  # a tighter per-inbox entry quota for this inbox
+    bytes: int | None = None  # a tighter per-inbox byte quota
+    max_ttl: int | None = None  # a shorter longest TTL
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFacts:
+    """What a verified record (CERT, POLICY) says about itself: its version (a later one
+    replaces a held one) and when it stops being valid."""
+
+    version: int
+    expires: int
+
+
+AppendPolicy = Callable[[bytes, bytes, AppendProof | None, float], Admission | None]
+RecordRule = Callable[[bytes, bytes, float], RecordFacts]  # (key, blob, now); raises to refuse
 
 
 def accept_within_quotas(inbox: bytes, entry: bytes, proof: AppendProof | None,
-                         peer_node_id: bytes, now: float) -> None:
-    """The default append policy: anything the quotas admit (until permits, DESIGN.md §6)."""
+                         now: float) -> Admission | None:
+    """The default append policy: anything the quotas admit (a node without the permit gate)."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +149,7 @@ class StoreContext:
     trusted_cas: frozenset[bytes] = frozenset()
     limits: StoreLimits = field(default_factory=StoreLimits)
     append_policy: AppendPolicy = accept_within_quotas
+    record_rules: dict[ObjectKind, RecordRule] = field(default_factory=dict)
     node_id: bytes = b""
 
     def __post_init__(self) -> None:
@@ -135,14 +161,14 @@ def _check_room(ctx: StoreContext, delta: int) -> None:
         raise QuotaExceeded("quota: node storage full")
 
 
-def _expires(ctx: StoreContext, ttl: int, now: float) -> int:
-    return int(now) + min(ttl, ctx.limits.max_ttl)
+def _expires(ctx: StoreContext, ttl: int, now: float, cap: int | None = None) -> int:
+    return int(now) + min(ttl, ctx.limits.max_ttl, ctx.limits.max_ttl if cap is None else cap)
 
 
 # -- STORE / FETCH / DELETE -----------------------------------------------------------------------
 
 
-def _check_cert(ctx: StoreContext, req: Store, now: float) -> AddressCert:
+def _check_cert(ctx: StoreContext, req: Store, now: float) -> RecordFacts:
     try:
         cert = wire.decode(req.blob, AddressCert, max_size=MAX_BLOB)
     except RemoteProtocolError as e:
@@ -153,7 +179,17 @@ def _check_cert(ctx: StoreContext, req: Store, now: float) -> AddressCert:
         cert.verify(ctx.trusted_cas, now, ctx.params.clock_skew)
     except RemoteProtocolError as e:
         raise Invalid(f"certificate refused: {e}") from e
-    return cert
+    return RecordFacts(cert.issued, cert.expires)
+
+
+def _check_record(ctx: StoreContext, req: Store, now: float) -> RecordFacts:
+    """Verify a CERT (here) or another versioned kind (by its plugged-in rule)."""
+    if req.kind is ObjectKind.CERT:
+        return _check_cert(ctx, req, now)
+    rule = ctx.record_rules.get(req.kind)
+    if rule is None:
+        raise Denied("this node keeps no records of this kind", ErrorCode.DENIED)
+    return rule(req.key, req.blob, now)
 
 
 def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
@@ -164,19 +200,19 @@ def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
     if len(hashes) > lim.max_delete_hashes:
         raise QuotaExceeded("quota: too many delete hashes")
     expires = _expires(ctx, req.ttl, now)
-    cert_issued: int | None = None
+    version: int | None = None
     if req.kind is ObjectKind.FRAGMENT:
         if ids.fragment_key(req.blob) != req.key:
             raise Invalid("fragment does not match its content address")
-    elif req.kind is ObjectKind.CERT:
-        cert = _check_cert(ctx, req, now)
-        cert_issued = cert.issued
-        expires = min(expires, cert.expires)
+    elif req.kind in VERSIONED:
+        facts = _check_record(ctx, req, now)
+        version = facts.version
+        expires = min(expires, facts.expires)
         if expires <= now:
-            raise Denied("certificate expires now", ErrorCode.EXPIRED)
+            raise Denied("record expires now", ErrorCode.EXPIRED)
     digest = blob_digest(req.blob)
     removed: set[bytes]
-    fresh = ObjectRow(req.key, int(req.kind), req.blob, digest, expires, cert_issued,
+    fresh = ObjectRow(req.key, int(req.kind), req.blob, digest, expires, version,
                       bool(hashes), now)
 
     old = db.get_object(req.key)
@@ -186,14 +222,16 @@ def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
     if old is None:
         pass
     elif old.kind != req.kind:
-        raise Denied("this key holds another kind of object", ErrorCode.CONFLICT)
-    elif req.kind is ObjectKind.CERT and (old.cert_issued or 0) < (cert_issued or 0):
-        pass  # a renewed certificate replaces the old one, with the new delete hashes
+        if not (req.kind in VERSIONED and old.kind not in VERSIONED):
+            raise Denied("this key holds another kind of object", ErrorCode.CONFLICT)
+        # else: a verified record evicts an opaque squatter of its key (VERSIONED)
+    elif req.kind in VERSIONED and (old.cert_issued or 0) < (version or 0):
+        pass  # a renewed certificate or policy replaces the old one, with its delete hashes
     elif old.blob is None:
         raise Denied("object was deleted", ErrorCode.GONE)
     elif old.digest != digest:
-        if req.kind is ObjectKind.CERT:
-            raise Denied("a certificate as new or newer is held", ErrorCode.CONFLICT)
+        if req.kind in VERSIONED:
+            raise Denied("a record as new or newer is held", ErrorCode.CONFLICT)
         raise Denied("another object is stored under this key", ErrorCode.CONFLICT)
     else:
         live, removed = db.get_hashes(req.key)
@@ -247,15 +285,25 @@ def handle_delete(ctx: StoreContext, req: Delete, now: float) -> Deleted | NotFo
 # -- APPEND / READ / ACK --------------------------------------------------------------------------
 
 
-def _inbox_room(ctx: StoreContext, inbox: bytes, now: float, count: int, size: int) -> None:
+def _inbox_room(ctx: StoreContext, inbox: bytes, now: float, count: int, size: int,
+                adm: Admission) -> None:
     """Raise QuotaExceeded unless the inbox and the node have room for `count` more entries of
-    `size` accounted bytes in total."""
+    `size` accounted bytes in total (the admission may set tighter inbox quotas)."""
     held, used = ctx.db.inbox_usage(inbox, now)
-    if held + count > ctx.limits.inbox_entries:
+    lim = ctx.limits
+    if held + count > min(lim.inbox_entries, adm.entries or lim.inbox_entries):
         raise QuotaExceeded("quota: inbox full (entries)", ErrorCode.INBOX_FULL)
-    if used + size > ctx.limits.inbox_bytes:
+    if used + size > min(lim.inbox_bytes, adm.bytes or lim.inbox_bytes):
         raise QuotaExceeded("quota: inbox full (bytes)", ErrorCode.INBOX_FULL)
     _check_room(ctx, size)
+
+
+def _check_spend(db: StoreDb, inbox: bytes, eid: bytes, adm: Admission) -> None:
+    """A one-time right may name one entry only (a repeat of that entry is not a second use)."""
+    if adm.spend is not None:
+        prior = db.spent_on(inbox, adm.spend)
+        if prior is not None and prior != eid:
+            raise Denied("permit token already spent", ErrorCode.PERMIT_SPENT)
 
 
 def handle_append(ctx: StoreContext, req: Append, peer_node_id: bytes, now: float) -> Appended:
@@ -265,17 +313,20 @@ def handle_append(ctx: StoreContext, req: Append, peer_node_id: bytes, now: floa
     eid = entry_id(req.entry)
     if db.is_acked(req.inbox, eid):
         raise Denied("entry already acknowledged by the owner", ErrorCode.GONE)
-    expires = _expires(ctx, req.ttl, now)
+    adm = ctx.append_policy(req.inbox, req.entry, req.proof, now) or Admission()
+    _check_spend(db, req.inbox, eid, adm)
+    expires = _expires(ctx, req.ttl, now, adm.max_ttl)
     held = db.has_entry(req.inbox, eid)
     proof = None if req.proof is None else wire.encode(req.proof)
     if held is None:
-        _inbox_room(ctx, req.inbox, now, 1, entry_size(req.entry, proof))
-    ctx.append_policy(req.inbox, req.entry, req.proof, peer_node_id, now)
+        _inbox_room(ctx, req.inbox, now, 1, entry_size(req.entry, proof), adm)
     with db.transaction():
         if held is None:
             db.add_entry(req.inbox, eid, req.entry, proof, expires)
         else:
             db.extend_entry(req.inbox, eid, expires)
+        if adm.spend is not None:
+            db.add_spent(req.inbox, adm.spend, eid, max(adm.spend_until, expires))
     receipt = Receipt.issue(ctx.key, StoreOp.APPEND, req.inbox, eid,
                             expires if held is None else max(held, expires), now)
     return Appended(receipt)
@@ -323,8 +374,8 @@ def handle_probe(ctx: StoreContext, req: Probe, now: float) -> Needs:
             row = db.get_object(item.key)
             if row is None or row.expires <= now:
                 want: tuple[bytes, ...] = item.ids
-            elif row.blob is not None and row.kind == ObjectKind.CERT:
-                # Maybe a newer certificate: STORE decides, by `issued`.
+            elif row.blob is not None and row.kind in VERSIONED:
+                # Maybe a newer certificate or policy: STORE decides, by version.
                 want = () if row.digest == item.ids[0] else item.ids
             else:
                 want = ()  # held, a tombstone, or a conflicting blob: nothing to push
@@ -342,32 +393,42 @@ def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
     (quota, then the append policy on its original proof); one refused entry does not spoil
     the batch, a full inbox ends it."""
     db = ctx.db
-    take: list[tuple[bytes, bytes, bytes | None, int]] = []
+    take: list[tuple[bytes, bytes, bytes | None, int, Admission]] = []
     seen: set[bytes] = set()
+    spends: set[bytes] = set()
     count = size = 0
     for item in req.entries:
         eid = entry_id(item.entry)
         if (eid in seen or len(item.entry) > ctx.limits.max_entry
                 or db.has_entry(req.inbox, eid) is not None or db.is_acked(req.inbox, eid)):
             continue
+        try:
+            adm = ctx.append_policy(req.inbox, item.entry, item.proof, now) or Admission()
+            # A token spent here on another entry (a sender that spent it once per replica):
+            # the second entry stays out, so each replica holds one entry per token.
+            _check_spend(db, req.inbox, eid, adm)
+        except (Refusal, RemoteProtocolError):
+            continue  # e.g. a permit revoked since: that entry stays out
+        if adm.spend is not None and adm.spend in spends:
+            continue
         proof = None if item.proof is None else wire.encode(item.proof)
         esize = entry_size(item.entry, proof)
         try:
-            _inbox_room(ctx, req.inbox, now, count + 1, size + esize)
+            _inbox_room(ctx, req.inbox, now, count + 1, size + esize, adm)
         except QuotaExceeded:
             break
-        try:
-            ctx.append_policy(req.inbox, item.entry, item.proof, peer_node_id, now)
-        except (Refusal, RemoteProtocolError):
-            continue  # e.g. a permit revoked since: that entry stays out
         seen.add(eid)
+        if adm.spend is not None:
+            spends.add(adm.spend)
         count += 1
         size += esize
-        take.append((eid, item.entry, proof, _expires(ctx, item.ttl, now)))
+        take.append((eid, item.entry, proof, _expires(ctx, item.ttl, now, adm.max_ttl), adm))
     if take:
         with db.transaction():
-            for eid, entry, proof, expires in take:
+            for eid, entry, proof, expires, adm in take:
                 db.add_entry(req.inbox, eid, entry, proof, expires)
+                if adm.spend is not None:
+                    db.add_spent(req.inbox, adm.spend, eid, max(adm.spend_until, expires))
     return Replicated(len(take))
 
 

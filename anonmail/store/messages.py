@@ -79,6 +79,14 @@ class ObjectKind(enum.IntEnum):
     BODY = 1  # key = H("body", message id); opaque to the node. Fragment descriptors are BODYs.
     FRAGMENT = 2  # key = H("fragment", blob): content-addressed, checked by the node
     CERT = 3  # blob = an encoded AddressCert, key = H("cert", its address): checked by the node
+    POLICY = 4  # blob = an owner-signed InboxPolicy (permit/records.py) under its inbox key or
+    #             request-inbox key: checked by the node through the permit layer's rule
+
+
+# Kinds whose blob the node verifies and versions: a later version replaces the held one, and
+# they win a key from an opaque kind (a BODY someone stored under H("cert", a) or an inbox key
+# squats it; no honest opaque object can have such a key).
+VERSIONED = frozenset({ObjectKind.CERT, ObjectKind.POLICY})
 
 
 class AppendProofKind(enum.IntEnum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Accounted bytes beyond the payload: rows, index entries and keys are not free, and without a
 # per-row charge a flood of tiny objects would be unbounded in everything but bytes.
@@ -20,6 +20,7 @@ HASH_OVERHEAD = 48
 ENTRY_OVERHEAD = 128
 ACKED_OVERHEAD = 64
 NONCE_OVERHEAD = 64
+SPENT_OVERHEAD = 96
 
 SCHEMA = """
 CREATE TABLE meta (
@@ -32,7 +33,7 @@ CREATE TABLE objects (
     blob BLOB,                    -- NULL: deleted, a tombstone until `expires`
     digest BLOB NOT NULL,         -- messages.blob_digest(blob)
     expires INTEGER NOT NULL,
-    cert_issued INTEGER,          -- CERT: the held certificate's `issued`
+    cert_issued INTEGER,          -- CERT: the certificate's `issued`; POLICY: its version
     deletable INTEGER NOT NULL,   -- 0: stored without delete hashes, only its TTL removes it
     touched REAL NOT NULL,        -- last STORE of it (republish skips recently pushed keys)
     size INTEGER NOT NULL         -- accounted bytes (payload + overheads)
@@ -68,6 +69,23 @@ CREATE TABLE nonces (
 ) WITHOUT ROWID;
 CREATE INDEX nonces_expires ON nonces (expires);
 """
+
+# Version 2 (permits, DESIGN.md §6): the one-time rights spent on entries, kept until they lapse,
+# so a token is spent once per replica even after its entry is ACKed.
+SPENT = """
+CREATE TABLE spent (
+    inbox BLOB NOT NULL,
+    spend BLOB NOT NULL,          -- a one-time right the append policy named (a token id)
+    entry_id BLOB NOT NULL,       -- the one entry it was spent on
+    expires INTEGER NOT NULL,     -- when the right lapses anyway
+    PRIMARY KEY (inbox, spend)
+) WITHOUT ROWID;
+CREATE INDEX spent_expires ON spent (expires);
+"""
+SCHEMA += SPENT
+
+# What turns a database of version v into version v + 1 (applied in order at open).
+MIGRATIONS: dict[int, str] = {1: SPENT}
 
 
 def statements(script: str) -> list[str]:

@@ -56,6 +56,7 @@ from anonmail.store.client import Lookup, check_receipt, closest
 from anonmail.store.db import EntryRow, Expired, StoreDb
 from anonmail.store.handlers import (
     AppendPolicy,
+    RecordRule,
     StoreContext,
     StoreLimits,
     accept_within_quotas,
@@ -67,6 +68,7 @@ from anonmail.store.messages import (
     MAX_PROBE_IDS,
     MAX_REPLICATE,
     REQUESTS,
+    VERSIONED,
     AppendProof,
     Fetch,
     Fetched,
@@ -110,6 +112,7 @@ class StoreService:
                  trusted_cas: frozenset[bytes] = frozenset(),
                  limits: StoreLimits | None = None,
                  append_policy: AppendPolicy = accept_within_quotas,
+                 record_rules: dict[ObjectKind, RecordRule] | None = None,
                  gc_interval: float = 600.0, republish_interval: float = 3600.0,
                  republish_parallel: int = 8, offload: bool = False) -> None:
         self.net = net
@@ -119,7 +122,8 @@ class StoreService:
         self.rng = rng
         self.db = db
         self.ctx = StoreContext(db, key, params, trusted_cas,
-                                limits if limits is not None else StoreLimits(), append_policy)
+                                limits if limits is not None else StoreLimits(), append_policy,
+                                dict(record_rules or {}))
         self.node_id = ids.node_id(key.public)
         self.gc_interval = gc_interval
         self.republish_interval = republish_interval
@@ -238,8 +242,8 @@ class StoreService:
                 reply = await self._request(target, Store(key, ObjectKind(row.kind), blob, ttl,
                                                           tuple(chunk)))
                 if not isinstance(reply, Stored):
-                    if row.kind == ObjectKind.CERT:
-                        await self._pull_cert(target, key)
+                    if row.kind in VERSIONED:
+                        await self._pull_newer(target, key, ObjectKind(row.kind))
                     return False
                 try:
                     check_receipt(reply.receipt, target, StoreOp.STORE, key, row.digest)
@@ -258,18 +262,19 @@ class StoreService:
             if await self._db(drop):
                 self.stats.handed_over += 1
 
-    async def _pull_cert(self, target: NodeCert, key: bytes) -> None:
-        """`target` refused our certificate: maybe it holds a newer one. Take that (STORE's
-        own checks decide: valid, same address, later `issued`), so replicas converge on the
-        newest certificate (seed 002 §2.4)."""
+    async def _pull_newer(self, target: NodeCert, key: bytes, kind: ObjectKind) -> None:
+        """`target` refused our certificate (or inbox policy): maybe it holds a newer one. Take
+        that (STORE's own checks decide: valid, same owner, later version), so replicas
+        converge on the newest certificate (seed 002 §2.4) and the newest policy, with its
+        revocations (DESIGN.md §6)."""
         reply = await self._request(target, Fetch(key))
-        if not isinstance(reply, Fetched) or reply.kind is not ObjectKind.CERT:
+        if not isinstance(reply, Fetched) or reply.kind is not kind:
             return
         now = self.clock.now()
         row = await self._db(self.db.get_object, key)
         if row is None or row.expires <= now:
             return
-        store = Store(key, ObjectKind.CERT, reply.blob, max(1, row.expires - int(now)), ())
+        store = Store(key, kind, reply.blob, max(1, row.expires - int(now)), ())
         try:
             await self._db(handle_store, self.ctx, store, now)
         except (Refusal, RemoteProtocolError):
