@@ -8,6 +8,7 @@ request (what a storage node, an inbox node, X or Z can see of its peers).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from anonmail.anon.client import AnonymousStore
 from anonmail.anon.gobetweens import GoBetweens
 from anonmail.anon.options import AnonOptions
 from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.permits import introduce
 from anonmail.mail.user_agent import MailAgent
 from anonmail.net.base import Peer
 
@@ -30,10 +32,14 @@ def anonymous_store(sim: Sim, i: int, name: str,
 
 
 def anon_agent(sim: Sim, i: int, identity: AddressIdentity, name: str,
-               options: AnonOptions | None = None) -> tuple[MailAgent, AnonymousStore]:
+               options: AnonOptions | None = None,
+               knows: Sequence[MailAgent] = ()) -> tuple[MailAgent, AnonymousStore]:
+    """An anonymous agent; `knows`: agents it starts as contacts of (as after RTS/CTS)."""
     store = anonymous_store(sim, i, name, options)
     agent = MailAgent(identity, store, store, sim.tmp / name, sim.s.params, sim.s.clock,
                       sim.s.rng.fork(f"agent-{name}"), trusted_cas=TRUSTED)
+    for other in knows:
+        introduce(agent.permits, other.permits)
     return agent, store
 
 

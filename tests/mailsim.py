@@ -21,6 +21,7 @@ from storegrid import R, StoreGrid, serving_grid
 
 from anonmail import crypto
 from anonmail.mail.identity import AddressIdentity, new_keys
+from anonmail.mail.permits import introduce
 from anonmail.mail.user_agent import MailAgent
 from anonmail.records import ids
 from anonmail.records.certs import CertificateAuthority
@@ -82,6 +83,11 @@ async def people_in(sim: Sim, replicas: int, *names: str) -> list[MailAgent]:
         agent = sim.agent(i, ident, name)
         assert len(await agent.publish_cert()) == replicas
         out.append(agent)
+    # Mail tests are about mail: everyone starts as everyone's contact (as after RTS/CTS;
+    # tests/test_permit_flow.py is about asking).
+    for i, a in enumerate(out):
+        for b in out[i + 1:]:
+            introduce(a.permits, b.permits)
     return out
 
 

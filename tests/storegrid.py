@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from anonmail.anon.relay import RelayService
+from anonmail.permit.gate import gated_store
 from anonmail.records import ids
 from anonmail.sim.scenario import Scenario, SimNode
 from anonmail.store.db import StoreDb
@@ -41,16 +42,17 @@ class StoreGrid:
 
 
 @asynccontextmanager
-async def serving_grid(n: int, seed: int, trusted_cas: frozenset[bytes]
+async def serving_grid(n: int, seed: int, trusted_cas: frozenset[bytes], *, permits: bool = True
                        ) -> AsyncIterator[tuple[Scenario, dict[bytes, StoreService]]]:
     """`n` nodes (sim/scenario.py, oracle-filled routing tables, every message encoded and
     decoded), each serving a StoreService on an in-memory database and the relay role
-    (anon/relay.py); the databases are closed on exit."""
+    (anon/relay.py); the databases are closed on exit. `permits`: behind the permit gate, as
+    every real node (False: the bare store, for tests of the storage primitives themselves)."""
     s = Scenario(n, seed=seed, encode=True)
     await s.build("oracle")
-    svc = {x.node_id: StoreService(x.net, x.dht, x.key, s.params, s.clock,
-                                   s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
-                                   trusted_cas=trusted_cas)
+    make = gated_store if permits else StoreService
+    svc = {x.node_id: make(x.net, x.dht, x.key, s.params, s.clock, s.rng.fork(f"store-{i}"),
+                           StoreDb(":memory:"), trusted_cas=trusted_cas)
            for i, x in enumerate(s.nodes)}
     for i, x in enumerate(s.nodes):
         x.services.add(svc[x.node_id])

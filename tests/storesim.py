@@ -47,5 +47,6 @@ class Sim(StoreGrid):
 async def sim_fixture() -> AsyncIterator[Sim]:
     """Tests take `autojump_clock` themselves: pytest-trio picks the clock from the test's own
     arguments only."""
-    async with serving_grid(N, 7, frozenset({CA.public})) as (s, svc):
+    # The storage primitives themselves: no permit gate (tests/test_permit_*.py test that).
+    async with serving_grid(N, 7, frozenset({CA.public}), permits=False) as (s, svc):
         yield Sim(s, svc)

@@ -47,7 +47,8 @@ async def test_every_tampered_receipt_is_caught_and_every_message_arrives(
     with trio.fail_after(TIMEOUT):
         (bob,) = await people(sim, "bob")
         hostile = make_hostile(sim, range(200, 300))  # a third of the nodes
-        alice, store = anon_agent(sim, 5, anon("alice", sim.s.clock.now()), "alice")
+        alice, store = anon_agent(sim, 5, anon("alice", sim.s.clock.now()), "alice",
+                                  knows=(bob,))
         sent = []
         for i in range(16):
             await trio.sleep(120)  # past a circuit's reuse window: fresh Z and W each time
@@ -90,7 +91,8 @@ async def test_x_and_y_agreeing_on_a_bogus_z_still_cannot_fake_storage(
         # agree on a coalition Z, which forges every receipt
         make_hostile(sim, [i for i in range(300) if i not in (0, 5)],
                      Misdeed.LIE | Misdeed.FORGE)
-        alice, store = anon_agent(sim, 5, anon("alice", sim.s.clock.now()), "alice")
+        alice, store = anon_agent(sim, 5, anon("alice", sim.s.clock.now()), "alice",
+                                  knows=(bob,))
         with pytest.raises(Exception) as e:
             await alice.send([bob.address], subject="s", body="b")
         assert "kept in your Outbox" in str(e.value) or "try again" in str(e.value)
@@ -104,7 +106,8 @@ async def test_refusing_relays_are_avoided_and_the_mail_goes_through(
     with trio.fail_after(TIMEOUT):
         (bob,) = await people(sim, "bob")
         hostile = make_hostile(sim, range(150, 300), Misdeed.REFUSE)  # half refuse
-        alice, store = anon_agent(sim, 5, anon("alice", sim.s.clock.now()), "alice")
+        alice, store = anon_agent(sim, 5, anon("alice", sim.s.clock.now()), "alice",
+                                  knows=(bob,))
         refuser = sim.node(150).cert
         store.gb.guard = Guard(refuser, sim.s.clock.now())  # start with a refusing guard
         for i in range(5):

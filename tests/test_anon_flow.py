@@ -19,7 +19,7 @@ async def test_anonymous_send_reaches_both_and_storage_never_sees_the_sender(
     with trio.fail_after(TIMEOUT):
         bob, carol = await people(sim, "bob", "carol")
         alice_id = anon("alice", sim.s.clock.now())
-        alice, store = anon_agent(sim, 5, alice_id, "alice")
+        alice, store = anon_agent(sim, 5, alice_id, "alice", knows=(bob, carol))
         watch = Watch()
         watch.install(sim)
         report = await alice.send([bob.address, carol.address], subject="hi", body="anonymous",

@@ -60,8 +60,8 @@ def database(home: Path) -> bytes:
     raw = b"".join(p.read_bytes() for p in (store, store.with_name(store.name + "-wal"))
                    if p.exists())
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        for (blob,) in db.execute("SELECT blob FROM objects WHERE kind=? AND blob IS NOT NULL",
-                                  (int(ObjectKind.CERT),)):
+        for (blob,) in db.execute("SELECT blob FROM objects WHERE kind IN (?, ?) AND blob IS "
+                                  "NOT NULL", (int(ObjectKind.CERT), int(ObjectKind.POLICY))):
             raw = raw.replace(bytes(blob), b"")
     return raw
 
@@ -78,12 +78,20 @@ def test_storage_inbox_and_z_never_see_the_sender(net: LocalNet, tmp_path: Path)
     nodes = {status(h)["node_id"][:10] for h in net.homes}
     assert len(nodes) == N_NODES
 
-    since = [net.output(i).stat().st_size for i in range(N_NODES)]
     (tmp_path / "body.txt").write_text("Meet at the usual place.\n")
     r = anonmail("send", "--home", str(alice), "--to", bob_addr, "--subject", "Sealed plans",
                  str(tmp_path / "body.txt"), timeout=180)
     assert r.returncode == 0, r.stderr
-    assert f"{bob_addr}: delivered" in r.stdout and "anonymously" in r.stdout
+    # first contact: an RTS (itself sent anonymously), the message waits for Bob's permission
+    assert f"{bob_addr}: asked for permission" in r.stdout, r.stdout
+    r = anonmail("requests", "--home", str(bob), timeout=180)
+    assert r.returncode == 0 and alice_addr in r.stdout, r.stderr
+    assert anonmail("allow", alice_addr, "--home", str(bob), timeout=180).returncode == 0
+
+    since = [net.output(i).stat().st_size for i in range(N_NODES)]
+    r = anonmail("inbox", "--home", str(alice), timeout=180)  # sees the grant: sends by itself
+    assert r.returncode == 0, r.stderr
+    assert f"delivered to {bob_addr}" in r.stderr, r.stderr
     seen = requests(net, since)
 
     clients = {who for log in seen.values() for _, who in log if who not in nodes}

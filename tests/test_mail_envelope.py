@@ -152,7 +152,7 @@ def test_sealed_headers_hide_everything_and_pad_to_blocks() -> None:
         box = wire.decode(entry, envelope.SealedHeader).box
         assert (len(box) - crypto.SEALED_BOX_OVERHEAD) % envelope.PAD_BLOCK == 0
         assert len(entry) < MAX_ENTRY
-        assert envelope.open_entry(entry, BOB.seal, inbox) == h
+        assert envelope.open_entry(entry, BOB.seal, inbox).header == h
     assert sizes[0] == sizes[1] < sizes[2]  # a short and an empty subject look the same
 
 
@@ -199,7 +199,7 @@ def test_entries_open_only_for_their_key_and_inbox() -> None:
         with pytest.raises(RemoteProtocolError):
             envelope.open_entry(junk, BOB.seal, inbox)
     # Non-zero padding is refused (the padding is covered by the seal, but must be canonical).
-    plain = wire.encode(envelope.HeaderPlain(h, b"\x01"))
+    plain = wire.encode(envelope.HeaderPlain(h, None, (), 0, b"", b"\x01"))
     boxed = wire.encode(envelope.SealedHeader(crypto.seal_to(
         BOB.seal.public, plain, rng, b"anonmail/mail-header\x00" + inbox)))
     with pytest.raises(RemoteProtocolError, match="padding"):

@@ -26,12 +26,12 @@ from anonmail.store.service import StoreService
 
 
 def raw_db(svc: StoreService) -> bytes:
-    """The raw bytes of a node's SQLite database, with the address certificates it stores
-    (public by design: they name their address) cut out."""
+    """The raw bytes of a node's SQLite database, with the address certificates and inbox
+    policies it stores (public by design: they name their address) cut out."""
     conn = svc.db._conn
     raw = bytes(conn.serialize())
-    for (blob,) in conn.execute("SELECT blob FROM objects WHERE kind=? AND blob IS NOT NULL",
-                                (int(ObjectKind.CERT),)):
+    for (blob,) in conn.execute("SELECT blob FROM objects WHERE kind IN (?, ?) AND blob IS NOT "
+                                "NULL", (int(ObjectKind.CERT), int(ObjectKind.POLICY))):
         raw = raw.replace(bytes(blob), b"")
     return raw
 

@@ -25,13 +25,13 @@ from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.retrieve import fetch_message
 from anonmail.mail.send import SendFailed
+from anonmail.permit.gate import gated_store
 from anonmail.records import ids
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario
 from anonmail.store.db import ObjectRow, StoreDb
 from anonmail.store.handlers import StoreLimits
 from anonmail.store.messages import Ack, Append, ObjectKind, Store
-from anonmail.store.service import StoreService
 
 # -- crash safety of check ------------------------------------------------------------------------
 
@@ -228,9 +228,9 @@ async def test_a_network_smaller_than_r_still_delivers(
     await s.build("oracle")
     svc = {}
     for i, x in enumerate(s.nodes):
-        svc[x.node_id] = StoreService(x.net, x.dht, x.key, s.params, s.clock,
-                                      s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
-                                      trusted_cas=TRUSTED)
+        svc[x.node_id] = gated_store(x.net, x.dht, x.key, s.params, s.clock,
+                                     s.rng.fork(f"store-{i}"), StoreDb(":memory:"),
+                                     trusted_cas=TRUSTED)
         x.services.add(svc[x.node_id])
     small = Sim(s, svc, tmp_path)
     try:
@@ -241,7 +241,8 @@ async def test_a_network_smaller_than_r_still_delivers(
             assert report.ok and report.body.need == 5 and len(report.body.receipts) == 5
             (n,) = (await bob.check()).new
             assert (await bob.retrieve(n.header.message_id)).data.endswith(b"--\r\n")
-            assert small.objects() == 2 * 5  # two certificates, nothing else
+            # two certificates and their owners' policies (inbox and request inbox), nothing else
+            assert small.objects() == 3 * 2 * 5
     finally:
         for service in svc.values():
             service.db.close()

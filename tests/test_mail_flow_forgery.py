@@ -25,7 +25,13 @@ from anonmail.store.client import append_replicated
 
 
 async def append(sim: Sim, by: MailAgent, to: MailAgent, entry: bytes) -> None:
-    got = await append_replicated(by.net, by.dht, ids.inbox_key(to.address), entry, DAY, None, R)
+    """Mallory is a contact (tests/mailsim.py `people`): she spends one of her permits on
+    whatever she appends, so the recipient's own checks are what is tested here."""
+    t = by.permits.ticket(to.address)
+    assert t.token is not None
+    proof = await t.prove(entry, sim.s.clock.now(), sim.s.rng)
+    got = await append_replicated(by.net, by.dht, ids.inbox_key(to.address), entry, DAY, proof,
+                                  R)
     assert len(got.receipts) == R
 
 

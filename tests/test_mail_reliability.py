@@ -82,7 +82,7 @@ async def test_droppers_sign_valid_receipts_and_keep_nothing(autojump_clock: Moc
     droppers: dict[bytes, StorageDropper] = {}
     for i, x in enumerate(s.nodes):
         svc = StoreService(x.net, x.dht, x.key, s.params, s.clock, s.rng.fork(f"store-{i}"),
-                           StoreDb(":memory:"))
+                           StoreDb(":memory:"))  # the storage primitives (no permit gate)
         services[x.node_id] = svc
         if x.node_id in hostile:
             droppers[x.node_id] = StorageDropper(svc, lie_in_probe=i % 2 == 0)

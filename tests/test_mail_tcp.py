@@ -82,7 +82,25 @@ def test_alice_mails_bob_and_carol_a_megabyte(net: LocalNet, tmp_path: Path) -> 
                  "--subject", "Quarterly figures", "--attach", str(tmp_path / "report.bin"),
                  str(tmp_path / "body.txt"), timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "to 2 recipient(s)" in r.stdout
+    # A first message: Bob and Carol have not allowed Alice yet. She asks them (an RTS each);
+    # the message waits in her Outbox.
+    assert r.stdout.count("asked for permission to write") == 2, r.stdout
+    # two RTS, in their request inboxes; nothing in their inboxes
+    assert sum(inbox_entries(h) for h in net.homes) == 2 * N_NODES
+    r = anonmail("outbox", "--home", str(alice))
+    assert r.returncode == 0 and f"{bob_addr}: asked for permission" in r.stdout, r.stdout
+    for home in (bob, carol):  # each reviews the request and allows Alice
+        r = anonmail("requests", "--home", str(home), timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert alice_addr in r.stdout and "Quarterly figures" in r.stdout, r.stdout
+        r = anonmail("allow", alice_addr, "--home", str(home), timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "may now write to you" in r.stdout
+    # Alice runs any command that checks: the grants are seen, the message goes out by itself.
+    r = anonmail("inbox", "--home", str(alice), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "from your Outbox" in r.stderr and bob_addr in r.stderr and carol_addr in r.stderr
+    assert "empty" in anonmail("outbox", "--home", str(alice)).stdout
 
     sent = (alice / "mail" / "Maildir" / ".Sent" / "new")
     (sent_file,) = sent.iterdir()

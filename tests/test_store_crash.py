@@ -14,15 +14,26 @@ import pytest
 import trio
 from procnet import LocalNet, status
 
-from anonmail import crypto
+from anonmail import crypto, wire
 from anonmail.clock import SystemClock
+from anonmail.mail.identity import AddressIdentity
 from anonmail.net.tcp import TcpNetwork
 from anonmail.paths import Home
+from anonmail.permit.records import PolicyMode, issue_tokens, make_policy, spend
 from anonmail.records import ids, params
 from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.receipts import StoreOp
 from anonmail.rng import SeededRng, SystemRng
-from anonmail.store.messages import Append, Appended, ObjectKind, Store, Stored, entry_id
+from anonmail.store.messages import (
+    Append,
+    Appended,
+    AppendProof,
+    AppendProofKind,
+    ObjectKind,
+    Store,
+    Stored,
+    entry_id,
+)
 
 
 @pytest.fixture
@@ -44,14 +55,27 @@ def client() -> TcpNetwork:
     return net
 
 
+BOB = AddressIdentity.create_anon("bob", SeededRng(b"bob"), SystemClock().now())
+BOB_INBOX = ids.inbox_key(BOB.address)
+
+
 async def store_and_append(cert: NodeCert, blob: bytes, entry: bytes) -> tuple[Stored, Appended]:
+    """A fragment, then (behind the permit gate every node runs) Bob's policy and an entry
+    with one of his permits."""
     net = client()
+    now = SystemClock().now()
+    policy = make_policy(BOB.sign, BOB.cert, 1, PolicyMode.PERMITS, 8, ())
+    (token,) = issue_tokens(BOB.sign, BOB_INBOX, 1, now, SeededRng(b"token"))
+    proof = AppendProof(AppendProofKind.PERMIT, wire.encode(spend(token, BOB_INBOX,
+                                                                  entry_id(entry))))
     try:
         with trio.fail_after(30):
             stored = await net.request(cert, Store(ids.fragment_key(blob), ObjectKind.FRAGMENT,
                                                    blob, 3600, (crypto.hash("delete", b"s"),)))
-            appended = await net.request(cert, Append(ids.inbox_key("bob@example.org"), entry,
-                                                      3600, None))
+            assert isinstance(await net.request(cert, Store(BOB_INBOX, ObjectKind.POLICY,
+                                                            wire.encode(policy), 3600, ())),
+                              Stored)
+            appended = await net.request(cert, Append(BOB_INBOX, entry, 3600, proof))
     finally:
         await net.aclose()
     assert isinstance(stored, Stored) and isinstance(appended, Appended)

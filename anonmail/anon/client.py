@@ -105,6 +105,13 @@ class AnonymousStore:
                 await c.close()
         self._z = self._w = None
 
+    async def retire(self) -> None:
+        """The end of one user operation (a message sent, a check): close Z and W, so the next
+        operation goes through fresh ones. Without it two messages sent within IDLE_REUSE of
+        each other came from one Z, and an inbox replica grouped them by that peer (measured:
+        `anonmail sim linkage`, precision 0.83 against chance 0.25 for such pairs)."""
+        await self.aclose()
+
     # -- channels ---------------------------------------------------------------------------------
 
     async def _end(self, which: str) -> Circuit:

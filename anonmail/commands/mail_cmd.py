@@ -23,6 +23,7 @@ from anonmail.clock import SystemClock
 from anonmail.commands import common
 from anonmail.config import DEFAULT_PORT
 from anonmail.errors import UserError
+from anonmail.mail.check import CheckReport
 from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail
@@ -205,9 +206,12 @@ def cmd_send(args: argparse.Namespace) -> int:
             "anonymously (storage nodes saw only go-betweens)"
         lines = [f"{address}: delivered, {len(report.inboxes[address].receipts)} inbox "
                  f"receipts verified" for address in report.delivered]
-        lines.append(f"sent {report.message_id} ({report.size:,} bytes) to "
-                     f"{len(report.delivered)} recipient(s) {how}; "
-                     f"{len(report.body.receipts)} body receipts verified")
+        lines += [f"{address}: {why}; the message waits in your Outbox and goes out by "
+                  f"itself once they allow you" for address, why in report.waiting.items()]
+        if report.delivered:
+            lines.append(f"sent {report.message_id} ({report.size:,} bytes) to "
+                         f"{len(report.delivered)} recipient(s) {how}; "
+                         f"{len(report.body.receipts)} body receipts verified")
         return "\n".join(lines)
 
     print(_run(args, job))
@@ -230,10 +234,28 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     if not args.offline:
         report = _run(args, lambda agent: agent.check())
         print(f"{len(report.new)} new message(s)", file=sys.stderr)
+        for line in _permit_news(report):
+            print(line, file=sys.stderr)
     local = LocalMail(home.root / MAIL_DIR)
     for i, (_mid, sender, subject, state) in enumerate(_listing(local), start=1):
         print(f"{i:>3}  {state:4}  {sender[:40]:40}  {subject[:60]}")
     return 0
+
+
+def _permit_news(report: CheckReport) -> list[str]:
+    """What the check did about permits, one line each."""
+    out = []
+    settled = report.settled
+    if settled is not None and settled.granted:
+        out.append(f"sent permits to {', '.join(settled.granted)}")
+    for sent in report.flushed:
+        if sent.delivered:
+            out.append(f"from your Outbox: {sent.message_id} delivered to "
+                       f"{', '.join(sent.delivered)}")
+    pending = report.requests_pending
+    if pending:
+        out.append(f"{pending} request(s) to write to you: `anonmail requests` lists them")
+    return out
 
 
 def _resolve(local: LocalMail, ident: str) -> str:

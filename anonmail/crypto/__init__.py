@@ -84,7 +84,7 @@ def mint_stamp(tag: str, parts: tuple[bytes, ...], bits: int, start: int = 0) ->
     """A nonce whose `stamp_bits` is at least `bits`: about 2**bits hashes of work. `start`
     is where the search begins (give a random one, so two minters do not race the same
     nonces). The framed prefix is hashed once and copied per try, which keeps a try to about
-    0.4 microseconds of CPU."""
+    0.4-0.8 microseconds of CPU (`anonmail bench pow`)."""
     if not 0 <= bits <= 64:
         raise LocalError("stamp difficulty must be 0..64 bits")
     base = _stamp_state(tag, parts)

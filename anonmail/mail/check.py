@@ -23,7 +23,9 @@ in the inbox until its TTL; their count by reason is reported, never their conte
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from anonmail.clock import Clock
 from anonmail.errors import RemoteProtocolError, UserError
@@ -31,12 +33,15 @@ from anonmail.mail import envelope
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail, PendingNotice
 from anonmail.net.base import Network
+from anonmail.permit.notes import ForgedNote, verify_note
 from anonmail.records import ids
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup, ReadResult, ack_all, read_all
 
 MAX_AGE = 30 * 86400  # the longest TTL a node keeps anything (StoreLimits.max_ttl)
+
+OnEntry = Callable[[envelope.HeaderPlain, bool], None]  # (verified entry, from request inbox)
 
 
 @dataclass
@@ -48,15 +53,35 @@ class CheckReport:
     replicas_failed: int = 0
     to_ack: list[bytes] = field(default_factory=list)  # entry ids handled this time
     acked_nodes: int = 0  # nodes on which every handled entry was ACKed
+    notes: int = 0  # permit notes (requests to write, grants) handled
+    settled: Any = None  # permits.Settled: grants sent after this check
+    flushed: list[Any] = field(default_factory=list)  # Outbox sends this check made possible
+    requests_pending: int = 0  # requests to write to us waiting for the owner's review
+
+    def merge(self, other: CheckReport, *, main: bool) -> None:
+        """Add the request inbox's report to the inbox's (`main`: the inbox's own)."""
+        self.new += other.new
+        self.duplicates += other.duplicates
+        self.rejected.update(other.rejected)
+        self.notes += other.notes
+        self.to_ack += other.to_ack
+        if main:
+            self.replicas_read, self.replicas_failed = other.replicas_read, other.replicas_failed
+            self.acked_nodes = other.acked_nodes
 
 
 async def collect(net: Network, dht: Lookup, identity: AddressIdentity, local: LocalMail, *,
                   params: NetworkParams, trusted_cas: frozenset[bytes], clock: Clock, rng: Rng,
-                  max_age: int = MAX_AGE) -> tuple[CheckReport, ReadResult]:
-    """Steps 1-3: read, open, verify, save. Nothing is ACKed here."""
+                  max_age: int = MAX_AGE, on_entry: OnEntry | None = None,
+                  inbox: bytes | None = None) -> tuple[CheckReport, ReadResult]:
+    """Steps 1-3: read, open, verify, save. Nothing is ACKed here. `inbox`: the inbox key
+    (default ours; the request inbox holds RTS notes only). `on_entry` sees every verified
+    entry (the permit book's accounting, mail/permits.py)."""
     r = params.replication
     identity.check(trusted_cas, clock.now(), params.clock_skew)
-    inbox = ids.inbox_key(identity.address)
+    own = ids.inbox_key(identity.address)
+    inbox = own if inbox is None else inbox
+    requests = inbox != own
     res = await read_all(net, dht, inbox, identity.sign, identity.cert, r, clock, rng)
     report = CheckReport(replicas_read=len(res.nodes), replicas_failed=len(res.failed))
     if not res.nodes:
@@ -70,20 +95,33 @@ async def collect(net: Network, dht: Lookup, identity: AddressIdentity, local: L
             report.to_ack.append(eid)
             continue
         try:
-            header = envelope.open_entry(item.entry, identity.seal, inbox)
-            envelope.verify_header(header, identity.address, trusted_cas, now,
-                                   params.clock_skew, max_age)
-        except envelope.ForgedHeader:
+            plain = envelope.open_entry(item.entry, identity.seal, inbox)
+            header = plain.header
+            if header is not None:
+                if requests:
+                    raise envelope.ForgedHeader("mail in the request inbox")
+                envelope.verify_header(header, identity.address, trusted_cas, now,
+                                       params.clock_skew, max_age)
+            else:
+                assert plain.note is not None
+                verify_note(plain.note, identity.address, trusted_cas, now, params.clock_skew,
+                            max_age)
+        except (envelope.ForgedHeader, ForgedNote):
             report.rejected["forged or altered"] += 1
         except RemoteProtocolError:
             report.rejected["unreadable (not sealed to us, or damaged)"] += 1
         else:
-            mid = header.message_id
-            if local.has_message(mid) or not local.add_pending(
-                    PendingNotice(eid, header, int(now), item.expires)):
-                report.duplicates += 1
+            if on_entry is not None:
+                on_entry(plain, requests)
+            if header is None:
+                report.notes += 1
             else:
-                report.new.append(PendingNotice(eid, header, int(now), item.expires))
+                mid = header.message_id
+                notice = PendingNotice(eid, header, int(now), item.expires)
+                if local.has_message(mid) or not local.add_pending(notice):
+                    report.duplicates += 1
+                else:
+                    report.new.append(notice)
         # After the notification is on disk: from here on this entry is only ever ACKed.
         local.mark_seen(eid, item.expires + params.clock_skew)
         report.to_ack.append(eid)
@@ -92,13 +130,27 @@ async def collect(net: Network, dht: Lookup, identity: AddressIdentity, local: L
 
 async def check(net: Network, dht: Lookup, identity: AddressIdentity, local: LocalMail, *,
                 params: NetworkParams, trusted_cas: frozenset[bytes], clock: Clock, rng: Rng,
-                max_age: int = MAX_AGE) -> CheckReport:
-    """Read, save, then ACK (the module docstring). Returns what was new."""
-    report, res = await collect(net, dht, identity, local, params=params,
-                                trusted_cas=trusted_cas, clock=clock, rng=rng, max_age=max_age)
-    if report.to_ack:
-        report.acked_nodes = await ack_all(
-            net, dht, ids.inbox_key(identity.address), report.to_ack, identity.sign,
-            identity.cert, params.replication, clock, rng, nodes=res.nodes)
+                max_age: int = MAX_AGE, on_entry: OnEntry | None = None,
+                requests: bool = True) -> CheckReport:
+    """Read, save, then ACK (the module docstring): the inbox, then (`requests`) the request
+    inbox. Returns what was new."""
+    keys = [ids.inbox_key(identity.address)]
+    if requests:
+        keys.append(ids.requests_key(identity.address))
+    total = CheckReport()
+    for i, key in enumerate(keys):
+        try:
+            report, res = await collect(net, dht, identity, local, params=params,
+                                        trusted_cas=trusted_cas, clock=clock, rng=rng,
+                                        max_age=max_age, on_entry=on_entry, inbox=key)
+        except UserError:
+            if i == 0:
+                raise
+            continue  # the inbox was read; its request inbox may be reached next time
+        if report.to_ack:
+            acked = await ack_all(net, dht, key, report.to_ack, identity.sign, identity.cert,
+                                  params.replication, clock, rng, nodes=res.nodes)
+            report.acked_nodes = acked
+        total.merge(report, main=i == 0)
     local.prune_seen(clock.now())
-    return report
+    return total

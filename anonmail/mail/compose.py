@@ -202,10 +202,12 @@ def _field_name(field: bytes) -> str:
     return name.decode("ascii").lower()
 
 
-def prepare(data: bytes, sender: str, clock: Clock, rng: Rng) -> Composed:
+def prepare(data: bytes, sender: str, clock: Clock, rng: Rng, *,
+            keep_id: bool = False) -> Composed:
     """Check a submitted RFC 5322 message and make it sendable: its From must be `sender`;
     Bcc lines are taken out (their addresses become Bcc recipients); the Message-ID is replaced
-    with a fresh random one; a Date is added if missing. Other bytes are kept as they are."""
+    with a fresh random one (`keep_id`: kept, for a message of our own Outbox that goes out
+    later); a Date is added if missing. Other bytes are kept as they are."""
     sender = normalize_address(sender)
     _check_size(len(data))
     fields, body = _split(data)
@@ -221,6 +223,11 @@ def prepare(data: bytes, sender: str, clock: Clock, rng: Rng) -> Composed:
     kept = [f for f, n in zip(fields, names, strict=True) if n not in ("bcc", "message-id")]
     eol = b"\r\n" if b"\r\n" in (fields[0] if fields else b"\r\n") else b"\n"
     mid = new_message_id(rng)
+    if keep_id:
+        own = [f for f, n in zip(fields, names, strict=True) if n == "message-id"]
+        old = own[0].split(b":", 1)[1].strip().decode("ascii") if own else ""
+        if is_message_id(old):
+            mid = old
     extra = [b"Message-ID: " + mid.encode() + eol]
     if "date" not in names:
         extra.append(b"Date: " + format_date(clock.now()).encode() + eol)

@@ -34,6 +34,8 @@ from typing import Annotated
 from anonmail import crypto, wire
 from anonmail.errors import RemoteProtocolError
 from anonmail.mail.compose import MAX_RECIPIENTS, MAX_SUBJECT, Composed, is_message_id
+from anonmail.permit.notes import PermitNote
+from anonmail.permit.records import HeldToken
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert
 from anonmail.rng import Rng
@@ -89,13 +91,45 @@ class MailHeader:
         return crypto.hash("mail-header-id", wire.encode(self))
 
 
+MAX_GRANT = 64  # tokens one entry carries
+
+
 @wire.message(tag=103)
 @dataclass(frozen=True, slots=True)
 class HeaderPlain:
-    """The sealed plaintext: the signed header and zero padding to a `PAD_BLOCK` multiple."""
+    """The sealed plaintext of an inbox entry: a signed mail header or a signed permit note
+    (exactly one), what rides along for the permit book (permit/book.py), and zero padding to a
+    `PAD_BLOCK` multiple.
 
-    header: MailHeader
+    `grant`: tokens for the recipient to write back to the sender (a CTS, a refill, a reply's
+    permit); each proves itself (the sender's signature, for the sender's inbox: `valid_grant`).
+    `supply`: how many of the recipient's tokens the sender still holds (the recipient refills
+    when it runs low). `spent`: the id of the recipient's token this entry spends, so the
+    recipient knows which of the tokens it issued are used (and `block` revokes only the rest).
+    """
+
+    header: MailHeader | None
+    note: PermitNote | None
+    grant: Annotated[tuple[HeldToken, ...], Size(0, MAX_GRANT)]
+    supply: Annotated[int, Range(0, 1 << 16)]
+    spent: Annotated[bytes, Size(0, 32)]
     pad: Annotated[bytes, Size(0, PAD_BLOCK + 8)]
+
+    @property
+    def sender(self) -> AddressCert:
+        if self.header is not None:
+            return self.header.sender
+        assert self.note is not None
+        return self.note.sender
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """What a sender adds beside a header or note (HeaderPlain's fields of the same names)."""
+
+    grant: tuple[HeldToken, ...] = ()
+    supply: int = 0
+    spent: bytes = b""
 
 
 @wire.message(tag=101)
@@ -141,35 +175,64 @@ def _seal_ad(inbox: bytes) -> bytes:
     return _SEAL_AD + inbox
 
 
-def _padded(header: MailHeader) -> bytes:
+def _padded(plain: HeaderPlain) -> bytes:
     """Encode HeaderPlain with a pad that brings it to a multiple of PAD_BLOCK bytes."""
-    bare = len(wire.encode(HeaderPlain(header, b"")))
+    bare = len(wire.encode(plain))
     target = -(-(bare + 3) // PAD_BLOCK) * PAD_BLOCK
     for prefix in (1, 2, 3):  # CBOR byte-string head: 1 byte below 24, 2 below 256, 3 beyond
         n = target - bare - (prefix - 1)
         head = 1 if n < 24 else 2 if n < 256 else 3
         if n >= 0 and head == prefix:
-            out = wire.encode(HeaderPlain(header, bytes(n)))
+            out = wire.encode(replace(plain, pad=bytes(n)))
             if len(out) == target:
                 return out
-    return wire.encode(HeaderPlain(header, b""))  # unreachable in practice; still correct
+    return wire.encode(plain)  # unreachable in practice; still correct
 
 
-def seal_header(header: MailHeader, seal_key: bytes, inbox: bytes, rng: Rng) -> bytes:
-    """The inbox entry for `header`, sealed to `seal_key` and bound to `inbox`."""
-    return wire.encode(SealedHeader(crypto.seal_to(seal_key, _padded(header), rng,
+def seal_entry(item: MailHeader | PermitNote, seal_key: bytes, inbox: bytes, rng: Rng,
+               extras: Extras = Extras()) -> bytes:
+    """The inbox entry for a header or a note, sealed to `seal_key` and bound to `inbox`."""
+    header = item if isinstance(item, MailHeader) else None
+    note = item if isinstance(item, PermitNote) else None
+    plain = HeaderPlain(header, note, extras.grant, extras.supply, extras.spent, b"")
+    return wire.encode(SealedHeader(crypto.seal_to(seal_key, _padded(plain), rng,
                                                    _seal_ad(inbox))))
 
 
-def open_entry(entry: bytes, seal: crypto.KeyPair, inbox: bytes) -> MailHeader:
+def seal_header(header: MailHeader, seal_key: bytes, inbox: bytes, rng: Rng,
+                extras: Extras = Extras()) -> bytes:
+    return seal_entry(header, seal_key, inbox, rng, extras)
+
+
+def open_entry(entry: bytes, seal: crypto.KeyPair, inbox: bytes) -> HeaderPlain:
     """Open an inbox entry. Raises RemoteProtocolError (DecryptError) if it is malformed, not
-    sealed to us, altered, or moved from another inbox."""
+    sealed to us, altered, or moved from another inbox, or holds neither or both of a header
+    and a note."""
     sealed = wire.decode(entry, SealedHeader, max_size=MAX_ENTRY)
     plain = crypto.open_sealed_box(seal.secret, sealed.box, _seal_ad(inbox))
     opened = wire.decode(plain, HeaderPlain, max_size=MAX_ENTRY)
     if any(opened.pad):
         raise RemoteProtocolError("header padding is not zero")
-    return opened.header
+    if (opened.header is None) == (opened.note is None):
+        raise RemoteProtocolError("an entry holds one header or one note")
+    return opened
+
+
+def valid_grant(plain: HeaderPlain, now: float) -> tuple[HeldToken, ...]:
+    """The granted tokens that are really the (verified) sender's, for its own inbox, unexpired:
+    a token whose owner signature fails is dropped, not trusted."""
+    sender = plain.sender
+    inbox = ids.inbox_key(sender.address)
+    out = []
+    for held in plain.grant:
+        try:
+            held.token.verify(sender.sign_key)
+        except RemoteProtocolError:
+            continue
+        if (held.token.inbox == inbox and held.token.expires > now
+                and crypto.SigningKey(held.seed).public == held.token.key):
+            out.append(held)
+    return tuple(out)
 
 
 def verify_header(header: MailHeader, me: str, trusted_cas: frozenset[bytes], now: float,

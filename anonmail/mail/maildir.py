@@ -10,6 +10,8 @@ Layout under one root directory (created 0700; every file 0600):
 | `Maildir/.Sent/` | messages sent | message |
 | `pending/<hex>` | a notification (opened, verified header) waiting for retrieval | message id |
 | `seen/<hex>` | an inbox entry already handled, until the entry's expiry | entry id |
+| `waiting/<hex>` | an Outbox message's recipients not yet delivered, and why | message id |
+| `permits.cbor` | the permit book (permit/book.py): who may write to whom | - |
 
 Invariants:
 * every write is durable before the call returns: written to a temporary file, fsynced, renamed
@@ -26,6 +28,7 @@ from __future__ import annotations
 import mailbox
 import os
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Annotated
 
@@ -36,8 +39,27 @@ from anonmail.mail.envelope import MailHeader
 
 PENDING = "pending"
 SEEN = "seen"
+WAITING = "waiting"
 OUTBOX = "Outbox"
 SENT = "Sent"
+
+
+@wire.struct
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """One recipient an Outbox message has not reached yet."""
+
+    address: Annotated[str, wire.Size(3, 254)]
+    reason: Annotated[str, wire.Size(0, 300)]  # one line for `anonmail outbox`
+    permit: bool  # waiting for the recipient's permission (goes out when it comes)
+    since: Annotated[int, wire.U64]
+
+
+@wire.message(tag=106)
+@dataclass(frozen=True, slots=True)
+class OutboxState:
+    message_id: Annotated[str, wire.Size(3, 128)]
+    waiting: Annotated[tuple[Waiting, ...], wire.Size(0, 1000)]
 
 
 @wire.message(tag=105)
@@ -59,6 +81,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _message_id_of(data: bytes) -> str | None:
+    value = BytesHeaderParser().parsebytes(data).get("Message-ID")
+    return None if value is None else str(value).strip()
+
+
 def message_name(message_id: str) -> str:
     """The Maildir file name of a message: a hash of its id (no host name, no time)."""
     return crypto.hash("maildir-name", message_id.encode()).hex()[:40]
@@ -69,7 +96,7 @@ class LocalMail:
         self.root = root
         try:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for sub in (PENDING, SEEN):
+            for sub in (PENDING, SEEN, WAITING):
                 (root / sub).mkdir(mode=0o700, exist_ok=True)
             self.maildir = mailbox.Maildir(str(root / "Maildir"), factory=None, create=True)
             for folder in (OUTBOX, SENT):
@@ -139,6 +166,46 @@ class LocalMail:
         os.replace(src, dst)
         _fsync_dir(dst.parent)
         _fsync_dir(src.parent)
+        self.set_waiting(message_id, ())
+
+    def drop_outgoing(self, message_id: str) -> bool:
+        """Remove a message from the Outbox (the user's `outbox --drop`)."""
+        name = message_name(message_id)
+        gone = False
+        for sub in ("new", "cur"):
+            p = self._folder_path(OUTBOX) / sub / name
+            if p.exists():
+                p.unlink()
+                _fsync_dir(p.parent)
+                gone = True
+        self.set_waiting(message_id, ())
+        return gone
+
+    def set_waiting(self, message_id: str, waiting: tuple[Waiting, ...]) -> None:
+        """Record whom an Outbox message still has to reach (empty: nobody; forget it)."""
+        path = self.root / WAITING / message_name(message_id)
+        if waiting:
+            write_private(path, wire.encode(OutboxState(message_id, waiting)))
+        elif path.exists():
+            path.unlink()
+
+    def waiting(self, message_id: str) -> tuple[Waiting, ...]:
+        path = self.root / WAITING / message_name(message_id)
+        try:
+            return wire.decode(path.read_bytes(), OutboxState, max_size=1 << 20).waiting
+        except (OSError, RemoteProtocolError):
+            return ()
+
+    def outbox(self) -> list[OutboxState]:
+        """Every Outbox message with its recipients still to reach (none recorded: a send that
+        failed before it could say whom it missed, or one interrupted)."""
+        out = []
+        for key in self.outbox_keys():
+            data = self.maildir.get_folder(OUTBOX).get_bytes(key)
+            mid = _message_id_of(data)
+            if mid is not None:
+                out.append(OutboxState(mid, self.waiting(mid)))
+        return out
 
     def sent_keys(self) -> list[str]:
         return sorted(self.maildir.get_folder(SENT).keys())

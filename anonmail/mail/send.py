@@ -30,19 +30,22 @@ Nothing here logs; the report is for the local user only.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from anonmail import crypto
 from anonmail.clock import Clock
 from anonmail.errors import ErrorCode, Refused, UserError
 from anonmail.mail import envelope, fragments
 from anonmail.mail.compose import Composed
 from anonmail.mail.envelope import BodyFacts
 from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.permits import Ticket
 from anonmail.net.base import Network
 from anonmail.net.fanout import fan_out
 from anonmail.records import ids
-from anonmail.records.certs import AddressCert, is_anon_address
+from anonmail.records.certs import AddressCert, NodeCert, is_anon_address
 from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import Receipt
 from anonmail.rng import Rng
@@ -61,8 +64,16 @@ from anonmail.store.messages import AppendProof, ObjectKind, delete_hash
 DEFAULT_TTL = 14 * 86400  # bodies and headers; nodes clamp to their max_ttl (30 days)
 DEFAULT_ROUNDS = 4  # fresh node sets tried per step (seed 002 §3.1 step 6)
 APPEND_CONCURRENCY = 8
+POLICY_PUSHES = 3
 
-ProofFor = Callable[[AddressCert, bytes], AppendProof | None]  # (recipient cert, entry) -> proof
+
+class Tickets(Protocol):
+    """Where each recipient's permission comes from (mail/permits.py `Permits`)."""
+
+    def ticket(self, address: str, *, stamp_bits: int | None = None,
+               grant: int = 0) -> Ticket: ...
+
+    async def push_policy(self, address: str, key: bytes, nodes: Sequence[NodeCert]) -> bool: ...
 
 
 @dataclass
@@ -98,6 +109,7 @@ class SendReport:
     fragments: list[StepReport] = field(default_factory=list)
     inboxes: dict[str, StepReport] = field(default_factory=dict)  # by recipient
     failed: dict[str, str] = field(default_factory=dict)  # recipient -> one-line reason
+    waiting: dict[str, str] = field(default_factory=dict)  # waiting for a permit -> why
 
     @property
     def delivered(self) -> list[str]:
@@ -120,6 +132,17 @@ class SendFailed(UserError):
     def __init__(self, line: str, report: SendReport | None) -> None:
         super().__init__(line)
         self.report = report
+
+
+def body_key_of(identity: AddressIdentity, message_id: str) -> bytes:
+    """The body key of a message: a function of our seal secret and its id, so every send of
+    one message stores one identical body (encryption is deterministic given the key)."""
+    return crypto.kdf(identity.seal.secret, "mail-body-key", message_id.encode())
+
+
+def sender_secret(identity: AddressIdentity, message_id: str) -> bytes:
+    """Our own delete right on a message's body (held while recipients wait for a permit)."""
+    return crypto.kdf(identity.seal.secret, "mail-sender-delete", message_id.encode())
 
 
 def _utc(t: int) -> str:
@@ -173,6 +196,13 @@ async def recipient_certs(net: Network, dht: Lookup, addresses: Sequence[str], r
 def _reason(step: StepReport) -> str:
     if step.refused_with(ErrorCode.INBOX_FULL):
         return "their inbox is full (quota): try again later"
+    if step.refused_with(ErrorCode.PERMIT_REVOKED):
+        return "they blocked you (your permits were revoked)"
+    if step.refused_with(ErrorCode.PERMIT_REQUIRED) or step.refused_with(ErrorCode.PERMIT_SPENT) \
+            or step.refused_with(ErrorCode.PERMIT_INVALID):
+        return "their inbox did not take your permit: ask them again (send a new message)"
+    if step.refused_with(ErrorCode.NO_POLICY):
+        return "their inbox replicas hold no inbox policy yet: try again later"
     if step.refusals:
         first = next(iter(step.refusals.values()))
         return f"their inbox replicas refused the message ({first.detail})"
@@ -180,7 +210,7 @@ def _reason(step: StepReport) -> str:
             f"again later")
 
 
-async def _forget(net: Network, dht: Lookup, body: fragments.EncryptedBody, key: bytes,
+async def forget(net: Network, dht: Lookup, body: fragments.EncryptedBody, key: bytes,
                   secrets: Sequence[bytes], r: int) -> None:
     """Use our copies of delete secrets: remove those recipients' rights everywhere."""
     desc: fragments.Descriptor | None = None
@@ -196,12 +226,20 @@ async def _forget(net: Network, dht: Lookup, body: fragments.EncryptedBody, key:
 async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Composed, *,
                params: NetworkParams, trusted_cas: frozenset[bytes], clock: Clock, rng: Rng,
                ttl: int = DEFAULT_TTL, need: int | None = None, only: Sequence[str] | None = None,
-               proof_for: ProofFor | None = None, rounds: int = DEFAULT_ROUNDS,
+               tickets: Tickets | None = None, open_bits: Mapping[str, int] | None = None,
+               keep: bytes | None = None, certs: Mapping[str, AddressCert] | None = None,
+               rounds: int = DEFAULT_ROUNDS,
                concurrency: int = fragments.DEFAULT_CONCURRENCY) -> SendReport:
     """Send `msg` (DESIGN.md §5). `need`: receipts each step needs (default r). `only`: deliver
-    headers to these recipients only (a retry of the ones that failed; the headers still list
-    the message's To and Cc). Raises SendFailed (a UserError) when the body cannot be stored or
-    a certificate is missing; per-recipient failures are in the report."""
+    headers to these recipients only (recipients whose permission came later, or a retry of the
+    ones that failed; the headers still list the message's To and Cc). `tickets`: each
+    recipient's permit or stamp (`open_bits`: recipients whose open inboxes take a stamp of that
+    many bits). The body key is derived from our seal key and the message id, so a later send
+    of the same message to more recipients stores the very same body (the store merges their
+    delete rights into it); `keep`: a delete secret of our own (`sender_secret`) whose right
+    keeps the body and its fragments alive until every recipient has them. Raises SendFailed
+    (a UserError) when the body cannot be stored or a certificate is missing; per-recipient
+    failures are in the report."""
     r = params.replication
     need = r if need is None else need
     skew = params.clock_skew
@@ -213,10 +251,11 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
         raise UserError("retry recipients must be among the message's recipients")
 
     # 1. certificates, before anything is stored
-    certs = await recipient_certs(net, dht, targets, r, trusted_cas, clock, skew)
+    if certs is None or any(t not in certs for t in targets):
+        certs = await recipient_certs(net, dht, targets, r, trusted_cas, clock, skew)
 
     # 2. encrypt once, STORE once (fragments first: a descriptor never names missing ones)
-    body_key = rng.bytes(32)
+    body_key = body_key_of(identity, msg.message_id)
     body = fragments.encrypt_body(msg.data, body_key)
     secrets = {a: rng.bytes(32) for a in targets}
     key = ids.body_key(msg.message_id)
@@ -227,7 +266,9 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
     report = SendReport(msg.message_id, len(msg.data), body.stored_bytes,
                         StepReport("body", key, need=need))
     if body.fragments:
-        got = await fragments.store_fragments(net, dht, body, list(secrets.values()), ttl, r,
+        got = await fragments.store_fragments(net, dht, body,
+                                              list(secrets.values()) + ([keep] if keep else []),
+                                              ttl, r,
                                               clock, concurrency=concurrency, rounds=rounds)
         report.fragments = [StepReport(f"fragment {i + 1}/{len(body.fragments)}", k, rcpts, need)
                             for i, ((k, _), rcpts) in enumerate(zip(body.fragments, got.receipts,
@@ -236,10 +277,10 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
     if stored_ok:
         report.body.take(await store_replicated(
             net, dht, key, ObjectKind.BODY, body.blob, ttl,
-            [delete_hash(s) for s in secrets.values()], r, clock=clock, skew=skew,
-            rounds=rounds))
+            [delete_hash(s) for s in (*secrets.values(), *([keep] if keep else []))], r,
+            clock=clock, skew=skew, rounds=rounds))
     if not (stored_ok and report.body.ok):
-        await _forget(net, dht, body, key, list(secrets.values()), r)
+        await forget(net, dht, body, key, list(secrets.values()), r)
         tried = report.fragments if not stored_ok else [report.body]
         worst = min(len(s.receipts) for s in tried if not s.ok)
         raise SendFailed(f"could not store the message on enough nodes ({worst} of {need} "
@@ -249,20 +290,37 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
     facts = BodyFacts(body_key, body.digest, len(msg.data), body.layout, len(body.fragments),
                       now + ttl)
     headers = envelope.build_headers(msg, identity.cert, identity.sign, facts, secrets)
-    entries = {a: envelope.seal_header(headers[a], certs[a].seal_key, ids.inbox_key(a), rng)
-               for a in targets}
+    bits = open_bits or {}
 
     async def deliver(address: str) -> None:
-        inbox, entry = ids.inbox_key(address), entries[address]
-        proof = None if proof_for is None else proof_for(certs[address], entry)
+        inbox = ids.inbox_key(address)
+        proof: AppendProof | None = None
+        if tickets is None:
+            entry = envelope.seal_header(headers[address], certs[address].seal_key, inbox, rng)
+        else:
+            t = tickets.ticket(address, stamp_bits=bits.get(address))
+            entry = envelope.seal_header(headers[address], certs[address].seal_key, inbox, rng,
+                                         t.extras)
+            proof = await t.prove(entry, clock.now(), rng)
         step = StepReport(f"inbox of {address}", inbox, need=need)
         report.inboxes[address] = step
         # One round first: a full inbox refuses on every replica, and trying ever farther
         # nodes would only park the header where its owner does not read (store/client's
         # retries are for nodes that failed, not for an inbox that is full).
-        step.take(await append_replicated(net, dht, inbox, entry, ttl, proof, r,
-                                          clock=clock, skew=skew, rounds=1))
-        if not step.ok and not step.refused_with(ErrorCode.INBOX_FULL):
+        placed = await append_replicated(net, dht, inbox, entry, ttl, proof, r, clock=clock,
+                                         skew=skew, rounds=1)
+        step.take(placed)
+        for _ in range(POLICY_PUSHES):
+            # Replicas new among the closest may lack the owner's policy: push it, try again.
+            lacking = placed.refused_with(ErrorCode.NO_POLICY)
+            if step.ok or not lacking or tickets is None \
+                    or not await tickets.push_policy(address, inbox, lacking):
+                break
+            placed = await append_replicated(net, dht, inbox, entry, ttl, proof, r,
+                                             clock=clock, skew=skew, rounds=rounds)
+            step.take(placed)
+        if not step.ok and not step.refused_with(ErrorCode.INBOX_FULL) \
+                and not step.refused_with(ErrorCode.PERMIT_REVOKED):
             # Repeats to the nodes that took it collapse (same entry id) and re-sign.
             step.take(await append_replicated(net, dht, inbox, entry, ttl, proof, r,
                                               clock=clock, skew=skew, rounds=rounds))
@@ -274,5 +332,5 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
     # that some replicas took may still get the header (replicas republish): keep its right.
     lost = [a for a in report.failed if not report.inboxes[a].receipts]
     if lost:
-        await _forget(net, dht, body, key, [secrets[a] for a in lost], r)
+        await forget(net, dht, body, key, [secrets[a] for a in lost], r)
     return report

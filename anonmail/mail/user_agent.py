@@ -16,20 +16,29 @@ before they are ACKed (check.py); retrieved messages are on disk before the body
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import trio
+
 from anonmail import wire
+from anonmail.anon.client import AnonymousStore
 from anonmail.clock import Clock
+from anonmail.errors import UserError
 from anonmail.mail import check as check_mod
 from anonmail.mail import compose as compose_mod
 from anonmail.mail import fragments
+from anonmail.mail import permits as permits_mod
 from anonmail.mail import retrieve as retrieve_mod
 from anonmail.mail import send as send_mod
 from anonmail.mail.compose import Attachment, Composed
 from anonmail.mail.identity import AddressIdentity
-from anonmail.mail.maildir import LocalMail, PendingNotice
+from anonmail.mail.maildir import LocalMail, PendingNotice, Waiting
+from anonmail.mail.permits import Permits
 from anonmail.net.base import Network
+from anonmail.permit.book import PermitBook
+from anonmail.records import ids
 from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import Receipt
 from anonmail.rng import Rng
@@ -43,8 +52,7 @@ class MailAgent:
     def __init__(self, identity: AddressIdentity, net: Network, dht: Lookup,
                  local: LocalMail | Path, params: NetworkParams, clock: Clock, rng: Rng, *,
                  trusted_cas: frozenset[bytes] = frozenset(), ttl: int = send_mod.DEFAULT_TTL,
-                 concurrency: int = fragments.DEFAULT_CONCURRENCY,
-                 proof_for: send_mod.ProofFor | None = None) -> None:
+                 concurrency: int = fragments.DEFAULT_CONCURRENCY) -> None:
         self.identity = identity
         self.net = net
         self.dht = dht
@@ -55,7 +63,8 @@ class MailAgent:
         self.trusted_cas = trusted_cas
         self.ttl = ttl
         self.concurrency = concurrency
-        self.proof_for = proof_for
+        book = PermitBook.load(self.local.root / permits_mod.BOOK_FILE, params.stamp_bits)
+        self.permits = Permits(net, dht, identity, book, params, clock, rng, trusted_cas)
 
     def __repr__(self) -> str:
         return f"MailAgent({self.identity!r})"
@@ -68,8 +77,9 @@ class MailAgent:
 
     async def publish_cert(self) -> list[Receipt]:
         """STORE our AddressCert on its r closest nodes (seed 002 §2.4: the owner checks that
-        the closest nodes hold it; call again at least every CERT_TTL). UserError if no node
-        took it."""
+        the closest nodes hold it; call again at least every CERT_TTL), and our inbox policy
+        (DESIGN.md §6: without it no replica can check a permit). UserError if no node took
+        the certificate."""
         cert = self.identity.cert
         now = int(self.clock.now())
         self.identity.check(self.trusted_cas, now, self.params.clock_skew)
@@ -82,6 +92,7 @@ class MailAgent:
         if not receipts:
             raise send_mod.SendFailed("no node took your address certificate: check your "
                                       "connection and try again", None)
+        await self.permits.publish_policy()
         return receipts
 
     # -- sending ---------------------------------------------------------------------------------
@@ -106,35 +117,122 @@ class MailAgent:
 
     async def send_composed(self, msg: Composed,
                             only: Sequence[str] | None = None) -> send_mod.SendReport:
+        """Send now to every recipient that has granted us a permit (or whose inbox is open);
+        ask the others (an RTS) and keep the message in the Outbox for them: it goes out to
+        each by itself (`flush`) once their grant is seen. Raises SendFailed if a recipient
+        could not be reached (the message stays in the Outbox)."""
         self.local.queue_outgoing(msg.message_id, _with_bcc(msg))
         try:
-            report = await send_mod.send(
-                self.net, self.dht, self.identity, msg, params=self.params,
-                trusted_cas=self.trusted_cas, clock=self.clock, rng=self.rng, ttl=self.ttl,
-                only=only, proof_for=self.proof_for, concurrency=self.concurrency)
+            return await self._send_composed(msg, only)
+        finally:
+            await self._retire()
+
+    async def _retire(self) -> None:
+        """End of one operation: an anonymous store takes fresh go-betweens for the next, so
+        no Z (and no inbox replica, which sees Z) can group two of our messages."""
+        if isinstance(self.net, AnonymousStore):
+            with trio.CancelScope(shield=True):
+                await self.net.retire()
+
+    async def _send_composed(self, msg: Composed,
+                             only: Sequence[str] | None) -> send_mod.SendReport:
+        targets = list(msg.recipients if only is None else only)
+        try:
+            certs = await send_mod.recipient_certs(
+                self.net, self.dht, targets, self.params.replication, self.trusted_cas,
+                self.clock, self.params.clock_skew)
         except send_mod.SendFailed as e:
             raise send_mod.SendFailed(f"{e}; the message is kept in your Outbox",
                                       e.report) from None
+        sorted_ = await self.permits.sort(targets, certs, f"Subject: {msg.subject}")
+        later = {**sorted_.asked, **sorted_.waiting}
+        earlier = self.local.waiting(msg.message_id)
+        keep = send_mod.sender_secret(self.identity, msg.message_id)
+        report = send_mod.SendReport(msg.message_id, len(msg.data), 0,
+                                     send_mod.StepReport("body", b"", need=0))
+        if sorted_.ready:
+            try:
+                report = await send_mod.send(
+                    self.net, self.dht, self.identity, msg, params=self.params,
+                    trusted_cas=self.trusted_cas, clock=self.clock, rng=self.rng,
+                    ttl=self.ttl, only=sorted_.ready, tickets=self.permits,
+                    open_bits=sorted_.open_bits, keep=keep if later or earlier else None,
+                    certs=certs, concurrency=self.concurrency)
+            except send_mod.SendFailed as e:
+                raise send_mod.SendFailed(f"{e}; the message is kept in your Outbox",
+                                          e.report) from None
+        report.waiting = dict(later)
+        now = int(self.clock.now())
+        since = {w.address: w.since for w in earlier}
+        still = tuple(Waiting(a, why, a in later, since.get(a, now))
+                      for a, why in {**later, **report.failed}.items())
+        others = tuple(w for w in earlier if w.address not in targets)
+        self.local.set_waiting(msg.message_id, others + still)
         if report.failed:
             who = "; ".join(f"{a}: {why}" for a, why in report.failed.items())
             raise send_mod.SendFailed(f"not delivered to {who}; the message is kept in your "
                                       f"Outbox", report)
-        self.local.mark_sent(msg.message_id)
+        if not (others + still):
+            self.local.mark_sent(msg.message_id)
+            if earlier:  # our own right kept the body alive for late recipients: let it go
+                body = fragments.encrypt_body(msg.data, send_mod.body_key_of(self.identity,
+                                                                             msg.message_id))
+                await send_mod.forget(self.net, self.dht, body, ids.body_key(msg.message_id),
+                                      [keep], self.params.replication)
         return report
+
+    async def flush(self) -> list[send_mod.SendReport]:
+        """Send Outbox messages to the recipients whose permission has come since (the
+        grant was read by `check`). Failures stay in the Outbox, with their reason."""
+        out = []
+        now = self.clock.now()
+        for state in self.local.outbox():
+            due = [w.address for w in state.waiting
+                   if w.permit and self.permits.book.held_count(w.address, now)]
+            if due:
+                with contextlib.suppress(UserError):  # its reason stays in the Outbox
+                    out.append(await self.retry(state.message_id, due))
+        return out
+
+    async def retry(self, message_id: str, only: Sequence[str] | None = None
+                    ) -> send_mod.SendReport:
+        """Send an Outbox message again, to `only` (default: everyone it has not reached)."""
+        data = self.local.outgoing(message_id)
+        if data is None:
+            raise UserError(f"no message {message_id} in your Outbox")
+        msg = compose_mod.prepare(data, self.address, self.clock, self.rng, keep_id=True)
+        if only is None:
+            waiting = self.local.waiting(message_id)
+            only = [w.address for w in waiting] or list(msg.recipients)
+        return await self.send_composed(msg, only)
 
     # -- receiving -------------------------------------------------------------------------------
 
-    async def check(self) -> check_mod.CheckReport:
-        return await check_mod.check(self.net, self.dht, self.identity, self.local,
-                                     params=self.params, trusted_cas=self.trusted_cas,
-                                     clock=self.clock, rng=self.rng)
+    async def check(self, *, flush: bool = True) -> check_mod.CheckReport:
+        """Collect new mail and permit notes (both inboxes); then send the grants that are due
+        and the Outbox messages whose recipients have granted us permission since."""
+        try:
+            report = await check_mod.check(self.net, self.dht, self.identity, self.local,
+                                           params=self.params, trusted_cas=self.trusted_cas,
+                                           clock=self.clock, rng=self.rng,
+                                           on_entry=self.permits.on_entry)
+        finally:
+            await self._retire()
+        # Outbox first: its messages carry the refills that are due; then the grants left.
+        report.flushed = await self.flush() if flush else []
+        report.settled = await self.permits.settle()
+        report.requests_pending = len(self.permits.book.requests())
+        return report
 
     def pending(self) -> list[PendingNotice]:
         return self.local.pending()
 
     async def retrieve(self, message_id: str) -> retrieve_mod.RetrieveReport:
-        return await retrieve_mod.retrieve(self.net, self.dht, self.local, message_id,
-                                           params=self.params, concurrency=self.concurrency)
+        try:
+            return await retrieve_mod.retrieve(self.net, self.dht, self.local, message_id,
+                                               params=self.params, concurrency=self.concurrency)
+        finally:
+            await self._retire()
 
     async def retrieve_all(self) -> list[retrieve_mod.RetrieveReport]:
         return [await self.retrieve(n.header.message_id) for n in self.pending()]

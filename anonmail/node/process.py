@@ -27,12 +27,12 @@ from anonmail.errors import RemoteProtocolError
 from anonmail.fileio import write_private
 from anonmail.net.base import Peer
 from anonmail.net.tcp import TcpLimits, TcpNetwork
+from anonmail.permit.gate import gated_store
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.store.db import StoreDb
-from anonmail.store.service import StoreService
 
 log = logging.getLogger("anonmail.node")
 
@@ -76,8 +76,9 @@ class Node:
         on_disk = store_file is not None
         self.store_db = StoreDb(":memory:" if store_file is None else store_file,
                                 threads=on_disk)
-        self.store = StoreService(self.net, self.dht, key, params, clock, rng, self.store_db,
-                                  trusted_cas=trusted_cas, offload=on_disk)
+        # The store behind the permit gate (DESIGN.md §6): inboxes take permitted appends only.
+        self.store = gated_store(self.net, self.dht, key, params, clock, rng, self.store_db,
+                                 trusted_cas=trusted_cas, offload=on_disk)
         # Every node relays and anonymizes for others (DESIGN.md §7): X, Y, Z and W are
         # drawn from all nodes, so every node must be able to play each role.
         self.relay = RelayService(self.net, self.dht, key, params, clock, rng)

@@ -156,8 +156,6 @@ class PermitGate:
             raise Denied("permit is for another inbox", ErrorCode.PERMIT_INVALID)
         if token.expires <= now or token.expires > now + 2 * EPOCH + self.params.clock_skew:
             raise Denied("permit expired or not yet valid", ErrorCode.PERMIT_INVALID)
-        if held.policy.cert.expires <= now:
-            raise Denied("the inbox owner's certificate expired", ErrorCode.EXPIRED)
         tid = token.id
         if tid in held.revoked:
             raise Denied("permit revoked by the inbox owner", ErrorCode.PERMIT_REVOKED)

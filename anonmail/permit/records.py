@@ -68,7 +68,7 @@ def token_id(key: bytes) -> bytes:
     return crypto.hash("permit-token-id", key)
 
 
-@wire.message(tag=110)
+@wire.message(tag=60)
 @dataclass(frozen=True, slots=True)
 class Token:
     """The owner's permission for one append to `inbox`, by whoever holds `key`'s secret."""
@@ -87,7 +87,7 @@ class Token:
         crypto.verify(owner_sign_key, TOKEN_DOMAIN, wire.signing_bytes(self), self.signature)
 
 
-@wire.message(tag=111)
+@wire.message(tag=61)
 @dataclass(frozen=True, slots=True)
 class HeldToken:
     """A token with its secret: what a CTS carries to the sender, and what the sender keeps."""
@@ -105,7 +105,7 @@ class TokenUse:
     entry_id: Key32
 
 
-@wire.message(tag=112)
+@wire.message(tag=62)
 @dataclass(frozen=True, slots=True)
 class PermitProof:
     """An APPEND's proof (store AppendProofKind.PERMIT): the token and its key's signature over
@@ -115,17 +115,17 @@ class PermitProof:
     signature: Annotated[bytes, Size(64)]
 
 
-@wire.message(tag=113)
+@wire.message(tag=63)
 @dataclass(frozen=True, slots=True)
 class Stamp:
     """An APPEND's proof (AppendProofKind.STAMP): a nonce for which
     hash("rts-stamp", inbox, day, entry id, nonce) has `bits` leading zero bits."""
 
-    day: Annotated[int, Range(0, 1 << 32)]
+    day: Annotated[int, Range(0, (1 << 32) - 1)]
     nonce: Annotated[bytes, Size(crypto.STAMP_NONCE_SIZE)]
 
 
-@wire.message(tag=114)
+@wire.message(tag=64)
 @dataclass(frozen=True, slots=True)
 class InboxPolicy:
     """The owner's rules for its inbox and its request inbox, with its revocation list; stored,
@@ -133,7 +133,7 @@ class InboxPolicy:
     replica never holds a policy without the revocations that go with it."""
 
     cert: AddressCert  # whose inbox: the node checks the key is this address's
-    version: Annotated[int, wire.U64]  # a node keeps the highest it has seen
+    version: Annotated[int, Range(0, (1 << 63) - 1)]  # a node keeps the highest (SQLite int)
     mode: PolicyMode
     stamp_bits: Annotated[int, Range(0, 40)]  # for RTS (and appends to an open inbox)
     revoked: Annotated[tuple[Key32, ...], Size(0, MAX_REVOKED)]  # token ids, sorted

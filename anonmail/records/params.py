@@ -32,8 +32,9 @@ class NetworkParams:
     max_frame: Annotated[int, Range(1024, 16 << 20)] = 1 << 20
     allow_private_endpoints: bool = False  # loopback/private endpoints in NodeCerts (testnets)
     # The least proof of work an RTS (or an append to an open inbox) carries; an owner's inbox
-    # policy may ask more, never less (DESIGN.md §6). 19 bits: ~0.2 s of one core, p95 < 1 s.
-    stamp_bits: Annotated[int, Range(0, 40)] = 19
+    # policy may ask more, never less (DESIGN.md §6). 18 bits: a median ~0.1 s of one core,
+    # p95 ~0.5 s at 1.3-1.4 M hashes/s (`anonmail bench pow`); 19 bits had p95 > 1 s here.
+    stamp_bits: Annotated[int, Range(0, 40)] = 18
 
     @property
     def rpc_timeout(self) -> float:

@@ -30,6 +30,7 @@ import trio
 from anonmail.anon.relay import RelayService
 from anonmail.dht.dht_node import DhtNode
 from anonmail.dht.lookup import LookupResult
+from anonmail.permit.gate import gated_store
 from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SeededRng
 from anonmail.sim.anon_adversary import RECEIPT_DEEDS, HostileRelay, HostileStats, Misdeed
@@ -118,9 +119,9 @@ class StorageNetwork:
     def _install(self, node: SimNode, dropper: bool, label: str) -> StorageNode:
         cfg, s = self.config, self.s
         lookup = FixedPaths(node.dht, cfg.republish_paths)
-        service = StoreService(node.net, lookup, node.key, s.params, s.clock,
-                               self.rng.fork(f"store-{label}"), StoreDb(":memory:"),
-                               republish_interval=cfg.republish_interval)
+        service = gated_store(node.net, lookup, node.key, s.params, s.clock,
+                              self.rng.fork(f"store-{label}"), StoreDb(":memory:"),
+                              republish_interval=cfg.republish_interval)
         drop = StorageDropper(service, lie_in_probe=cfg.lying) if dropper else None
         node.services.add(service if drop is None else drop)
         if cfg.relays:

@@ -35,7 +35,7 @@ from anonmail import crypto, wire
 from anonmail.clock import Clock
 from anonmail.dht.lookup import LookupResult
 from anonmail.dht.messages import MAX_NODES
-from anonmail.errors import Refused, RemoteProtocolError, TransportError
+from anonmail.errors import ErrorCode, Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network
 from anonmail.net.fanout import Outcome, fan_out
 from anonmail.records import ids
@@ -111,6 +111,11 @@ class Placement:
     receipts_by_node: dict[bytes, Receipt] = field(default_factory=dict)
     refusals: dict[bytes, Refused] = field(default_factory=dict)
     failures: dict[bytes, Exception] = field(default_factory=dict)
+    tried: dict[bytes, NodeCert] = field(default_factory=dict)  # every node asked, by id
+
+    def refused_with(self, code: ErrorCode) -> list[NodeCert]:
+        """The nodes that refused with `code`."""
+        return [self.tried[n] for n, e in self.refusals.items() if e.code is code]
 
     @property
     def receipts(self) -> list[Receipt]:
@@ -137,6 +142,7 @@ async def _replicated(dht: Lookup, key: bytes, r: int, rounds: int,
             break
         for o in await call_all(targets):
             nid = o.item.node_id
+            out.tried[nid] = o.item
             if o.value is not None:
                 done[nid] = o.value
                 continue

@@ -196,7 +196,9 @@ def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
     lim, db = ctx.limits, ctx.db
     if len(req.blob) > lim.max_blob:
         raise QuotaExceeded("quota: object too large")
-    hashes = set(req.delete_hashes)
+    # A certificate or a policy is nobody's to delete (its owner replaces it with a newer
+    # version): delete hashes on one would let anyone who stored it tombstone it.
+    hashes = set() if req.kind in VERSIONED else set(req.delete_hashes)
     if len(hashes) > lim.max_delete_hashes:
         raise QuotaExceeded("quota: too many delete hashes")
     expires = _expires(ctx, req.ttl, now)

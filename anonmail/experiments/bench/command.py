@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from anonmail.errors import UserError
-from anonmail.experiments.bench import anon, mail_sim, mail_tcp, rpc
+from anonmail.experiments.bench import anon, mail_sim, mail_tcp, pow, rpc
 
 
 def _cmd_rpc(args: argparse.Namespace) -> int:
@@ -83,3 +83,4 @@ def register(subparsers: Any) -> None:
     anon_p.add_argument("--transport", choices=["tcp", "sim", "both"], default="both",
                         help="the simulated network, loopback TCP, or both (default)")
     anon_p.set_defaults(func=_cmd_anon)
+    pow.add_parser(sub)

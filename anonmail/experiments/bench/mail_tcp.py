@@ -26,6 +26,7 @@ from anonmail.agent.session import AgentConfig, session
 from anonmail.anon.client import AnonymousStore
 from anonmail.clock import SystemClock
 from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.permits import introduce
 from anonmail.mail.user_agent import MailAgent
 from anonmail.net.tcp import TcpNetwork
 from anonmail.node.process import Node
@@ -102,6 +103,7 @@ async def bench_tcp(messages: int, size: int, nodes: int = 5, *,
             async with session(alice_id, alice_cfg, clock, rng, anonymous=anonymous) as alice, \
                     session(bob_id, bob_cfg, clock, rng, anonymous=anonymous) as bob:
                 await bob.publish_cert()
+                introduce(alice.permits, bob.permits)  # correspondents (as after RTS/CTS)
                 start_bytes = _wire(running, alice, bob)
                 t0 = time.perf_counter()
                 outgoing = [alice.compose([bob.address], subject=f"bench {i}", body=body)

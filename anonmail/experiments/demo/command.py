@@ -1,5 +1,6 @@
-"""`anonmail demo`: the mission on a local network of real nodes: Alice mails Bob and Carol a
-photo anonymously, both read it, and every node's view of it is shown.
+"""`anonmail demo`: the mission on a local network of real nodes: a spammer's append is refused
+(no permit); Alice asks Bob and Carol for permission to write, they allow her, her photo goes out
+by itself anonymously, both read it, and every node's view of it is shown.
 
 Part 1 (run.py) runs real nodes over loopback TCP inside this process and three user agents,
 each a DHT client whose every storage request goes through go-betweens (DESIGN.md §7). Alice

@@ -45,6 +45,7 @@ from anonmail.records.certs import Endpoint
 from anonmail.records.params import NetworkParams, testnet
 from anonmail.rng import SystemRng
 from anonmail.store import messages as sm
+from anonmail.store.client import append_replicated
 
 PUZZLE_BITS = 8  # a real network asks 16 bits per node id
 STEP_TIMEOUT = 60.0  # seconds for any one network step (start a node, publish, send, read)
@@ -180,22 +181,42 @@ async def _mail(nodes: list[Node], params: NetworkParams, config: MailConfig,
         for name, whose in (("alice", "her"), ("bob", "his"), ("carol", "her")):
             say(f"{name.capitalize():5} {agents[name].address}  ({whose} agent: client node "
                 f"{ids.short(clients[name])})")
-        for who in (bob, carol):
+        for who in (alice, bob, carol):
             with trio.fail_after(STEP_TIMEOUT):
                 receipts = await who.publish_cert()
             say(f"{who.address.split('@')[0].capitalize()} published the address certificate "
-                f"anonymously: {len(receipts)} signed receipts")
+                f"and inbox policy (permits required) anonymously: {len(receipts)} signed "
+                "receipts")
+        await _spam(alice, bob, params, say)
 
         photo = rng.bytes(config.attachment)
         msg = alice.compose([bob.address, carol.address], subject="Photo from the trip",
                             body="Here it is. Nobody on the way knows it came from me.\n",
                             attachments=[Attachment("photo.jpg", photo, "image/jpeg")])
+        with trio.fail_after(STEP_TIMEOUT):
+            asked = await alice.send_composed(msg)
+        say("\nAlice writes to Bob and Carol for the first time:")
+        for address, why in asked.waiting.items():
+            say(f"  {address}: {why}; the message waits in her Outbox")
+        for name in ("bob", "carol"):
+            with trio.fail_after(STEP_TIMEOUT):
+                await agents[name].check()
+            for c in agents[name].permits.book.requests():
+                note = c.request.note if c.request else ""
+                say(f"{name.capitalize()} reviews a request to write from {c.address} "
+                    f"({note!r}) and allows it")
+                with trio.fail_after(STEP_TIMEOUT):
+                    await agents[name].permits.allow(c.address)
+        with trio.fail_after(STEP_TIMEOUT):
+            await alice.check(flush=False)  # the grants come in ...
         send_start = clock.now()
         with trio.fail_after(STEP_TIMEOUT):
-            report = await alice.send_composed(msg)
+            flushed = await alice.flush()  # ... and the message goes out by itself
         send_end = clock.now()
-        say(f"\nAlice sent {len(msg.data):,} bytes (photo.jpg, {len(photo):,} bytes) "
-            f"anonymously in {send_end - send_start:.1f} s, stored once for both:")
+        report = next((r for r in flushed if r.message_id == msg.message_id), asked)
+        say(f"\nAlice's next session saw both permits; her Outbox sent {len(msg.data):,} bytes "
+            f"(photo.jpg, {len(photo):,} bytes) by itself, anonymously, in "
+            f"{send_end - send_start:.1f} s, stored once for both:")
         say(f"  body: {len(report.body.receipts)} verified receipts"
             + (f"; {len(report.fragments)} fragments: "
                + ", ".join(str(len(f.receipts)) for f in report.fragments) + " receipts"
@@ -219,6 +240,18 @@ async def _mail(nodes: list[Node], params: NetworkParams, config: MailConfig,
                 + ("the bytes match what Alice attached" if got.matches else
                    "THE BYTES DIFFER from what Alice attached"))
         return run
+
+
+async def _spam(sender: MailAgent, victim: MailAgent, params: NetworkParams,
+                say: Callable[[str], None]) -> None:
+    """A stranger's append straight into the victim's inbox, without a permit."""
+    with trio.fail_after(STEP_TIMEOUT):
+        placed = await append_replicated(sender.net, sender.dht, ids.inbox_key(victim.address),
+                                         b"BUY NOW " * 64, 3600, None, params.replication,
+                                         rounds=1)
+    codes = sorted({e.code.name for e in placed.refusals.values()})
+    say(f"A spammer appends straight to Bob's inbox without a permit: {len(placed.receipts)} "
+        f"of {params.replication} replicas took it (refused: {', '.join(codes) or 'none'})")
 
 
 async def _read(agent: MailAgent, name: str, photo: bytes) -> Reading:

@@ -38,7 +38,14 @@ import trio.testing
 from anonmail.anon.client import AnonStats
 from anonmail.errors import UserError
 from anonmail.experiments.mail.model import MailConfig, MailReport, prediction_for
-from anonmail.experiments.mail.workload import Seat, Workload, make_seats, plan, text
+from anonmail.experiments.mail.workload import (
+    Seat,
+    Workload,
+    introduce_letters,
+    make_seats,
+    plan,
+    text,
+)
 from anonmail.sim.anon_adversary import HostileStats
 from anonmail.sim.determinism import seed_scheduler
 from anonmail.sim.metrics import WireMeter, add_counts
@@ -75,6 +82,9 @@ async def run_async(config: MailConfig, tmp: Path, progress: Progress | None = N
             s.world.add_policy(meter)
             bytes0, requests0 = s.world.stats.wire_bytes, s.world.stats.requests
             letters = plan(config, rng.fork("letters"))
+            # The workload is mail between correspondents (as after RTS/CTS): `anonmail sim
+            # spam` and tests/test_permit_flow.py measure the asking.
+            introduce_letters(seats, letters)
             text_rng = rng.fork("texts")
             work = Workload(config, seats, letters, [text(text_rng, x.size) for x in letters])
             async with trio.open_nursery() as churn:

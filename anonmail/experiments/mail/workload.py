@@ -31,9 +31,11 @@ from anonmail.dht.dht_node import DhtNode
 from anonmail.errors import UserError
 from anonmail.experiments.mail.model import Letter, MailConfig
 from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.permits import introduce
 from anonmail.mail.send import SendFailed
 from anonmail.mail.user_agent import MailAgent
 from anonmail.net.base import Network
+from anonmail.permit.book import GRANT_BATCH
 from anonmail.records.certs import NodeCert
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario, make_key
@@ -93,6 +95,18 @@ async def make_seats(s: Scenario, net: StorageNetwork, config: MailConfig, tmp: 
         await dht.bootstrap(introducer.node.cert.endpoints, paths=1)
         await agent.publish_cert()
     return seats
+
+
+def introduce_letters(seats: Sequence[Seat], letters: Sequence[Letter]) -> None:
+    """Every pair that exchanges a letter starts as contacts, with tokens for a whole run."""
+    pairs = {tuple(sorted((x.sender, x.recipient))) for x in letters}
+    need = max((sum(1 for x in letters if {x.sender, x.recipient} == set(p)) for p in pairs),
+               default=0)
+    for i, j in sorted(pairs):
+        introduce(seats[i].agent.permits, seats[j].agent.permits,
+                  max(GRANT_BATCH, need + 1), save=False)
+    for seat in seats:
+        seat.agent.permits.book.save()
 
 
 class Workload:

@@ -1,0 +1,199 @@
+"""Permit commands (DESIGN.md §6): `anonmail requests`, `allow`, `block`, `contacts`, `outbox`.
+
+Who may write to you is decided here, by you, and nowhere else: `allow` answers a request to
+write (or grants an address before it asks), `block` revokes every unspent permit you gave an
+address on every replica of your inbox, `contacts add` makes an address's future requests
+granted by your policy. `outbox` lists what waits to go out and why; `--retry` and `--drop`
+act on one message. The commands that need the network run one agent session each
+(commands/mail_cmd.py `_run`), which also collects new requests and grants first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import time
+
+from anonmail.commands import common
+from anonmail.commands.mail_cmd import MAIL_DIR, _direct_option, _run
+from anonmail.errors import UserError
+from anonmail.mail.maildir import LocalMail
+from anonmail.mail.permits import BOOK_FILE
+from anonmail.mail.user_agent import MailAgent
+from anonmail.permit.book import PermitBook, Status
+from anonmail.records.certs import fingerprint_words, normalize_address_or_none
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def shared(p: argparse.ArgumentParser) -> None:
+        common.add_home_option(p)
+        common.add_passphrase_option(p)
+
+    r = sub.add_parser("requests", help="list who asks to write to you (after checking for new "
+                                        "requests)")
+    shared(r)
+    r.add_argument("--offline", action="store_true", help="list what is here; do not check")
+    _direct_option(r, "check")
+    r.set_defaults(func=cmd_requests)
+
+    a = sub.add_parser("allow", help="let ADDRESS write to you (sends it permits)")
+    shared(a)
+    a.add_argument("address")
+    _direct_option(a, "send the permits")
+    a.set_defaults(func=cmd_allow)
+
+    b = sub.add_parser("block", help="revoke every permit ADDRESS holds and refuse its requests")
+    shared(b)
+    b.add_argument("address")
+    _direct_option(b, "publish the revocation")
+    b.set_defaults(func=cmd_block)
+
+    c = sub.add_parser("contacts", help="list, add or remove contacts (their requests are "
+                                        "granted by your policy)")
+    shared(c)
+    c.add_argument("action", nargs="?", choices=("list", "add", "remove"), default="list")
+    c.add_argument("address", nargs="?")
+    _direct_option(c, "send permits to a new contact")
+    c.set_defaults(func=cmd_contacts)
+
+    o = sub.add_parser("outbox", help="list messages waiting to go out, and why")
+    shared(o)
+    o.add_argument("--retry", metavar="MESSAGE-ID", help="try sending this message again now")
+    o.add_argument("--drop", metavar="MESSAGE-ID", help="remove this message from the Outbox")
+    _direct_option(o, "send")
+    o.set_defaults(func=cmd_outbox)
+
+
+def _address(text: str) -> str:
+    address = normalize_address_or_none(text)
+    if address is None:
+        raise UserError(f"{text!r} is not an e-mail address (write name@domain)")
+    return address
+
+
+def _book(args: argparse.Namespace) -> PermitBook:
+    home = common.home_of(args)
+    bits = common.load_config(home).params.stamp_bits
+    return PermitBook.load(home.root / MAIL_DIR / BOOK_FILE, bits)
+
+
+def _utc(t: int) -> str:
+    return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    if not args.offline:
+        _run(args, lambda agent: agent.check())
+    pending = _book(args).requests()
+    if not pending:
+        print("no pending requests to write to you")
+        return 0
+    for c in pending:
+        assert c.request is not None
+        key = fingerprint_words(c.cert.sign_key) if c.cert is not None else "?"
+        print(f"{c.address}\n    fingerprint: {key}\n    asked {_utc(c.request.date)} UTC: "
+              f"{c.request.note!r}")
+    print(f"{len(pending)} request(s): `anonmail allow ADDRESS` lets one write to you, "
+          "`anonmail block ADDRESS` refuses it")
+    return 0
+
+
+def cmd_allow(args: argparse.Namespace) -> int:
+    address = _address(args.address)
+
+    async def job(agent: MailAgent) -> str:
+        if address == agent.address:
+            raise UserError("that is your own address")
+        sent = await agent.permits.allow(address)
+        if not sent:
+            return (f"{address} is allowed, but the permits could not be delivered now: they "
+                    "go out with your next `anonmail inbox`")
+        return f"{address} may now write to you (permits sent)"
+
+    print(_run(args, job))
+    return 0
+
+
+def cmd_block(args: argparse.Namespace) -> int:
+    address = _address(args.address)
+
+    async def job(agent: MailAgent) -> str:
+        if address == agent.address:
+            raise UserError("that is your own address")
+        revoked, replicas = await agent.permits.block(address)
+        return (f"{address} is blocked: {revoked} unspent permit(s) revoked on {replicas} inbox "
+                f"replicas; its requests will be dropped")
+
+    print(_run(args, job))
+    return 0
+
+
+def cmd_contacts(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        book = _book(args)
+        now = time.time()
+        rows = sorted(book.people.values(), key=lambda c: c.address)
+        shown = [c for c in rows if c.status is not Status.NONE or book.held_count(c.address, now)]
+        if not shown:
+            print("no contacts yet")
+        for c in shown:
+            held = book.held_count(c.address, now)
+            print(f"{c.status.name.lower():8} {c.address}  (you hold {held} of their permits; "
+                  f"they hold about {c.supply} of yours)")
+        return 0
+    if args.address is None:
+        raise UserError(f"`anonmail contacts {args.action}` needs an ADDRESS")
+    address = _address(args.address)
+    if args.action == "remove":
+        book = _book(args)
+        if book.status(address) is not Status.CONTACT:
+            raise UserError(f"{address} is not among your contacts")
+        book.set_status(address, Status.ALLOWED)
+        book.save()
+        print(f"{address} is no longer a contact (permits already given stay valid; "
+              f"`anonmail block` revokes them)")
+        return 0
+
+    async def job(agent: MailAgent) -> str:
+        if address == agent.address:
+            raise UserError("that is your own address")
+        agent.permits.book.set_status(address, Status.CONTACT)
+        agent.permits.book.save()
+        sent = await agent.permits.grant(address)
+        how = "permits sent" if sent else "permits go out with your next `anonmail inbox`"
+        return f"{address} is a contact ({how})"
+
+    print(_run(args, job))
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    home = common.home_of(args)
+    local = LocalMail(home.root / MAIL_DIR)
+    if args.drop:
+        if not local.drop_outgoing(args.drop):
+            raise UserError(f"no message {args.drop} in your Outbox: run `anonmail outbox`")
+        print(f"dropped {args.drop} from your Outbox")
+        return 0
+    if args.retry:
+        mid = args.retry
+
+        async def job(agent: MailAgent) -> str:
+            report = await agent.retry(mid)
+            done = ", ".join(report.delivered) or "nobody new"
+            wait = "; ".join(f"{a}: {why}" for a, why in report.waiting.items())
+            return f"delivered to {done}" + (f"; still waiting: {wait}" if wait else "")
+
+        print(_run(args, job))
+        return 0
+    states = local.outbox()
+    if not states:
+        print("your Outbox is empty")
+        return 0
+    for state in states:
+        print(state.message_id)
+        if not state.waiting:
+            print("    not sent (interrupted or failed): `anonmail outbox --retry` it")
+        for w in state.waiting:
+            print(f"    {w.address}: {w.reason} (since {_utc(w.since)} UTC)")
+    return 0

@@ -1,0 +1,401 @@
+"""The user agent's side of RTS/CTS (DESIGN.md §6; seed 003 §3.2, §7.1, §8.1).
+
+As a sender, for each recipient: a token the recipient granted us (`Ticket`: the token is spent
+on exactly the sealed entry); else the recipient's signed InboxPolicy, fetched from its inbox
+replicas, decides: OPEN takes a proof-of-work stamp; PERMITS means an RTS first (a signed
+`PermitNote` REQUEST with a few of our own tokens, sealed to the owner and appended to its
+request inbox with a stamp) while the message waits in the Outbox for that recipient; it goes
+out by itself (`flush`) in the first session that sees the grant.
+
+As an owner: every entry read is accounted (tokens granted to us kept; which of our tokens it
+spent; how many of ours the sender still holds). An RTS from a contact or an allowed
+correspondent is granted by policy; from a blocked one dropped; from anyone else kept for review
+(`anonmail requests`). Grants are made only here, and only for those reasons or the owner's own
+command (`allow`, `contacts add`, a message the owner sends): never because of anything an entry
+says (seed 003 §8.1: a hijacked client must not grant permission). `block` revokes the unspent
+tokens issued to the blocked address with a new policy version, stored on every inbox replica.
+
+Nodes see a token (a random key) or a stamp: never a sender, never a stable pseudonym.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from anonmail import wire
+from anonmail.clock import Clock
+from anonmail.errors import ErrorCode, RemoteProtocolError, UserError
+from anonmail.mail import envelope
+from anonmail.mail.envelope import Extras, HeaderPlain
+from anonmail.mail.identity import AddressIdentity
+from anonmail.net.base import Network
+from anonmail.permit.book import GRANT_BATCH, REPLY_TOKENS, PermitBook, Status
+from anonmail.permit.gate import REQUEST_TTL
+from anonmail.permit.notes import NoteKind, make_note
+from anonmail.permit.records import (
+    MAX_POLICY,
+    HeldToken,
+    InboxPolicy,
+    PolicyMode,
+    issue_tokens,
+    mint_stamp,
+    spend,
+)
+from anonmail.records import ids
+from anonmail.records.certs import AddressCert, NodeCert
+from anonmail.records.params import NetworkParams
+from anonmail.rng import Rng
+from anonmail.store.client import (
+    REQUEST_ERRORS,
+    Lookup,
+    Placement,
+    append_replicated,
+    closest,
+    fetch_cert,
+    request_all,
+    store_replicated,
+)
+from anonmail.store.messages import (
+    AppendProof,
+    AppendProofKind,
+    Fetch,
+    Fetched,
+    ObjectKind,
+    Store,
+    Stored,
+    entry_id,
+)
+
+POLICY_TTL = 30 * 86400  # nodes keep a policy at most this long: republish with the cert
+BOOK_FILE = "permits.cbor"
+# Stamps up to this many bits (~30 ms) are minted on the event loop: a thread would let a
+# simulation's MockClock (autojump) leap ahead while it runs.
+INLINE_BITS = 16
+PUSHES = 3  # rounds of "push the policy to the replicas that lack it, append again"
+
+
+@dataclass
+class Ticket:
+    """How one entry to one recipient is allowed in: a token we hold, or a stamp."""
+
+    inbox: bytes
+    token: HeldToken | None
+    stamp_bits: int
+    extras: Extras
+
+    async def prove(self, entry: bytes, now: float, rng: Rng) -> AppendProof:
+        eid = entry_id(entry)
+        if self.token is not None:
+            return AppendProof(AppendProofKind.PERMIT, wire.encode(spend(self.token, self.inbox,
+                                                                        eid)))
+        if self.stamp_bits <= INLINE_BITS:  # milliseconds: not worth a thread
+            stamp = mint_stamp(self.inbox, eid, self.stamp_bits, now, rng)
+        else:  # a fraction of a second at a real difficulty: off the event loop
+            stamp = await trio.to_thread.run_sync(mint_stamp, self.inbox, eid, self.stamp_bits,
+                                                  now, rng)
+        return AppendProof(AppendProofKind.STAMP, wire.encode(stamp))
+
+
+@dataclass
+class Sorted:
+    """Recipients by what a send may do for them now."""
+
+    ready: list[str] = field(default_factory=list)  # token held, or an open inbox
+    asked: dict[str, str] = field(default_factory=dict)  # RTS sent now: the one-line reason
+    waiting: dict[str, str] = field(default_factory=dict)  # cannot ask now, and why
+    open_bits: dict[str, int] = field(default_factory=dict)  # open inboxes' stamp difficulty
+
+
+@dataclass
+class Settled:
+    granted: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class Permits:
+    def __init__(self, net: Network, dht: Lookup, identity: AddressIdentity, book: PermitBook,
+                 params: NetworkParams, clock: Clock, rng: Rng,
+                 trusted_cas: frozenset[bytes]) -> None:
+        self.net = net
+        self.dht = dht
+        self.identity = identity
+        self.book = book
+        self.params = params
+        self.clock = clock
+        self.rng = rng
+        self.trusted_cas = trusted_cas
+        # Correspondents a grant is due to: True for a request granted by policy (always
+        # answered), False for a refill (skipped if a mail sent since carried one).
+        self.owed: dict[str, bool] = {}
+        self.requests_seen = 0
+
+    @property
+    def me(self) -> str:
+        return self.identity.address
+
+    # -- the owner's policy ----------------------------------------------------------------------
+
+    def policy(self) -> InboxPolicy:
+        return self.book.policy(self.identity.sign, self.identity.cert, self.clock.now())
+
+    async def publish_policy(self) -> int:
+        """STORE the current policy under our inbox and request inbox keys; how many inbox
+        replicas took it. A block is only as good as the replicas that hold it."""
+        policy = self.policy()
+        blob = wire.encode(policy)
+        ttl = max(1, min(POLICY_TTL, self.identity.cert.expires - int(self.clock.now())))
+        took = 0
+        for key in (ids.inbox_key(self.me), ids.requests_key(self.me)):
+            placed = await store_replicated(self.net, self.dht, key, ObjectKind.POLICY, blob,
+                                            ttl, (), self.params.replication, clock=self.clock,
+                                            skew=self.params.clock_skew)
+            if key == ids.inbox_key(self.me):
+                took = len(placed.receipts)
+        self.book.published = self.book.version
+        self.book.save()
+        return took
+
+    # -- a recipient's policy --------------------------------------------------------------------
+
+    async def fetch_policy(self, address: str, key: bytes | None = None, *,
+                           newest: bool = False) -> InboxPolicy | None:
+        """A valid policy from the replicas of `address`'s inbox (or `key`): the first found
+        (enough to learn the rules), or with `newest` the newest any replica holds (what a
+        push must carry: never an older revocation list). One replica at a time (an
+        anonymizer fetches from one target per request)."""
+        key = ids.inbox_key(address) if key is None else key
+        best: InboxPolicy | None = None
+        now = self.clock.now()
+        for node in await closest(self.dht, key, self.params.replication):
+            try:
+                reply = await self.net.request(node, Fetch(key))
+            except REQUEST_ERRORS:
+                continue
+            if not isinstance(reply, Fetched) or reply.kind is not ObjectKind.POLICY:
+                continue
+            try:
+                policy = wire.decode(reply.blob, InboxPolicy, max_size=MAX_POLICY)
+                policy.cert.verify(self.trusted_cas, now, self.params.clock_skew)
+                policy.verify()
+            except RemoteProtocolError:
+                continue
+            if policy.cert.address == address and policy.covers(key) and (
+                    best is None or policy.version > best.version):
+                best = policy
+                if not newest:
+                    break
+        return best
+
+    async def push_policy(self, address: str, key: bytes, nodes: Sequence[NodeCert]) -> bool:
+        """`nodes` refused with NO_POLICY (new among the closest, say): give them the owner's
+        signed policy, fetched from the replicas that have it. True if one took it."""
+        policy = await self.fetch_policy(address, key, newest=True) if nodes else None
+        if policy is None:
+            return False
+        store = Store(key, ObjectKind.POLICY, wire.encode(policy), POLICY_TTL, ())
+        took = False
+        for o in await request_all(self.net, nodes, store):
+            took = took or isinstance(o.value, Stored)
+        return took
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def ticket(self, address: str, *, stamp_bits: int | None = None,
+               grant: int = 0) -> Ticket:
+        """Take a token for `address` (the book is saved before it is used), with our grant
+        and our supply of their tokens beside it. No token: a stamp, to the request inbox
+        unless `stamp_bits` says the inbox is open."""
+        now = self.clock.now()
+        book = self.book
+        if not grant and book.status(address) is not Status.BLOCKED and book.needs_refill(address):
+            grant = GRANT_BATCH
+        given = book.issue(address, self.identity.sign, self.me, grant, now, self.rng) \
+            if grant and address != self.me else ()
+        if address == self.me:  # our own inbox: we are its owner and grant ourselves one
+            token: HeldToken | None = issue_tokens(self.identity.sign, ids.inbox_key(address),
+                                                   1, now, self.rng)[0]
+        else:
+            token = book.take_token(address, now)
+        book.save()
+        supply = book.held_count(address, now)
+        if token is not None:
+            return Ticket(ids.inbox_key(address), token, 0,
+                          Extras(given, supply, token.token.id))
+        bits = self.params.stamp_bits if stamp_bits is None else stamp_bits
+        inbox = ids.inbox_key(address) if stamp_bits is not None else ids.requests_key(address)
+        return Ticket(inbox, None, bits, Extras(given, supply, b""))
+
+    async def sort(self, addresses: Sequence[str], certs: dict[str, AddressCert],
+                   note: str) -> Sorted:
+        """Who can be written to now; RTS to those who must be asked (one per recipient: not
+        again while a request is outstanding)."""
+        out = Sorted()
+        now = self.clock.now()
+        for address in addresses:
+            if address == self.me or self.book.held_count(address, now):
+                out.ready.append(address)
+                continue
+            policy = await self.fetch_policy(address)
+            if policy is None:
+                out.waiting[address] = ("has not published an inbox policy (old software, or "
+                                        "never online): waiting")
+                continue
+            if policy.mode is PolicyMode.OPEN:
+                out.ready.append(address)
+                out.open_bits[address] = max(policy.stamp_bits, self.params.stamp_bits)
+                continue
+            bits = max(policy.stamp_bits, self.params.stamp_bits)
+            if await self.send_note(certs[address], NoteKind.REQUEST, note, REPLY_TOKENS,
+                                    stamp_bits=bits):
+                out.asked[address] = "asked for permission to write (an RTS was sent)"
+            else:
+                out.waiting[address] = "could not deliver the request to write: will retry"
+        return out
+
+    async def send_note(self, cert: AddressCert, kind: NoteKind, text: str, grant: int, *,
+                        stamp_bits: int | None = None) -> bool:
+        """Seal a signed note (RTS or grant) to `cert`'s owner and append it: to the inbox with
+        a token we hold, else to the request inbox with a stamp. True if a replica took it."""
+        address = cert.address
+        now = self.clock.now()
+        if kind is NoteKind.GRANT and self.book.status(address) is Status.NONE:
+            self.book.set_status(address, Status.ALLOWED)
+        if kind is NoteKind.REQUEST and self.book.status(address) is Status.NONE:
+            self.book.set_status(address, Status.ALLOWED)  # we asked: they may answer
+        t = self.ticket(address, grant=grant)
+        if t.token is None and stamp_bits is not None:
+            t.stamp_bits = stamp_bits
+        note = make_note(self.identity.cert, self.identity.sign, address, kind, text, now)
+        entry = envelope.seal_entry(note, cert.seal_key, t.inbox, self.rng, t.extras)
+        placed = await self._append(address, t, entry, REQUEST_TTL)
+        return bool(placed.receipts)
+
+    async def _append(self, address: str, t: Ticket, entry: bytes, ttl: int) -> Placement:
+        proof = await t.prove(entry, self.clock.now(), self.rng)
+        r = self.params.replication
+        placed = await append_replicated(self.net, self.dht, t.inbox, entry, ttl, proof, r,
+                                         clock=self.clock, skew=self.params.clock_skew)
+        for _ in range(PUSHES):
+            lacking = placed.refused_with(ErrorCode.NO_POLICY)
+            if len(placed.receipts) >= r or not lacking \
+                    or not await self.push_policy(address, t.inbox, lacking):
+                break
+            again = await append_replicated(self.net, self.dht, t.inbox, entry, ttl, proof, r,
+                                            clock=self.clock, skew=self.params.clock_skew)
+            placed.receipts_by_node.update(again.receipts_by_node)
+            placed.refusals = again.refusals
+            placed.tried.update(again.tried)
+        self.refused(address, placed)
+        return placed
+
+    def refused(self, address: str, placed: Placement) -> None:
+        """Learn from refusals: revoked tokens mean we were blocked (drop what we hold)."""
+        if any(e.code is ErrorCode.PERMIT_REVOKED for e in placed.refusals.values()) \
+                and not placed.receipts:
+            self.book.drop_held(address)
+            self.book.save()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def on_entry(self, plain: HeaderPlain, from_requests: bool) -> None:
+        """Account for one verified entry (the caller verified its header or note)."""
+        sender = plain.sender
+        address = sender.address
+        now = self.clock.now()
+        book = self.book
+        if address == self.me:
+            return
+        status = book.status(address)
+        granted = envelope.valid_grant(plain, now)
+        if status is not Status.BLOCKED and granted:
+            book.add_held(address, granted, now)
+        if status is not Status.BLOCKED:
+            book.remember_cert(sender)  # verified: seals our grants without a lookup
+        if not from_requests:
+            if plain.spent:
+                book.note_spent(address, plain.spent)
+            book.note_supply(address, plain.supply)
+            if book.needs_refill(address):
+                self.owed.setdefault(address, False)
+        note = plain.note
+        if note is not None and note.kind is NoteKind.REQUEST:
+            self.requests_seen += 1
+            if status in (Status.CONTACT, Status.ALLOWED):
+                self.owed[address] = True  # granted by the owner's policy, not by the note
+            elif status is Status.NONE:
+                book.add_request(sender, note.note, note.date)
+        book.save()
+
+    async def settle(self) -> Settled:
+        """Send the grants that are due (policy grants for requests, refills), publish a
+        changed policy."""
+        out = Settled()
+        if self.book.published < self.book.version:
+            await self.publish_policy()
+        for address, asked in sorted(self.owed.items()):
+            if self.book.status(address) not in (Status.CONTACT, Status.ALLOWED):
+                continue
+            if not asked and not self.book.needs_refill(address):
+                continue  # a message sent since carried the refill
+            try:
+                ok = await self.grant(address)
+            except UserError:  # no certificate now, say: owed again at the next read
+                ok = False
+            (out.granted if ok else out.failed).append(address)
+        self.owed.clear()
+        return out
+
+    async def cert_of(self, address: str) -> AddressCert:
+        c = self.book.get(address).cert
+        now = self.clock.now()
+        if c is not None and c.expires > now:
+            return c
+        search = await fetch_cert(self.net, self.dht, address, self.params.replication,
+                                  self.trusted_cas, self.clock, skew=self.params.clock_skew)
+        if search.cert is None:
+            raise UserError(f"no valid certificate found for {address}")
+        self.book.remember_cert(search.cert)
+        return search.cert
+
+    async def grant(self, address: str, count: int = GRANT_BATCH) -> bool:
+        """A CTS (or refill) of `count` tokens to `address`."""
+        cert = await self.cert_of(address)
+        policy_bits = None
+        if not self.book.held_count(address, self.clock.now()):
+            policy = await self.fetch_policy(address, ids.requests_key(address))
+            if policy is not None:
+                policy_bits = max(policy.stamp_bits, self.params.stamp_bits)
+        return await self.send_note(cert, NoteKind.GRANT, "", count, stamp_bits=policy_bits)
+
+    # -- the owner's commands --------------------------------------------------------------------
+
+    async def allow(self, address: str) -> bool:
+        """Grant `address` permits (answering its request, or unasked)."""
+        if self.book.status(address) is not Status.CONTACT:
+            self.book.set_status(address, Status.ALLOWED)
+        self.book.drop_request(address)
+        self.book.save()
+        return await self.grant(address)
+
+    async def block(self, address: str) -> tuple[int, int]:
+        """Revoke `address`'s unspent tokens on every inbox replica; (revoked, replicas)."""
+        revoked = self.book.block(address, self.clock.now())
+        self.book.save()
+        return revoked, await self.publish_policy()
+
+
+def introduce(a: Permits, b: Permits, count: int = GRANT_BATCH, *, save: bool = True) -> None:
+    """Leave `a` and `b` as an RTS/CTS exchange would: contacts, each holding `count` of the
+    other's tokens (simulations and tests that are about mail, not about asking). `save`
+    False: the caller saves both books later (many introductions at once)."""
+    now = a.clock.now()
+    for x, y in ((a, b), (b, a)):
+        x.book.set_status(y.me, Status.CONTACT)
+        given = x.book.issue(y.me, x.identity.sign, x.me, count, now, x.rng)
+        y.book.add_held(x.me, given, now)
+    if save:
+        for p in (a, b):
+            p.book.save()
