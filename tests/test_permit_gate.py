@@ -412,6 +412,30 @@ def test_request_inbox_takes_a_good_stamp_only(ctx: StoreContext) -> None:
 
 
 @pytest.mark.threat("T-RTS-FLOOD")
+def test_replication_keeps_a_request_its_stamp_day_has_passed(ctx: StoreContext) -> None:
+    """A request taken 10 days ago may be pushed to a new replica today (repair): its stamp
+    was for its own day. A fresh APPEND with the same old stamp is still refused."""
+    put_policy(ctx, policy(bits=PARAMS.stamp_bits))
+    old = stamped(b"old rts", PARAMS.stamp_bits, now=NOW - 10 * DAY)
+    refused(ctx, b"old rts", old, ErrorCode.STAMP_REQUIRED, inbox=REQUESTS)
+    push = (ReplicaEntry(b"old rts", 4 * DAY, old),)
+    assert handle_replicate(ctx, Replicate(REQUESTS, push), PEER, NOW).accepted == 1
+    older = stamped(b"older rts", PARAMS.stamp_bits, now=NOW - REQUEST_TTL - 3 * DAY)
+    push = (ReplicaEntry(b"older rts", 60, older),)
+    assert handle_replicate(ctx, Replicate(REQUESTS, push), PEER, NOW).accepted == 0
+
+
+@pytest.mark.threat("T-PERMIT-REPLAY")
+def test_an_entry_lives_no_longer_than_its_token(ctx: StoreContext) -> None:
+    put_policy(ctx, policy())
+    # A token issued 35 days ago: it lapses in about two weeks, before the longest TTL.
+    token = tokens(now=NOW - 35 * DAY)[0]
+    assert NOW < token.token.expires < NOW + ctx.limits.max_ttl
+    expiry = append(ctx, b"mail", permit(token, b"mail"), ttl=365 * DAY)
+    assert expiry == token.token.expires
+
+
+@pytest.mark.threat("T-RTS-FLOOD")
 def test_the_network_minimum_applies_when_the_policy_asks_less(ctx: StoreContext) -> None:
     put_policy(ctx, policy(bits=0))
     cheap = next(p for seed in range(100)

@@ -117,7 +117,7 @@ def test_append_policy_plugs_in(ctx: StoreContext) -> None:
     seen: list[tuple[bytes, AppendProof | None]] = []
 
     def permits_only(inbox: bytes, entry: bytes, proof: AppendProof | None,
-                     now: float) -> None:
+                     now: float, replicated: bool) -> None:
         seen.append((entry, proof))
         if proof is None or proof.kind is not AppendProofKind.PERMIT:
             raise Denied("no permit")

@@ -9,6 +9,7 @@ file is `address.key` in the home directory, sealed under a passphrase like the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email
 import email.policy
 import sys
@@ -117,9 +118,26 @@ def _run(args: argparse.Namespace, job: Callable[[MailAgent], Awaitable[T]]) -> 
     async def main() -> T:
         async with session(identity, config, SystemClock(), SystemRng(),
                            anonymous=anonymous) as agent:
-            return await job(agent)
+            out = await job(agent)
+            await _flush_waiting(agent)
+            return out
 
     return trio.run(main)
+
+
+async def _flush_waiting(agent: MailAgent) -> None:
+    """Any session sends what waits for a permission that has come: if the Outbox holds
+    messages waiting for a grant, read the inbox (grants arrive there) and send them. One line
+    on standard error per message that went out."""
+    if agent.checked or not any(w.permit for state in agent.local.outbox()
+                                for w in state.waiting):
+        return
+    with contextlib.suppress(UserError):  # the job's own result stands; they wait for later
+        report = await agent.check()
+        for sent in report.flushed:
+            if sent.delivered:
+                print(f"from your Outbox: {sent.message_id} delivered to "
+                      f"{', '.join(sent.delivered)}", file=sys.stderr)
 
 
 # -- commands -------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ def _address(text: str) -> str:
 def _book(args: argparse.Namespace) -> PermitBook:
     home = common.home_of(args)
     bits = common.load_config(home).params.stamp_bits
+    LocalMail(home.root / MAIL_DIR)  # the directory the book lives in (created 0700)
     return PermitBook.load(home.root / MAIL_DIR / BOOK_FILE, bits)
 
 

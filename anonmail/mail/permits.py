@@ -192,6 +192,10 @@ class Permits:
     async def push_policy(self, address: str, key: bytes, nodes: Sequence[NodeCert]) -> bool:
         """`nodes` refused with NO_POLICY (new among the closest, say): give them the owner's
         signed policy, fetched from the replicas that have it. True if one took it."""
+        # Only replicas among the r closest: a policy pushed farther would only attract
+        # entries to nodes the owner never reads.
+        replicas = {c.node_id for c in await closest(self.dht, key, self.params.replication)}
+        nodes = [n for n in nodes if n.node_id in replicas]
         policy = await self.fetch_policy(address, key, newest=True) if nodes else None
         if policy is None:
             return False
@@ -276,15 +280,19 @@ class Permits:
     async def _append(self, address: str, t: Ticket, entry: bytes, ttl: int) -> Placement:
         proof = await t.prove(entry, self.clock.now(), self.rng)
         r = self.params.replication
+        # One round, like a mail header (send.py): a full request inbox refuses on every
+        # replica, and trying farther nodes would park the note where its owner never reads.
         placed = await append_replicated(self.net, self.dht, t.inbox, entry, ttl, proof, r,
-                                         clock=self.clock, skew=self.params.clock_skew)
+                                         clock=self.clock, skew=self.params.clock_skew,
+                                         rounds=1)
         for _ in range(PUSHES):
             lacking = placed.refused_with(ErrorCode.NO_POLICY)
             if len(placed.receipts) >= r or not lacking \
                     or not await self.push_policy(address, t.inbox, lacking):
                 break
             again = await append_replicated(self.net, self.dht, t.inbox, entry, ttl, proof, r,
-                                            clock=self.clock, skew=self.params.clock_skew)
+                                            clock=self.clock, skew=self.params.clock_skew,
+                                            rounds=1)
             placed.receipts_by_node.update(again.receipts_by_node)
             placed.refusals = again.refusals
             placed.tried.update(again.tried)

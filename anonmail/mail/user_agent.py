@@ -63,6 +63,7 @@ class MailAgent:
         self.trusted_cas = trusted_cas
         self.ttl = ttl
         self.concurrency = concurrency
+        self.checked = False  # has this agent checked (and flushed) in this session?
         book = PermitBook.load(self.local.root / permits_mod.BOOK_FILE, params.stamp_bits)
         self.permits = Permits(net, dht, identity, book, params, clock, rng, trusted_cas)
 
@@ -218,6 +219,7 @@ class MailAgent:
                                            on_entry=self.permits.on_entry)
         finally:
             await self._retire()
+        self.checked = True
         # Outbox first: its messages carry the refills that are due; then the grants left.
         report.flushed = await self.flush() if flush else []
         report.settled = await self.permits.settle()

@@ -35,6 +35,7 @@ from anonmail.clock import Clock
 from anonmail.errors import ErrorCode, RemoteProtocolError
 from anonmail.net.base import Network
 from anonmail.permit.records import (
+    DAY,
     EPOCH,
     MAX_POLICY,
     STAMP_DAYS,
@@ -117,29 +118,33 @@ class PermitGate:
             self._cache.move_to_end(row.digest)
         return held
 
-    def admit(self, inbox: bytes, entry: bytes, proof: AppendProof | None,
-              now: float) -> Admission:
+    def admit(self, inbox: bytes, entry: bytes, proof: AppendProof | None, now: float,
+              replicated: bool = False) -> Admission:
+        """Judge one APPEND (`replicated`: an entry another replica took earlier, whose stamp
+        was for its own day: any day within REQUEST_TTL counts)."""
         held = self._held(inbox, now)
         eid = entry_id_of(entry)
+        days = REQUEST_TTL // DAY + STAMP_DAYS if replicated else STAMP_DAYS
         if inbox == held.requests:
-            self._check_stamp(held, inbox, eid, proof, now)
+            self._check_stamp(held, inbox, eid, proof, now, days)
             return Admission(entries=REQUEST_ENTRIES, bytes=REQUEST_BYTES, max_ttl=REQUEST_TTL)
         if proof is not None and proof.kind is AppendProofKind.PERMIT:
             return self._check_token(held, inbox, eid, proof.data, now)
         if held.policy.mode is PolicyMode.OPEN:
-            self._check_stamp(held, inbox, eid, proof, now)
+            self._check_stamp(held, inbox, eid, proof, now, days)
             return Admission()
         raise Denied("this inbox takes mail only with a permit", ErrorCode.PERMIT_REQUIRED)
 
     def _check_stamp(self, held: _Held, inbox: bytes, eid: bytes, proof: AppendProof | None,
-                     now: float) -> None:
+                     now: float, days: int) -> None:
         if proof is None or proof.kind is not AppendProofKind.STAMP:
             raise Denied("a proof-of-work stamp is needed", ErrorCode.STAMP_REQUIRED)
         try:
             stamp = wire.decode(proof.data, Stamp, max_size=MAX_PROOF_DATA)
         except RemoteProtocolError:
             raise Denied("malformed stamp", ErrorCode.STAMP_REQUIRED) from None
-        if abs(stamp.day - stamp_day(now)) > STAMP_DAYS:
+        age = stamp_day(now) - stamp.day
+        if age > days or age < -STAMP_DAYS:
             raise Denied("stamp is not for today", ErrorCode.STAMP_REQUIRED)
         need = max(held.policy.stamp_bits, self.params.stamp_bits)
         if stamp_work(stamp, inbox, eid) < need:
@@ -165,7 +170,10 @@ class PermitGate:
         except RemoteProtocolError:
             raise Denied("permit not signed by the inbox owner", ErrorCode.PERMIT_INVALID) \
                 from None
-        return Admission(spend=tid, spend_until=token.expires)
+        # The entry lives no longer than its token: else replication, which re-judges the
+        # token, would refuse it after the token lapsed.
+        return Admission(spend=tid, spend_until=token.expires,
+                         max_ttl=max(1, token.expires - int(now)))
 
 
 def gated_store(net: Network, dht: Lookup, key: crypto.SigningKey, params: NetworkParams,

@@ -21,11 +21,16 @@ Semantics and invariants:
 * deletion is sticky: a used hash is remembered as removed (merges never re-add it), and a
   deleted object leaves a tombstone until its expiry, so a stale replica's republish cannot
   resurrect it; a DELETE repeated with a used secret answers Deleted again (idempotent);
-* a different blob under an existing key is refused, except CERT, where a certificate with a
-  later `issued` replaces the held one (seed 002 §2.4: certificates are long-lived and renewed);
-* FRAGMENT keys must equal `ids.fragment_key(blob)` and CERT blobs must be a valid AddressCert
-  stored under `ids.cert_key(address)`: the node checks both, so it never serves a fragment or
-  certificate that fails the reader's own check;
+* a different blob under an existing key is refused, except for the verified, versioned kinds
+  (CERT, POLICY: `messages.VERSIONED`), where a later version (a certificate's `issued`, a
+  policy's `version`) replaces the held one (seed 002 §2.4: certificates are long-lived and
+  renewed; DESIGN.md §6: a block is a new policy version). They carry no delete rights (nobody
+  but their owner, by a newer version, may remove them) and evict an opaque object squatting
+  their key;
+* FRAGMENT keys must equal `ids.fragment_key(blob)`, CERT blobs must be a valid AddressCert
+  stored under `ids.cert_key(address)` and POLICY blobs pass the permit layer's rule
+  (`record_rules`): the node checks them, so it never serves one that fails the reader's own
+  check;
 * inbox entries are named by `entry_id(entry)`: duplicate APPENDs and replicas collapse. READ
   and ACK need an owner proof (store/proofs.py). ACK deletes and remembers the ids until the
   entries' expiry, so replication cannot hand them back;
@@ -46,28 +51,33 @@ store holds policies like certificates, versioned, but cannot read them itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from anonmail import crypto, wire
+from anonmail import wire
 from anonmail.errors import Refusal, RemoteProtocolError
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert
-from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import Receipt, StoreOp
 from anonmail.store import proofs
+from anonmail.store.context import (
+    Admission,
+    AppendPolicy,
+    RecordFacts,
+    RecordRule,
+    StoreContext,
+    StoreLimits,
+    accept_within_quotas,
+)
 from anonmail.store.db import ObjectRow, StoreDb, entry_size, object_size
 from anonmail.store.errors import Denied, ErrorCode, Invalid, QuotaExceeded
 from anonmail.store.messages import (
     MAX_BLOB,
-    MAX_ENTRY,
     MAX_PAGE,
     VERSIONED,
     Ack,
     Acked,
     Append,
     Appended,
-    AppendProof,
     Delete,
     Deleted,
     Entries,
@@ -93,68 +103,10 @@ from anonmail.store.messages import (
     entry_id,
 )
 
-DAY = 86400
+__all__ = ["Admission", "AppendPolicy", "RecordFacts", "RecordRule", "StoreContext",
+           "StoreLimits", "accept_within_quotas", "dispatch"]
+
 MAX_PROBE_TOTAL = 4096  # entry ids across one Probe's items (bounds the handler's work)
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What an append policy grants one entry (see the module docstring)."""
-
-    spend: bytes | None = None  # a one-time right the entry uses; None: nothing is spent
-    spend_until: int = 0  # remember the spent right until then (its lapse)
-    entries: int | None = None  # a tighter per-inbox entry quota for this inbox
-    bytes: int | None = None  # a tighter per-inbox byte quota
-    max_ttl: int | None = None  # a shorter longest TTL
-
-
-@dataclass(frozen=True, slots=True)
-class RecordFacts:
-    """What a verified record (CERT, POLICY) says about itself: its version (a later one
-    replaces a held one) and when it stops being valid."""
-
-    version: int
-    expires: int
-
-
-AppendPolicy = Callable[[bytes, bytes, AppendProof | None, float], Admission | None]
-RecordRule = Callable[[bytes, bytes, float], RecordFacts]  # (key, blob, now); raises to refuse
-
-
-def accept_within_quotas(inbox: bytes, entry: bytes, proof: AppendProof | None,
-                         now: float) -> Admission | None:
-    """The default append policy: anything the quotas admit (a node without the permit gate)."""
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class StoreLimits:
-    """A node's storage limits. Proposed as NetworkParams fields where the whole network must
-    agree (max_ttl, max_blob, max_entry): see docs/storage.md."""
-
-    max_ttl: int = 30 * DAY  # every TTL is clamped to this
-    max_blob: int = MAX_BLOB  # bytes per object (the fragment size of large bodies)
-    max_entry: int = MAX_ENTRY  # bytes per inbox entry
-    node_bytes: int = 1 << 30  # accounted bytes this node stores in total
-    inbox_entries: int = 1000  # unexpired entries per inbox
-    inbox_bytes: int = 8 << 20  # accounted bytes per inbox
-    max_delete_hashes: int = 1024  # live + removed delete hashes per object
-    read_page_bytes: int = 512 << 10  # entry bytes per READ answer (the frame is 1 MiB)
-
-
-@dataclass(slots=True)
-class StoreContext:
-    db: StoreDb
-    key: crypto.SigningKey
-    params: NetworkParams
-    trusted_cas: frozenset[bytes] = frozenset()
-    limits: StoreLimits = field(default_factory=StoreLimits)
-    append_policy: AppendPolicy = accept_within_quotas
-    record_rules: dict[ObjectKind, RecordRule] = field(default_factory=dict)
-    node_id: bytes = b""
-
-    def __post_init__(self) -> None:
-        self.node_id = ids.node_id(self.key.public)
-
 
 def _check_room(ctx: StoreContext, delta: int) -> None:
     if delta > 0 and ctx.db.used_bytes() + delta > ctx.limits.node_bytes:
@@ -315,7 +267,7 @@ def handle_append(ctx: StoreContext, req: Append, peer_node_id: bytes, now: floa
     eid = entry_id(req.entry)
     if db.is_acked(req.inbox, eid):
         raise Denied("entry already acknowledged by the owner", ErrorCode.GONE)
-    adm = ctx.append_policy(req.inbox, req.entry, req.proof, now) or Admission()
+    adm = ctx.append_policy(req.inbox, req.entry, req.proof, now, False) or Admission()
     _check_spend(db, req.inbox, eid, adm)
     expires = _expires(ctx, req.ttl, now, adm.max_ttl)
     held = db.has_entry(req.inbox, eid)
@@ -405,7 +357,7 @@ def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
                 or db.has_entry(req.inbox, eid) is not None or db.is_acked(req.inbox, eid)):
             continue
         try:
-            adm = ctx.append_policy(req.inbox, item.entry, item.proof, now) or Admission()
+            adm = ctx.append_policy(req.inbox, item.entry, item.proof, now, True) or Admission()
             # A token spent here on another entry (a sender that spent it once per replica):
             # the second entry stays out, so each replica holds one entry per token.
             _check_spend(db, req.inbox, eid, adm)
