@@ -74,7 +74,7 @@ BOOK_FILE = "permits.cbor"
 # Stamps up to this many bits (~30 ms) are minted on the event loop: a thread would let a
 # simulation's MockClock (autojump) leap ahead while it runs.
 INLINE_BITS = 16
-PUSHES = 3  # rounds of "push the policy to the replicas that lack it, append again"
+PUSHES = 4  # rounds of "push the policy to the replicas that lack it, append again"
 
 
 @dataclass
@@ -189,21 +189,17 @@ class Permits:
                     break
         return best
 
-    async def push_policy(self, address: str, key: bytes, nodes: Sequence[NodeCert]) -> bool:
-        """`nodes` refused with NO_POLICY (new among the closest, say): give them the owner's
-        signed policy, fetched from the replicas that have it. True if one took it."""
-        # Only replicas among the r closest: a policy pushed farther would only attract
-        # entries to nodes the owner never reads.
-        replicas = {c.node_id for c in await closest(self.dht, key, self.params.replication)}
-        nodes = [n for n in nodes if n.node_id in replicas]
-        policy = await self.fetch_policy(address, key, newest=True) if nodes else None
+    async def push_policy(self, address: str, key: bytes, nodes: Sequence[NodeCert],
+                          policy: InboxPolicy | None = None) -> set[bytes]:
+        """Give `nodes` the owner's signed policy (`policy`, else the newest one the replicas
+        hold). Returns the ids of the nodes that took it."""
         if policy is None:
-            return False
+            policy = await self.fetch_policy(address, key, newest=True) if nodes else None
+        if policy is None:
+            return set()
         store = Store(key, ObjectKind.POLICY, wire.encode(policy), POLICY_TTL, ())
-        took = False
-        for o in await request_all(self.net, nodes, store):
-            took = took or isinstance(o.value, Stored)
-        return took
+        return {o.item.node_id for o in await request_all(self.net, nodes, store)
+                if isinstance(o.value, Stored)}
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -279,24 +275,46 @@ class Permits:
 
     async def _append(self, address: str, t: Ticket, entry: bytes, ttl: int) -> Placement:
         proof = await t.prove(entry, self.clock.now(), self.rng)
-        r = self.params.replication
-        # One round, like a mail header (send.py): a full request inbox refuses on every
-        # replica, and trying farther nodes would park the note where its owner never reads.
-        placed = await append_replicated(self.net, self.dht, t.inbox, entry, ttl, proof, r,
-                                         clock=self.clock, skew=self.params.clock_skew,
-                                         rounds=1)
+        placed = await self.place(address, t.inbox, entry, ttl, proof)
+        self.refused(address, placed)
+        return placed
+
+    async def place(self, address: str, inbox: bytes, entry: bytes, ttl: int,
+                    proof: AppendProof, rounds: int = 4) -> Placement:
+        """APPEND on the inbox's r replicas. One round first: a full inbox refuses on every
+        replica, and trying farther nodes would park the entry where its owner never reads.
+        Replicas that answer NO_POLICY (new among the closest) are given the owner's policy
+        and asked again; the set widens (up to `rounds`) only past nodes that failed, or that
+        still lack the policy after taking it (a node that drops what it stores)."""
+        r, skew = self.params.replication, self.params.clock_skew
+        placed = await append_replicated(self.net, self.dht, inbox, entry, ttl, proof, r,
+                                         clock=self.clock, skew=skew, rounds=1)
+        pushed: set[bytes] = set()
+        dead: set[bytes] = set()  # took the policy and still lack it: no replica at all
+        policy: InboxPolicy | None = None
         for _ in range(PUSHES):
             lacking = placed.refused_with(ErrorCode.NO_POLICY)
-            if len(placed.receipts) >= r or not lacking \
-                    or not await self.push_policy(address, t.inbox, lacking):
-                break
-            again = await append_replicated(self.net, self.dht, t.inbox, entry, ttl, proof, r,
-                                            clock=self.clock, skew=self.params.clock_skew,
-                                            rounds=1)
+            if len(placed.receipts) >= r or not (lacking or placed.failures):
+                break  # done, or refused for what a policy cannot mend (full, revoked)
+            dead.update(n.node_id for n in lacking if n.node_id in pushed)
+            widen = len(placed.failures) + len(dead)
+            # The replicas: the r closest, widened past the dead ones (seed 002 §3.1 step 6),
+            # never farther: an entry placed farther is one its owner never reads.
+            if policy is None:
+                policy = await self.fetch_policy(address, inbox, newest=True)
+                if policy is None:
+                    break
+            want = [c for c in await closest(self.dht, inbox, r + widen)
+                    if c.node_id not in placed.receipts_by_node and c.node_id not in dead
+                    and c.node_id not in pushed]
+            pushed |= await self.push_policy(address, inbox, want, policy)
+            again = await append_replicated(self.net, self.dht, inbox, entry, ttl, proof, r,
+                                            clock=self.clock, skew=skew,
+                                            rounds=min(rounds, 2) if widen else 1)
             placed.receipts_by_node.update(again.receipts_by_node)
             placed.refusals = again.refusals
+            placed.failures.update(again.failures)
             placed.tried.update(again.tried)
-        self.refused(address, placed)
         return placed
 
     def refused(self, address: str, placed: Placement) -> None:

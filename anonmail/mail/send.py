@@ -45,7 +45,7 @@ from anonmail.mail.permits import Ticket
 from anonmail.net.base import Network
 from anonmail.net.fanout import fan_out
 from anonmail.records import ids
-from anonmail.records.certs import AddressCert, NodeCert, is_anon_address
+from anonmail.records.certs import AddressCert, is_anon_address
 from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import Receipt
 from anonmail.rng import Rng
@@ -64,7 +64,6 @@ from anonmail.store.messages import AppendProof, ObjectKind, delete_hash
 DEFAULT_TTL = 14 * 86400  # bodies and headers; nodes clamp to their max_ttl (30 days)
 DEFAULT_ROUNDS = 4  # fresh node sets tried per step (seed 002 §3.1 step 6)
 APPEND_CONCURRENCY = 8
-POLICY_PUSHES = 3
 
 
 class Tickets(Protocol):
@@ -73,7 +72,8 @@ class Tickets(Protocol):
     def ticket(self, address: str, *, stamp_bits: int | None = None,
                grant: int = 0) -> Ticket: ...
 
-    async def push_policy(self, address: str, key: bytes, nodes: Sequence[NodeCert]) -> bool: ...
+    async def place(self, address: str, inbox: bytes, entry: bytes, ttl: int,
+                    proof: AppendProof, rounds: int = ...) -> Placement: ...
 
 
 @dataclass
@@ -307,18 +307,12 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
         # One round first: a full inbox refuses on every replica, and trying ever farther
         # nodes would only park the header where its owner does not read (store/client's
         # retries are for nodes that failed, not for an inbox that is full).
-        placed = await append_replicated(net, dht, inbox, entry, ttl, proof, r, clock=clock,
-                                         skew=skew, rounds=1)
-        step.take(placed)
-        for _ in range(POLICY_PUSHES):
-            # Replicas new among the closest may lack the owner's policy: push it, try again.
-            lacking = placed.refused_with(ErrorCode.NO_POLICY)
-            if step.ok or not lacking or tickets is None \
-                    or not await tickets.push_policy(address, inbox, lacking):
-                break
-            placed = await append_replicated(net, dht, inbox, entry, ttl, proof, r,
-                                             clock=clock, skew=skew, rounds=rounds)
-            step.take(placed)
+        if tickets is not None and proof is not None:
+            # (replicas lacking the owner's policy get it, mail/permits.py `place`)
+            step.take(await tickets.place(address, inbox, entry, ttl, proof, rounds))
+        else:
+            step.take(await append_replicated(net, dht, inbox, entry, ttl, proof, r,
+                                              clock=clock, skew=skew, rounds=1))
         if not step.ok and not step.refused_with(ErrorCode.INBOX_FULL) \
                 and not step.refused_with(ErrorCode.PERMIT_REVOKED):
             # Repeats to the nodes that took it collapse (same entry id) and re-sign.

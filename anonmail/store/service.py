@@ -190,7 +190,10 @@ class StoreService:
         objects = await self._db(self.db.object_keys, now)
         inboxes = await self._db(self.db.inbox_keys, now)
         jobs: list[tuple[Callable[[bytes], Awaitable[None]], bytes]] = []
+        held_inboxes = set(inboxes)
         for key, _kind, touched in objects:
+            if key in held_inboxes:
+                continue  # the inbox's policy: pushed by the inbox's job, before its entries
             if not force and now - touched < self.republish_interval:
                 self.stats.skipped += 1
                 continue
@@ -281,6 +284,11 @@ class StoreService:
             return
 
     async def _republish_inbox(self, inbox: bytes) -> None:
+        row = await self._db(self.db.get_object, inbox)
+        if row is not None and row.blob is not None and row.kind in VERSIONED:
+            # The owner's policy first: a replica judges every pushed entry by it (DESIGN.md
+            # §6), and one without it would refuse them all.
+            await self._republish_object(inbox)
         self.stats.republished += 1
         rows: list[EntryRow] = await self._db(self.db.inbox_entries, inbox, self.clock.now())
         if not rows:
