@@ -25,13 +25,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from anonmail.clock import Clock
 from anonmail.errors import RemoteProtocolError, UserError
 from anonmail.mail import envelope
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail, PendingNotice
+from anonmail.mail.permits import Settled
+from anonmail.mail.send import SendReport
 from anonmail.net.base import Network
 from anonmail.permit.notes import ForgedNote, verify_note
 from anonmail.records import ids
@@ -54,8 +55,8 @@ class CheckReport:
     to_ack: list[bytes] = field(default_factory=list)  # entry ids handled this time
     acked_nodes: int = 0  # nodes on which every handled entry was ACKed
     notes: int = 0  # permit notes (requests to write, grants) handled
-    settled: Any = None  # permits.Settled: grants sent after this check
-    flushed: list[Any] = field(default_factory=list)  # Outbox sends this check made possible
+    settled: Settled | None = None  # grants sent after this check
+    flushed: list[SendReport] = field(default_factory=list)  # Outbox sends it made possible
     requests_pending: int = 0  # requests to write to us waiting for the owner's review
 
     def merge(self, other: CheckReport, *, main: bool) -> None:

@@ -130,7 +130,6 @@ class Permits:
         # Correspondents a grant is due to: True for a request granted by policy (always
         # answered), False for a refill (skipped if a mail sent since carried one).
         self.owed: dict[str, bool] = {}
-        self.requests_seen = 0
 
     @property
     def me(self) -> str:
@@ -189,14 +188,9 @@ class Permits:
                     break
         return best
 
-    async def push_policy(self, address: str, key: bytes, nodes: Sequence[NodeCert],
-                          policy: InboxPolicy | None = None) -> set[bytes]:
-        """Give `nodes` the owner's signed policy (`policy`, else the newest one the replicas
-        hold). Returns the ids of the nodes that took it."""
-        if policy is None:
-            policy = await self.fetch_policy(address, key, newest=True) if nodes else None
-        if policy is None:
-            return set()
+    async def push_policy(self, key: bytes, nodes: Sequence[NodeCert],
+                          policy: InboxPolicy) -> set[bytes]:
+        """Give `nodes` the owner's signed policy; the ids of those that took it."""
         store = Store(key, ObjectKind.POLICY, wire.encode(policy), POLICY_TTL, ())
         return {o.item.node_id for o in await request_all(self.net, nodes, store)
                 if isinstance(o.value, Stored)}
@@ -261,10 +255,9 @@ class Permits:
         a token we hold, else to the request inbox with a stamp. True if a replica took it."""
         address = cert.address
         now = self.clock.now()
-        if kind is NoteKind.GRANT and self.book.status(address) is Status.NONE:
+        if self.book.status(address) is Status.NONE:
+            # We grant them, or we asked them (so they may answer): either way, allowed.
             self.book.set_status(address, Status.ALLOWED)
-        if kind is NoteKind.REQUEST and self.book.status(address) is Status.NONE:
-            self.book.set_status(address, Status.ALLOWED)  # we asked: they may answer
         t = self.ticket(address, grant=grant)
         if t.token is None and stamp_bits is not None:
             t.stamp_bits = stamp_bits
@@ -275,9 +268,7 @@ class Permits:
 
     async def _append(self, address: str, t: Ticket, entry: bytes, ttl: int) -> Placement:
         proof = await t.prove(entry, self.clock.now(), self.rng)
-        placed = await self.place(address, t.inbox, entry, ttl, proof)
-        self.refused(address, placed)
-        return placed
+        return await self.place(address, t.inbox, entry, ttl, proof)
 
     async def place(self, address: str, inbox: bytes, entry: bytes, ttl: int,
                     proof: AppendProof, rounds: int = 4) -> Placement:
@@ -298,16 +289,17 @@ class Permits:
                 break  # done, or refused for what a policy cannot mend (full, revoked)
             dead.update(n.node_id for n in lacking if n.node_id in pushed)
             widen = len(placed.failures) + len(dead)
-            # The replicas: the r closest, widened past the dead ones (seed 002 §3.1 step 6),
-            # never farther: an entry placed farther is one its owner never reads.
-            if policy is None:
-                policy = await self.fetch_policy(address, inbox, newest=True)
+            if lacking or dead:
+                # The replicas: the r closest, widened past the dead ones (seed 002 §3.1 step
+                # 6), never farther: an entry placed farther is one its owner never reads.
                 if policy is None:
-                    break
-            want = [c for c in await closest(self.dht, inbox, r + widen)
-                    if c.node_id not in placed.receipts_by_node and c.node_id not in dead
-                    and c.node_id not in pushed]
-            pushed |= await self.push_policy(address, inbox, want, policy)
+                    policy = await self.fetch_policy(address, inbox, newest=True)
+                    if policy is None:
+                        break
+                want = [c for c in await closest(self.dht, inbox, r + widen)
+                        if c.node_id not in placed.receipts_by_node and c.node_id not in dead
+                        and c.node_id not in pushed]
+                pushed |= await self.push_policy(inbox, want, policy)
             again = await append_replicated(self.net, self.dht, inbox, entry, ttl, proof, r,
                                             clock=self.clock, skew=skew,
                                             rounds=min(rounds, 2) if widen else 1)
@@ -315,9 +307,10 @@ class Permits:
             placed.refusals = again.refusals
             placed.failures.update(again.failures)
             placed.tried.update(again.tried)
+        self._learn_block(address, placed)
         return placed
 
-    def refused(self, address: str, placed: Placement) -> None:
+    def _learn_block(self, address: str, placed: Placement) -> None:
         """Learn from refusals: revoked tokens mean we were blocked (drop what we hold)."""
         if any(e.code is ErrorCode.PERMIT_REVOKED for e in placed.refusals.values()) \
                 and not placed.receipts:
@@ -348,7 +341,6 @@ class Permits:
                 self.owed.setdefault(address, False)
         note = plain.note
         if note is not None and note.kind is NoteKind.REQUEST:
-            self.requests_seen += 1
             if status in (Status.CONTACT, Status.ALLOWED):
                 self.owed[address] = True  # granted by the owner's policy, not by the note
             elif status is Status.NONE:
