@@ -53,7 +53,7 @@ async def test_first_contact_waits_for_permission_then_goes_out_by_itself(
         assert req.address == alice.address and req.request is not None
         assert "Lunch on Friday?" in req.request.note
         assert bob.permits.book.status(alice.address) is Status.NONE
-        assert not got.settled.granted
+        assert got.settled is not None and not got.settled.granted
 
         # Bob allows; Alice's next session sees the grant and the message goes out by itself.
         assert await bob.permits.allow(alice.address)
@@ -110,7 +110,8 @@ async def test_contacts_are_granted_by_policy_strangers_wait(sim: Sim,
         for x in (carol, mallory):
             assert (await x.send([bob.address], subject="hello", body="hi\n")).waiting
         got = await bob.check()
-        assert got.settled.granted == [carol.address]  # by Bob's policy, not by the note
+        assert got.settled is not None  # granted by Bob's policy, not by the note:
+        assert got.settled.granted == [carol.address]
         assert [c.address for c in bob.permits.book.requests()] == [mallory.address]
         assert (await carol.check()).flushed[0].delivered == [bob.address]
         assert (await mallory.check()).flushed == []
