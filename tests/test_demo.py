@@ -31,6 +31,7 @@ def test_demo_mails_anonymously_and_only_the_guard_sees_the_sender(
     assert "== What each node saw of Alice's send" in out
     (x_line,) = re.findall(rf"^X +({NID})  Alice's guard\. Saw her client ({NID})", out, re.M)
     # Y is asked through X; Z and W are reached through X and a middle relay M (hops = 2)
+    # (a node may also be Z or W and have circuits from M too; the prevs are listed X first)
     assert re.search(rf"^[MZWY+]*Y[MZWY+]* +{NID}  \d+ circuits? from X {x_line[0]}", out, re.M)
     for role in "ZW":
         assert re.search(rf"^[MZWY+]*{role}[MZWY+]* +{NID}  \d+ circuits? from "
@@ -57,3 +58,19 @@ def test_demo_mails_anonymously_and_only_the_guard_sees_the_sender(
     # part 2: the lookup simulation
     assert "Part 2" in out
     assert "over 8 disjoint paths" in out
+
+
+def test_circuit_ends_list_the_guard_first_whatever_the_ids() -> None:
+    # The Y line's "from X ..." is what the reader (and the test above) checks; a node that is
+    # also Z may have circuits from a middle relay whose id sorts before X's.
+    from anonmail.experiments.demo.model import Seen, find_roles
+    from anonmail.experiments.demo.report import _prevs
+    client, x, m, end = b"\x05" * 32, b"\x09" * 32, b"\x01" * 32, b"\x07" * 32
+    seen = [Seen(x, 1.0, "open", "relay", client, m), Seen(m, 1.1, "open", "relay", x, end),
+            Seen(x, 1.2, "open", "relay", client, end),
+            Seen(end, 1.3, "open", "end", m), Seen(end, 1.4, "Store", "end", m),
+            Seen(end, 1.5, "open", "end", x), Seen(end, 1.6, "Locate", "end", x)]
+    p = find_roles("alice", client, seen, 0.0, 2.0)
+    assert p.guards == [x] and p.middles == [m] and p.roles(end) == "Z+Y"
+    assert _prevs([s for s in seen if s.node == end], p) == \
+        f"X {x.hex()[:10]}, M {m.hex()[:10]}"

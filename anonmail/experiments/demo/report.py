@@ -144,7 +144,8 @@ def send_views(run: MailRun) -> list[str]:
 
 
 def _prevs(seen: Iterable[Seen], p: Phase) -> str:
-    prevs = sorted({s.peer for s in seen})
+    # The guards first (the reader checks "from X" against the X line above), then by id.
+    prevs = sorted({s.peer for s in seen}, key=lambda n: (n not in p.guards, n))
     return ", ".join(f"{p.roles(n) or 'node'} {_s(n)}" for n in prevs)
 
 
