@@ -15,12 +15,24 @@ Example (what `anonmail node --init --listen ...` writes):
     [network]
     name = "main"                  # or "test": a local testnet (cheap puzzle, loopback allowed)
     # puzzle_bits = 4              # testnet only
+
+    [agent]                        # `anonmail run`'s user agent
+    check_interval = 300           # seconds between inbox checks, on average (jittered ±50%)
+
+    [gateway]                      # `anonmail run`'s mail-client gateway; "off" disables one
+    smtp = "127.0.0.1:2587"        # SMTP submission
+    pop3 = "127.0.0.1:2110"
+    imap = "127.0.0.1:2143"
+
+The gateway listens on loopback addresses only: it speaks plaintext (no TLS), so a non-loopback
+address is refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +51,17 @@ class NodeConfig:
     params: NetworkParams
     trusted_cas: frozenset[bytes] = frozenset()
     listen_set: bool = True  # False: no [node] listen in the file, `listen` is the default
+    check_interval: float = 300.0  # [agent]: seconds between inbox checks, on average
+    gateway: GatewayEndpoints = field(default_factory=lambda: GatewayEndpoints())
+
+
+@dataclass(frozen=True)
+class GatewayEndpoints:
+    """Where `anonmail run` serves mail clients (None: that service is off)."""
+
+    smtp: Endpoint | None = Endpoint("127.0.0.1", 2587)  # noqa: RUF009 -- frozen, immutable
+    pop3: Endpoint | None = Endpoint("127.0.0.1", 2110)  # noqa: RUF009
+    imap: Endpoint | None = Endpoint("127.0.0.1", 2143)  # noqa: RUF009
 
 
 DEFAULT_PORT = 7600
@@ -83,9 +106,10 @@ def parse(text: str, source: str = "config.toml") -> NodeConfig:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{source} is not valid TOML ({e}); fix it or delete it to start over") \
             from None
-    unknown = set(data) - {"node", "network"}
+    unknown = set(data) - {"node", "network", "agent", "gateway"}
     if unknown:
-        raise UserError(f"{source}: unknown section [{sorted(unknown)[0]}]; use [node], [network]")
+        raise UserError(f"{source}: unknown section [{sorted(unknown)[0]}]; use [node], "
+                        "[network], [agent], [gateway]")
     node = data.get("node", {})
     net = data.get("network", {})
     bad = set(node) - {"listen", "advertise", "bootstrap", "trusted_cas"}
@@ -123,7 +147,43 @@ def parse(text: str, source: str = "config.toml") -> NodeConfig:
     else:
         raise UserError(f'{source}: network.name must be "main" or "test", not {name!r}')
     return NodeConfig(listen, advertise, bootstrap, params, trusted_cas,
-                      listen_set="listen" in node)
+                      listen_set="listen" in node,
+                      check_interval=_agent(data.get("agent", {}), source),
+                      gateway=_gateway(data.get("gateway", {}), source))
+
+
+def _agent(agent: Any, source: str) -> float:
+    if not isinstance(agent, dict) or set(agent) - {"check_interval"}:
+        raise UserError(f"{source}: [agent] takes only check_interval")
+    value = agent.get("check_interval", 300)
+    if not isinstance(value, int | float) or isinstance(value, bool) or \
+            not 10 <= value <= 86400:
+        raise UserError(f"{source}: agent.check_interval must be seconds from 10 to 86400")
+    return float(value)
+
+
+def _gateway(gateway: Any, source: str) -> GatewayEndpoints:
+    if not isinstance(gateway, dict) or set(gateway) - {"smtp", "pop3", "imap"}:
+        raise UserError(f"{source}: [gateway] takes smtp, pop3, imap (\"host:port\" or \"off\")")
+    out: dict[str, Endpoint | None] = {}
+    for name in ("smtp", "pop3", "imap"):
+        if name not in gateway:
+            continue
+        value = gateway[name]
+        if value == "off":
+            out[name] = None
+            continue
+        ep = _endpoint(value, f"gateway.{name}")
+        try:
+            loopback = ipaddress.ip_address(ep.host).is_loopback
+        except ValueError:
+            loopback = ep.host == "localhost"
+        if not loopback:
+            raise UserError(f"{source}: gateway.{name} = {value!r} is not a loopback address: "
+                            "the gateway speaks without TLS, so it listens on 127.0.0.1 or ::1 "
+                            "only")
+        out[name] = ep
+    return GatewayEndpoints(**out)
 
 
 def _ca_keys(value: Any, source: str) -> frozenset[bytes]:

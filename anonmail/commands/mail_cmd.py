@@ -1,6 +1,7 @@
 """Mail commands: `anonmail init`, `address`, `send`, `inbox`, `read`.
 
-Each network command is one short agent session (anonmail/agent/session.py). The address key
+Each network command is a job (commands/jobs.py): run by `anonmail run` when it serves this home,
+else as one short agent session (anonmail/agent/session.py). The address key
 file is `address.key` in the home directory, sealed under a passphrase like the node key
 (commands/common.py says where the passphrase comes from); retrieved mail is a Maildir under
 `mail/`.
@@ -9,34 +10,27 @@ file is `address.key` in the home directory, sealed under a passphrase like the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import email
 import email.policy
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import trio
 
-from anonmail.agent.session import AgentConfig, own_node_endpoint, session
+from anonmail.agent.service import mark_published
+from anonmail.agent.session import session
 from anonmail.clock import SystemClock
-from anonmail.commands import common
+from anonmail.commands import common, jobs
 from anonmail.config import DEFAULT_PORT
 from anonmail.errors import UserError
-from anonmail.mail.check import CheckReport
 from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail
-from anonmail.mail.user_agent import MailAgent
-from anonmail.paths import Home
 from anonmail.records.certs import fingerprint_words, normalize_address_or_none
 from anonmail.rng import SystemRng
 
-T = TypeVar("T")
-ADDRESS_KEY_FILE = "address.key"
-MAIL_DIR = "mail"
-GUARD_FILE = "anon-guard.cbor"  # the anonymous sender's guard X, kept between sessions
+ADDRESS_KEY_FILE = jobs.ADDRESS_KEY_FILE
+MAIL_DIR = jobs.MAIL_DIR
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,6 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     a = sub.add_parser("address", help="print your address and its fingerprint")
     shared(a)
+    a.add_argument("--publish", action="store_true",
+                   help="publish your address certificate now (done by itself when due)")
     a.set_defaults(func=cmd_address)
 
     s = sub.add_parser("send", help="send a message (body from FILE or standard input)")
@@ -94,50 +90,8 @@ def _direct_option(p: argparse.ArgumentParser, verb: str) -> None:
 
 # -- plumbing -------------------------------------------------------------------------------------
 
-def open_identity(args: argparse.Namespace, home: Home) -> AddressIdentity:
-    """The address identity, unsealed with the passphrase of the address key."""
-    path = home.root / ADDRESS_KEY_FILE
-    if not path.exists():
-        raise UserError(f"no address in {home.root}: run `anonmail init` first")
-    return AddressIdentity.load(path, common.passphrase(args, f"{common.ADDRESS_KEY} in {path}"))
-
-
-def _agent_config(home: Home) -> AgentConfig:
-    cfg = common.load_config(home)
-    entry = (own_node_endpoint(cfg.listen), *cfg.bootstrap)
-    return AgentConfig(cfg.params, tuple(dict.fromkeys(entry)), cfg.trusted_cas,
-                       home.root / MAIL_DIR, guard_file=home.root / GUARD_FILE)
-
-
-def _run(args: argparse.Namespace, job: Callable[[MailAgent], Awaitable[T]]) -> T:
-    home = common.home_of(args)
-    identity = open_identity(args, home)
-    config = _agent_config(home)
-    anonymous = not getattr(args, "direct", False)
-
-    async def main() -> T:
-        async with session(identity, config, SystemClock(), SystemRng(),
-                           anonymous=anonymous) as agent:
-            out = await job(agent)
-            await _flush_waiting(agent)
-            return out
-
-    return trio.run(main)
-
-
-async def _flush_waiting(agent: MailAgent) -> None:
-    """Any session sends what waits for a permission that has come: if the Outbox holds
-    messages waiting for a grant, read the inbox (grants arrive there) and send them. One line
-    on standard error per message that went out."""
-    if agent.checked or not any(w.permit for state in agent.local.outbox()
-                                for w in state.waiting):
-        return
-    with contextlib.suppress(UserError):  # the job's own result stands; they wait for later
-        report = await agent.check()
-        for sent in report.flushed:
-            if sent.delivered:
-                print(f"from your Outbox: {sent.message_id} delivered to "
-                      f"{', '.join(sent.delivered)}", file=sys.stderr)
+open_identity = jobs.open_identity
+_agent_config = jobs.agent_config
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -174,7 +128,14 @@ def cmd_init(args: argparse.Namespace) -> int:
             async with session(identity, config, clock, rng) as agent:
                 return len(await agent.publish_cert())
 
-        stored = trio.run(publish)
+        try:
+            stored = trio.run(publish)
+        except UserError as e:  # the address exists: any later command publishes it
+            print(f"anonmail: your address certificate is not published yet ({e}); it goes "
+                  "out with your next command, or by itself under `anonmail run`",
+                  file=sys.stderr)
+            return 0
+        mark_published(home.root / MAIL_DIR, clock.now())
         print(f"published your address certificate on {stored} nodes")
     return 0
 
@@ -183,6 +144,8 @@ def cmd_address(args: argparse.Namespace) -> int:
     identity = open_identity(args, common.home_of(args))
     print(identity.address)
     print(f"fingerprint: {fingerprint_words(identity.sign.public)}")
+    if args.publish:
+        jobs.run_job(args, "publish", {}).show()
     return 0
 
 
@@ -206,33 +169,20 @@ def cmd_send(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UserError(f"cannot read attachment {p}: {e.strerror}") from None
 
-    async def job(agent: MailAgent) -> str:
-        if args.to or args.cc or args.bcc:
-            try:
-                body = data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UserError("the body is not UTF-8 text: send binary files with "
-                                "--attach") from None
-            report = await agent.send(args.to, args.cc, args.bcc, args.subject, body,
-                                      attachments)
-        else:
-            if attachments or args.subject:
-                raise UserError("--subject and --attach need --to (or give a whole RFC 5322 "
-                                "message without them)")
-            report = await agent.send_message(data)
-        how = "directly (not anonymous: storage nodes saw your node)" if args.direct else \
-            "anonymously (storage nodes saw only go-betweens)"
-        lines = [f"{address}: delivered, {len(report.inboxes[address].receipts)} inbox "
-                 f"receipts verified" for address in report.delivered]
-        lines += [f"{address}: {why}; the message waits in your Outbox and goes out by "
-                  f"itself once they allow you" for address, why in report.waiting.items()]
-        if report.delivered:
-            lines.append(f"sent {report.message_id} ({report.size:,} bytes) to "
-                         f"{len(report.delivered)} recipient(s) {how}; "
-                         f"{len(report.body.receipts)} body receipts verified")
-        return "\n".join(lines)
-
-    print(_run(args, job))
+    if args.to or args.cc or args.bcc:
+        try:
+            body: str | None = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError("the body is not UTF-8 text: send binary files with "
+                            "--attach") from None
+        raw = None
+    else:
+        if attachments or args.subject:
+            raise UserError("--subject and --attach need --to (or give a whole RFC 5322 "
+                            "message without them)")
+        body, raw = None, data
+    jobs.run_job(args, "send", jobs.send_params(args.to, args.cc, args.bcc, args.subject,
+                                                body, attachments, raw)).show()
     return 0
 
 
@@ -250,30 +200,11 @@ def _listing(local: LocalMail) -> list[tuple[str, str, str, str]]:
 def cmd_inbox(args: argparse.Namespace) -> int:
     home = common.home_of(args)
     if not args.offline:
-        report = _run(args, lambda agent: agent.check())
-        print(f"{len(report.new)} new message(s)", file=sys.stderr)
-        for line in _permit_news(report):
-            print(line, file=sys.stderr)
+        jobs.run_job(args, "check", {}).show()
     local = LocalMail(home.root / MAIL_DIR)
     for i, (_mid, sender, subject, state) in enumerate(_listing(local), start=1):
         print(f"{i:>3}  {state:4}  {sender[:40]:40}  {subject[:60]}")
     return 0
-
-
-def _permit_news(report: CheckReport) -> list[str]:
-    """What the check did about permits, one line each."""
-    out = []
-    settled = report.settled
-    if settled is not None and settled.granted:
-        out.append(f"sent permits to {', '.join(settled.granted)}")
-    for sent in report.flushed:
-        if sent.delivered:
-            out.append(f"from your Outbox: {sent.message_id} delivered to "
-                       f"{', '.join(sent.delivered)}")
-    pending = report.requests_pending
-    if pending:
-        out.append(f"{pending} request(s) to write to you: `anonmail requests` lists them")
-    return out
 
 
 def _resolve(local: LocalMail, ident: str) -> str:
@@ -292,7 +223,10 @@ def cmd_read(args: argparse.Namespace) -> int:
     mid = _resolve(local, args.id)
     data = local.get_message(mid)
     if data is None:
-        data = _run(args, lambda agent: _retrieve(agent, mid))
+        jobs.run_job(args, "retrieve", {"message_id": mid}).show()
+        data = local.get_message(mid)
+        if data is None:
+            raise UserError(f"{mid} could not be retrieved: try again later")
     if args.raw:
         sys.stdout.buffer.write(data)
     else:
@@ -309,7 +243,3 @@ def cmd_read(args: argparse.Namespace) -> int:
             print(f"[attachment: {part.get_filename()} ({size:,} bytes); --raw for the "
                   "whole message]")
     return 0
-
-
-async def _retrieve(agent: MailAgent, mid: str) -> bytes:
-    return (await agent.retrieve(mid)).data

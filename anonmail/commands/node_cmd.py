@@ -19,6 +19,7 @@ import errno
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -75,7 +76,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                            help="log everything (debug); logs never hold keys, mail or addresses")
     p.set_defaults(func=cmd_node)
 
-    s = sub.add_parser("status", help="show a running node's id, endpoint and contacts")
+    s = sub.add_parser("status", help="show a running node's id, endpoint and contacts (and, "
+                                      "under `anonmail run`, the agent and the gateway)")
     add_home_option(s)
     s.set_defaults(func=cmd_status)
 
@@ -248,7 +250,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     reply = _ask(home_of(args), {"op": "status"})
     for k in ("node_id", "endpoint", "network", "contacts"):
         print(f"{k:9} {reply[k]}")
+    agent = reply.get("agent")
+    if isinstance(agent, dict):  # `anonmail run`: the agent and the gateway too
+        for line in agent_lines(agent, reply.get("gateway") or {}):
+            print(line)
     return 0
+
+
+def _when(t: Any, now: float) -> str:
+    if not isinstance(t, int | float):
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    delta = t - now
+    rel = f"in {delta:.0f} s" if delta >= 0 else f"{-delta:.0f} s ago"
+    if abs(delta) >= 86400:
+        rel = f"in {delta / 86400:.1f} days" if delta >= 0 else f"{-delta / 86400:.1f} days ago"
+    return f"{stamp} ({rel})"
+
+
+def agent_lines(agent: dict[str, Any], gateway: dict[str, Any]) -> list[str]:
+    """`anonmail status`'s lines about the running agent and gateway."""
+    now = time.time()
+    ok = {True: "ok", False: "failed", None: ""}.get(agent.get("last_check_ok"), "")
+    lines = [f"address   {agent.get('address')}",
+             f"checked   {_when(agent.get('last_check'), now)} {ok}".rstrip(),
+             f"next      {_when(agent.get('next_check'), now)}",
+             f"outbox    {agent.get('outbox')} message(s)",
+             f"cert      published {_when(agent.get('cert_published'), now)}; next "
+             f"{_when(agent.get('cert_republish'), now)}"]
+    if agent.get("last_error"):
+        lines.append(f"error     {agent['last_error']}")
+    for name in ("smtp", "pop3", "imap"):
+        lines.append(f"{name:9} {gateway.get(name, 'off')}")
+    return lines
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ write (or grants an address before it asks), `block` revokes every unspent permi
 address on every replica of your inbox, `contacts add` makes an address's future requests
 granted by your policy. `outbox` lists what waits to go out and why; `--retry` and `--drop`
 act on one message. The commands that need the network run one agent session each
-(commands/mail_cmd.py `_run`), which also collects new requests and grants first.
+(commands/jobs.py: or the running agent's), which also collects new requests and grants first.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import argparse
 import datetime as _dt
 import time
 
-from anonmail.commands import common
-from anonmail.commands.mail_cmd import MAIL_DIR, _direct_option, _run
+from anonmail.commands import common, jobs
+from anonmail.commands.mail_cmd import MAIL_DIR, _direct_option
 from anonmail.errors import UserError
 from anonmail.mail.maildir import LocalMail
 from anonmail.mail.permits import BOOK_FILE
-from anonmail.mail.user_agent import MailAgent
 from anonmail.permit.book import PermitBook, Status
 from anonmail.records.certs import fingerprint_words, normalize_address_or_none
 
@@ -84,7 +83,7 @@ def _utc(t: int) -> str:
 
 def cmd_requests(args: argparse.Namespace) -> int:
     if not args.offline:
-        _run(args, lambda agent: agent.check())
+        jobs.run_job(args, "check", {}).show()
     pending = _book(args).requests()
     if not pending:
         print("no pending requests to write to you")
@@ -102,30 +101,14 @@ def cmd_requests(args: argparse.Namespace) -> int:
 def cmd_allow(args: argparse.Namespace) -> int:
     address = _address(args.address)
 
-    async def job(agent: MailAgent) -> str:
-        if address == agent.address:
-            raise UserError("that is your own address")
-        sent = await agent.permits.allow(address)
-        if not sent:
-            return (f"{address} is allowed, but the permits could not be delivered now: they "
-                    "go out with your next `anonmail inbox`")
-        return f"{address} may now write to you (permits sent)"
-
-    print(_run(args, job))
+    jobs.run_job(args, "allow", {"address": address}).show()
     return 0
 
 
 def cmd_block(args: argparse.Namespace) -> int:
     address = _address(args.address)
 
-    async def job(agent: MailAgent) -> str:
-        if address == agent.address:
-            raise UserError("that is your own address")
-        revoked, replicas = await agent.permits.block(address)
-        return (f"{address} is blocked: {revoked} unspent permit(s) revoked on {replicas} inbox "
-                f"replicas; its requests will be dropped")
-
-    print(_run(args, job))
+    jobs.run_job(args, "block", {"address": address}).show()
     return 0
 
 
@@ -155,16 +138,7 @@ def cmd_contacts(args: argparse.Namespace) -> int:
               f"`anonmail block` revokes them)")
         return 0
 
-    async def job(agent: MailAgent) -> str:
-        if address == agent.address:
-            raise UserError("that is your own address")
-        agent.permits.book.set_status(address, Status.CONTACT)
-        agent.permits.book.save()
-        sent = await agent.permits.grant(address)
-        how = "permits sent" if sent else "permits go out with your next `anonmail inbox`"
-        return f"{address} is a contact ({how})"
-
-    print(_run(args, job))
+    jobs.run_job(args, "contact-add", {"address": address}).show()
     return 0
 
 
@@ -177,15 +151,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         print(f"dropped {args.drop} from your Outbox")
         return 0
     if args.retry:
-        mid = args.retry
-
-        async def job(agent: MailAgent) -> str:
-            report = await agent.retry(mid)
-            done = ", ".join(report.delivered) or "nobody new"
-            wait = "; ".join(f"{a}: {why}" for a, why in report.waiting.items())
-            return f"delivered to {done}" + (f"; still waiting: {wait}" if wait else "")
-
-        print(_run(args, job))
+        jobs.run_job(args, "retry", {"message_id": args.retry}).show()
         return 0
     states = local.outbox()
     if not states:

@@ -122,7 +122,7 @@ class MailAgent:
         ask the others (an RTS) and keep the message in the Outbox for them: it goes out to
         each by itself (`flush`) once their grant is seen. Raises SendFailed if a recipient
         could not be reached (the message stays in the Outbox)."""
-        self.local.queue_outgoing(msg.message_id, _with_bcc(msg))
+        self.local.queue_outgoing(msg.message_id, with_bcc(msg))
         try:
             return await self._send_composed(msg, only)
         finally:
@@ -244,7 +244,7 @@ class MailAgent:
                                    params=self.params, concurrency=self.concurrency)
 
 
-def _with_bcc(msg: Composed) -> bytes:
+def with_bcc(msg: Composed) -> bytes:
     """The local copy keeps the Bcc line (it never leaves this machine)."""
     if not msg.bcc:
         return msg.data

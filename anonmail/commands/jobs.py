@@ -1,0 +1,242 @@
+"""The mail commands' network work, as named jobs that run where the address key is open.
+
+A command that needs the network (send, inbox, read, requests, allow, block, contacts add,
+outbox --retry, address --publish) parses its arguments, then calls `run_job(args, NAME,
+params)`: when `anonmail run` serves this home, the job is handed to that running agent over the
+control socket (no passphrase asked: the agent opened the key once; one writer for the Outbox and
+the permit book); otherwise the command opens the key itself and runs one agent session
+(agent/session.py). Either way the job is the same function below, given a MailAgent and
+JSON-able params, returning the lines to print (`out` on stdout, `err` on stderr). After the job,
+any session sends what waits for a permit that has come, and republishes the address
+certificate when it is due (agent/service.py), so an `init` that could not reach the network
+does not leave an address that is never published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from anonmail import control
+from anonmail.agent.service import mark_published, publish_if_due
+from anonmail.agent.session import AgentConfig, own_node_endpoint, session
+from anonmail.clock import SystemClock
+from anonmail.commands import common
+from anonmail.errors import AnonmailError, UserError
+from anonmail.mail.compose import Attachment
+from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.user_agent import MailAgent
+from anonmail.paths import Home
+from anonmail.permit.book import Status
+from anonmail.rng import SystemRng
+
+ADDRESS_KEY_FILE = "address.key"
+MAIL_DIR = "mail"
+GUARD_FILE = "anon-guard.cbor"  # the anonymous sender's guard X, kept between sessions
+JOB_TIMEOUT = 900.0  # seconds a command waits for the running agent (a large send, a slow net)
+
+
+@dataclass
+class Output:
+    out: list[str] = field(default_factory=list)
+    err: list[str] = field(default_factory=list)
+
+    def show(self) -> None:
+        for line in self.out:
+            print(line)
+        for line in self.err:
+            print(line, file=sys.stderr)
+
+
+Job = Callable[[MailAgent, dict[str, Any]], Awaitable[Output]]
+JOBS: dict[str, Job] = {}
+
+
+def job(name: str) -> Callable[[Job], Job]:
+    def register(fn: Job) -> Job:
+        JOBS[name] = fn
+        return fn
+    return register
+
+
+# -- where the key is -----------------------------------------------------------------------------
+
+def open_identity(args: argparse.Namespace, home: Home) -> AddressIdentity:
+    """The address identity, unsealed with the passphrase of the address key."""
+    path = home.root / ADDRESS_KEY_FILE
+    if not path.exists():
+        raise UserError(f"no address in {home.root}: run `anonmail init` first")
+    return AddressIdentity.load(path, common.passphrase(args, f"{common.ADDRESS_KEY} in {path}"))
+
+
+def agent_config(home: Home) -> AgentConfig:
+    cfg = common.load_config(home)
+    entry = (own_node_endpoint(cfg.listen), *cfg.bootstrap)
+    return AgentConfig(cfg.params, tuple(dict.fromkeys(entry)), cfg.trusted_cas,
+                       home.root / MAIL_DIR, guard_file=home.root / GUARD_FILE)
+
+
+def agent_running(home: Home) -> bool:
+    """Whether `anonmail run` serves this home (a plain `anonmail node` has no agent)."""
+    if len(str(home.control).encode()) > 107 or not home.control.exists():
+        return False
+    found = control.probe(home.control)
+    return bool(found and found.get("agent"))
+
+
+def run_job(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Output:
+    home = common.home_of(args)
+    direct = bool(getattr(args, "direct", False))
+    params = {**params, "anonymous": not direct}
+    if agent_running(home):
+        try:
+            reply = control.call(home.control, {"op": "job", "name": name, "params": params,
+                                                "direct": direct}, timeout=JOB_TIMEOUT)
+        except OSError as e:
+            raise UserError(f"the running agent did not answer: {e.strerror or e}") from None
+        return Output(list(reply.get("out", [])), list(reply.get("err", [])))
+    identity = open_identity(args, home)
+    config = agent_config(home)
+
+    async def main() -> Output:
+        async with session(identity, config, SystemClock(), SystemRng(),
+                           anonymous=not direct) as agent:
+            return await execute(agent, name, params)
+
+    return trio.run(main)
+
+
+async def execute(agent: MailAgent, name: str, params: dict[str, Any]) -> Output:
+    """Run one job in a session, then what every session does after its job."""
+    fn = JOBS.get(name)
+    if fn is None:
+        raise UserError(f"unknown job {name!r}")
+    out = await fn(agent, params)
+    out.err += await flush_waiting(agent)
+    with contextlib.suppress(AnonmailError):  # due again next time
+        if await publish_if_due(agent, agent.local.root):
+            out.err.append("republished your address certificate")
+    return out
+
+
+async def flush_waiting(agent: MailAgent) -> list[str]:
+    """Any session sends what waits for a permission that has come: if the Outbox holds
+    messages waiting for a grant, read the inbox (grants arrive there) and send them."""
+    if agent.checked or not any(w.permit for state in agent.local.outbox()
+                                for w in state.waiting):
+        return []
+    with contextlib.suppress(UserError):  # the job's own result stands; they wait for later
+        report = await agent.check()
+        return [f"from your Outbox: {s.message_id} delivered to {', '.join(s.delivered)}"
+                for s in report.flushed if s.delivered]
+    return []
+
+
+# -- the jobs -------------------------------------------------------------------------------------
+
+@job("publish")
+async def _publish(agent: MailAgent, p: dict[str, Any]) -> Output:
+    stored = len(await agent.publish_cert())
+    mark_published(agent.local.root, agent.clock.now())
+    return Output([f"published your address certificate on {stored} nodes"])
+
+
+def send_params(to: list[str], cc: list[str], bcc: list[str], subject: str, body: str | None,
+                attachments: list[Attachment], raw: bytes | None) -> dict[str, Any]:
+    return {"to": to, "cc": cc, "bcc": bcc, "subject": subject, "body": body,
+            "attachments": [[a.filename, base64.b64encode(a.data).decode()]
+                            for a in attachments],
+            "raw": None if raw is None else base64.b64encode(raw).decode()}
+
+
+@job("send")
+async def _send(agent: MailAgent, p: dict[str, Any]) -> Output:
+    if p.get("raw") is not None:
+        report = await agent.send_message(base64.b64decode(p["raw"]))
+    else:
+        attachments = [Attachment(name, base64.b64decode(data))
+                       for name, data in p.get("attachments", [])]
+        report = await agent.send(p["to"], p["cc"], p["bcc"], p["subject"], p["body"] or "",
+                                  attachments)
+    how = "anonymously (storage nodes saw only go-betweens)" \
+        if p.get("anonymous", True) else "directly (not anonymous: storage nodes saw your node)"
+    lines = [f"{address}: delivered, {len(report.inboxes[address].receipts)} inbox "
+             f"receipts verified" for address in report.delivered]
+    lines += [f"{address}: {why}; the message waits in your Outbox and goes out by "
+              f"itself once they allow you" for address, why in report.waiting.items()]
+    if report.delivered:
+        lines.append(f"sent {report.message_id} ({report.size:,} bytes) to "
+                     f"{len(report.delivered)} recipient(s) {how}; "
+                     f"{len(report.body.receipts)} body receipts verified")
+    return Output(lines)
+
+
+@job("check")
+async def _check(agent: MailAgent, p: dict[str, Any]) -> Output:
+    report = await agent.check()
+    err = [f"{len(report.new)} new message(s)"]
+    settled = report.settled
+    if settled is not None and settled.granted:
+        err.append(f"sent permits to {', '.join(settled.granted)}")
+    for sent in report.flushed:
+        if sent.delivered:
+            err.append(f"from your Outbox: {sent.message_id} delivered to "
+                       f"{', '.join(sent.delivered)}")
+    if report.requests_pending:
+        err.append(f"{report.requests_pending} request(s) to write to you: `anonmail "
+                   "requests` lists them")
+    return Output([], err)
+
+
+@job("retrieve")
+async def _retrieve(agent: MailAgent, p: dict[str, Any]) -> Output:
+    await agent.retrieve(str(p["message_id"]))
+    return Output()
+
+
+def _other(agent: MailAgent, address: str) -> str:
+    if address == agent.address:
+        raise UserError("that is your own address")
+    return address
+
+
+@job("allow")
+async def _allow(agent: MailAgent, p: dict[str, Any]) -> Output:
+    address = _other(agent, str(p["address"]))
+    if not await agent.permits.allow(address):
+        return Output([f"{address} is allowed, but the permits could not be delivered now: "
+                       "they go out with your next `anonmail inbox`"])
+    return Output([f"{address} may now write to you (permits sent)"])
+
+
+@job("block")
+async def _block(agent: MailAgent, p: dict[str, Any]) -> Output:
+    address = _other(agent, str(p["address"]))
+    revoked, replicas = await agent.permits.block(address)
+    return Output([f"{address} is blocked: {revoked} unspent permit(s) revoked on {replicas} "
+                   "inbox replicas; its requests will be dropped"])
+
+
+@job("contact-add")
+async def _contact_add(agent: MailAgent, p: dict[str, Any]) -> Output:
+    address = _other(agent, str(p["address"]))
+    agent.permits.book.set_status(address, Status.CONTACT)
+    agent.permits.book.save()
+    sent = await agent.permits.grant(address)
+    how = "permits sent" if sent else "permits go out with your next `anonmail inbox`"
+    return Output([f"{address} is a contact ({how})"])
+
+
+@job("retry")
+async def _retry(agent: MailAgent, p: dict[str, Any]) -> Output:
+    report = await agent.retry(str(p["message_id"]))
+    done = ", ".join(report.delivered) or "nobody new"
+    wait = "; ".join(f"{a}: {why}" for a, why in report.waiting.items())
+    return Output([f"delivered to {done}" + (f"; still waiting: {wait}" if wait else "")])
