@@ -151,11 +151,8 @@ class AgentService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        now = self.clock.now()
-        self.status.next_check = now  # at start: check, flush and publish if due
-        for state in self.local.outbox():  # whatever a crash or a failure left: try again
-            if not all(w.permit for w in state.waiting) or not state.waiting:
-                self.status.retries.setdefault(state.message_id, Retry(0, now))
+        self.status.next_check = self.clock.now()  # at start: check, flush, publish if due
+        self._track_outbox(0.0)
         task_status.started()
         while True:
             await self._sleep_until_due()
@@ -194,6 +191,14 @@ class AgentService:
         r.attempts += 1
         r.at = self.clock.now() + self._jitter(min(RETRY_MAX, RETRY_FIRST * 2 ** (r.attempts - 1)))
 
+    def _track_outbox(self, delay: float) -> None:
+        """Retry what a crash or a failed send (ours or a command's) left in the Outbox,
+        except what waits for a permit (a check flushes that when the permit comes)."""
+        at = self.clock.now() + delay
+        for state in self.local.outbox():
+            if not state.waiting or not all(w.permit for w in state.waiting):
+                self.status.retries.setdefault(state.message_id, Retry(0, at))
+
     async def _check(self) -> None:
         self.status.last_check = self.clock.now()
         try:
@@ -209,6 +214,7 @@ class AgentService:
         except AnonmailError as e:
             self.status.last_check_ok = False
             self._failed("check", e)
+        self._track_outbox(RETRY_FIRST)
         self.status.next_check = self.clock.now() + self._jitter(self.check_interval)
 
     def _failed(self, what: str, e: AnonmailError) -> None:
