@@ -3,7 +3,6 @@ each with `nursery.start`, and report where each one listens."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -12,28 +11,18 @@ import trio
 from anonmail.config import GatewayEndpoints
 from anonmail.errors import UserError
 from anonmail.gateway.context import GatewayContext
+from anonmail.gateway.imap import serve_imap
+from anonmail.gateway.pop3 import serve_pop3
+from anonmail.gateway.smtp import serve_smtp
 
 log = logging.getLogger("anonmail.gateway")
 
 
 
-def _load(name: str) -> Any:
-    if name == "smtp":
-        return importlib.import_module("anonmail.gateway.smtp")
-    if name == "pop3":
-        return importlib.import_module("anonmail.gateway.pop3")
-    return importlib.import_module("anonmail.gateway.imap")
-
-
-def _servers() -> list[tuple[str, Any]]:
-    """(name, serve function) of the servers this installation has."""
-    out = []
-    for name in ("smtp", "pop3", "imap"):
-        try:
-            out.append((name, getattr(_load(name), f"serve_{name}")))
-        except ModuleNotFoundError:
-            log.warning("the %s server is not available in this version", name)
-    return out
+# (name, serve function): each `async def serve_x(host, port, ctx, *, task_status)`, started
+# with the port it bound.
+SERVERS: tuple[tuple[str, Any], ...] = (("smtp", serve_smtp), ("pop3", serve_pop3),
+                                        ("imap", serve_imap))
 
 
 async def serve_gateway(endpoints: GatewayEndpoints, ctx: GatewayContext, *,
@@ -43,7 +32,7 @@ async def serve_gateway(endpoints: GatewayEndpoints, ctx: GatewayContext, *,
     use is one line (UserError) naming the setting to change."""
     where: dict[str, str] = {}
     async with trio.open_nursery() as nursery:
-        for name, serve in _servers():
+        for name, serve in SERVERS:
             ep = getattr(endpoints, name)
             if ep is None:
                 continue
