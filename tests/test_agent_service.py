@@ -131,3 +131,30 @@ async def test_one_operation_at_a_time(sim: Sim, autojump_clock: MockClock) -> N
     assert "".join("(" if e == "open" else ")" if e == "close" else "" for e in log) \
         == "()" * log.count("open")
     assert log.count("job") == 3
+
+
+async def test_a_restarted_agent_sends_what_a_crash_left_in_the_outbox_once(
+        sim: Sim, autojump_clock: MockClock) -> None:
+    # A crash between queueing and sending (or mid-send) leaves the message in the Outbox with
+    # nothing recorded: the next agent sends it; the recipient keeps one copy even when a
+    # first attempt had reached it already (de-duplicated by Message-ID).
+    alice, bob = await people(sim, "alice", "bob")
+    first = service(sim, alice)
+    lost = await first.submit(message(alice.address, bob.address, "never sent"))
+    sent = await first.submit(message(alice.address, bob.address, "sent, not recorded"))
+    data = alice.local.outgoing(sent)
+    assert data is not None and alice.local.outgoing(lost) is not None
+    await alice.retry(sent)  # it went out, and the agent died before its Outbox said so:
+    alice.local.queue_outgoing(sent, data)
+    a, b = service(sim, alice), service(sim, bob)
+    with trio.fail_after(86400):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            while not (bob.local.has_message(lost) and bob.local.has_message(sent)) or \
+                    bob.local.pending():
+                await trio.sleep(1)
+            await trio.sleep(2 * INTERVAL)  # every later check too
+            nursery.cancel_scope.cancel()
+    assert alice.local.outbox() == []
+    assert len(bob.local.message_keys()) == 2  # both, each once

@@ -57,6 +57,8 @@ def test_run_agents_do_the_commands_and_deliver_by_themselves(
     for line in ("address   alice@", "checked", "outbox    0 message(s)", "cert      published",
                  f"smtp      127.0.0.1:{alice.smtp}"):
         assert line in out, out
+    for private in (alice.home / "gateway-password", alice.home / "control.sock"):
+        assert private.stat().st_mode & 0o777 == 0o600
     code, printed = alice.stop()
     assert code == 0 and printed.rstrip().endswith("anonmail stopped"), printed[-500:]
     assert "Traceback" not in printed
