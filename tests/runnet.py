@@ -60,6 +60,9 @@ class RunUser:
         wait_for(self.serving, f"{self.name}'s agent to start")
 
     def serving(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:  # it exited: say why now
+            raise AssertionError(f"{self.name}'s anonmail run exited: "
+                                 f"{self.output.read_text(errors='replace')[-2000:]}")
         try:
             return "agent" in self.status()
         except Exception:
