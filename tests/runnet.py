@@ -57,12 +57,15 @@ class RunUser:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "anonmail.cli", "run", "--home", str(self.home)],
                 env=env(), stdout=out, stderr=subprocess.STDOUT)
-        wait_for(self.serving, f"{self.name}'s agent to start")
+        wait_for(self._started, f"{self.name}'s agent to start")
 
-    def serving(self) -> bool:
+    def _started(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:  # it exited: say why now
             raise AssertionError(f"{self.name}'s anonmail run exited: "
                                  f"{self.output.read_text(errors='replace')[-2000:]}")
+        return self.serving()
+
+    def serving(self) -> bool:
         try:
             return "agent" in self.status()
         except Exception:
