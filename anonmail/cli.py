@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from anonmail import __version__
-from anonmail.commands import mail_cmd, node_cmd, permit_cmd, run_cmd
+from anonmail.commands import mail_cmd, node_cmd, permit_cmd, read_cmd, run_cmd
 from anonmail.errors import UserError
 from anonmail.experiments import sim_command
 from anonmail.experiments.bench import command as bench_command
@@ -22,7 +22,7 @@ from anonmail.experiments.demo import command as demo_command
 # Modules that add subcommands, in the order of `anonmail --help`; each has
 # `register(subparsers) -> None` and sets `func` on its parsers, a callable taking the parsed
 # namespace and returning an exit status.
-COMMAND_MODULES = (node_cmd, run_cmd, mail_cmd, permit_cmd, demo_command, sim_command,
+COMMAND_MODULES = (node_cmd, run_cmd, mail_cmd, read_cmd, permit_cmd, demo_command, sim_command,
                    bench_command)
 
 

@@ -98,6 +98,24 @@ class TransportError(AnonmailError):
     """
 
 
+class OtherNetwork(TransportError):
+    """The node we dialled answered that it is on another network (test vs main): no fault of
+    its own, and no node we can use. `network_id` is the one it named (unauthenticated: an
+    attacker on the path could name any, as it could cut the connection)."""
+
+    def __init__(self, network_id: bytes) -> None:
+        super().__init__(f"handshake: the peer is on another network "
+                         f"({network_name(network_id)})")
+        self.network_id = network_id
+
+
+def network_name(network_id: bytes) -> str:
+    """A network id as a user reads it: its text (e.g. anonmail-main-v1), else hex."""
+    if network_id.isascii() and network_id.decode("ascii").isprintable():
+        return network_id.decode("ascii")
+    return network_id.hex()
+
+
 class BadContact(TransportError):
     """Another node answered at the endpoint a certificate names (a stale entry, or an address
     a third party named to aim our suspicion at its owner). Not the answering node's fault, so

@@ -129,6 +129,7 @@ def test_storage_inbox_and_z_never_see_the_sender(net: LocalNet, tmp_path: Path)
     r = anonmail("inbox", "--home", str(bob), timeout=180)
     assert r.returncode == 0, r.stderr
     assert "Sealed plans" in r.stdout
-    r = anonmail("read", "1", "--home", str(bob), timeout=180)
+    (line,) = [line for line in r.stdout.splitlines() if line.endswith("Sealed plans")]
+    r = anonmail("read", line.split()[0], "--home", str(bob), timeout=180)  # its stable id
     assert r.returncode == 0, r.stderr
     assert "Meet at the usual place." in r.stdout and alice_addr in r.stdout

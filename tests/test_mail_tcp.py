@@ -70,10 +70,21 @@ def user(t: LocalNet, root: Path, name: str) -> tuple[Path, str]:
     return home, address
 
 
+def message_id_shown(listing: str, subject: str) -> str:
+    """The stable id `anonmail inbox` shows for the message with `subject`."""
+    (line,) = [line for line in listing.splitlines() if line.endswith(subject)]
+    return line.split()[0]
+
+
 def test_alice_mails_bob_and_carol_a_megabyte(net: LocalNet, tmp_path: Path) -> None:
     alice, alice_addr = user(net, tmp_path, "alice")
     bob, bob_addr = user(net, tmp_path, "bob")
     carol, carol_addr = user(net, tmp_path, "carol")
+    # Alice checks Bob's key before she writes: the fingerprint he would read to her
+    r = anonmail("address", "--verify", bob_addr, "--home", str(alice), timeout=120)
+    assert r.returncode == 0, r.stderr
+    bob_fingerprint = anonmail("address", "--home", str(bob)).stdout.splitlines()[1]
+    assert r.stdout.splitlines()[:2] == [bob_addr, bob_fingerprint], r.stdout
 
     attachment = SeededRng(5).bytes(ATTACHMENT)
     (tmp_path / "report.bin").write_bytes(attachment)
@@ -115,11 +126,12 @@ def test_alice_mails_bob_and_carol_a_megabyte(net: LocalNet, tmp_path: Path) -> 
         r = anonmail("inbox", "--home", str(home), timeout=120)
         assert r.returncode == 0, r.stderr
         assert "Quarterly figures" in r.stdout
-        r = anonmail("read", "1", "--raw", "--home", str(home), timeout=120)
+        ident = message_id_shown(r.stdout, "Quarterly figures")
+        r = anonmail("read", ident, "--raw", "--home", str(home), timeout=120)
         assert r.returncode == 0, r.stderr
-        got = (home / "mail" / "Maildir" / "new")
+        got = (home / "mail" / "Maildir" / "cur")  # read: in cur/, with the Seen flag
         (got_file,) = got.iterdir()
-        assert got_file.read_bytes() == sent_bytes
+        assert got_file.name.endswith(":2,S") and got_file.read_bytes() == sent_bytes
         msg = email.message_from_bytes(got_file.read_bytes(), policy=email.policy.default)
         (part,) = list(msg.iter_attachments())
         assert part.get_payload(decode=True) == attachment
@@ -150,10 +162,11 @@ def test_fifty_megabytes_round_trip_through_fragments(net: LocalNet, tmp_path: P
     r = anonmail("send", "--home", str(alice), "--to", bob_addr, "--subject", "archive",
                  "--attach", str(tmp_path / "big.bin"), str(tmp_path / "body.txt"), timeout=600)
     assert r.returncode == 0, r.stderr
-    assert anonmail("inbox", "--home", str(bob), timeout=600).returncode == 0
-    r = anonmail("read", "1", "--home", str(bob), timeout=600)
+    r = anonmail("inbox", "--home", str(bob), timeout=600)
     assert r.returncode == 0, r.stderr
-    (got_file,) = (bob / "mail" / "Maildir" / "new").iterdir()
+    r = anonmail("read", message_id_shown(r.stdout, "archive"), "--home", str(bob), timeout=600)
+    assert r.returncode == 0, r.stderr
+    (got_file,) = (bob / "mail" / "Maildir" / "cur").iterdir()
     (sent_file,) = (alice / "mail" / "Maildir" / ".Sent" / "new").iterdir()
     assert got_file.read_bytes() == sent_file.read_bytes()
     msg = email.message_from_bytes(got_file.read_bytes(), policy=email.policy.default)

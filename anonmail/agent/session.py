@@ -13,7 +13,7 @@ is in the clear (every link is the authenticated, encrypted handshake of net/tcp
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from anonmail.anon.gobetweens import GoBetweens, load_state, save_state
 from anonmail.anon.options import DEFAULT, AnonOptions
 from anonmail.clock import Clock
 from anonmail.dht.dht_node import DhtNode
-from anonmail.errors import TransportError, UserError
+from anonmail.errors import TransportError, UserError, network_name
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.user_agent import MailAgent
 from anonmail.net.tcp import TcpNetwork
@@ -57,6 +57,22 @@ def own_node_endpoint(listen: Endpoint) -> Endpoint:
     return listen
 
 
+def unreachable(entry_points: Sequence[Endpoint], params: NetworkParams,
+                other_networks: Mapping[str, bytes]) -> str:
+    """The line for a session that reached no node: a node that said it is on another network
+    (net/tcp.py `other_networks`) is named, else every endpoint tried, with this home's
+    network, which a node on another network refuses."""
+    ours = network_name(params.network_id)
+    for ep in entry_points:
+        theirs = other_networks.get(str(ep))
+        if theirs is not None:
+            return (f"the bootstrap node {ep} is on another network ({network_name(theirs)}; "
+                    f"this home is on {ours}): check [network] name in config.toml")
+    where = ", ".join(str(e) for e in entry_points) or "none configured"
+    return (f"cannot reach the network (tried {where}; this home is on {ours}): start your "
+            "node with `anonmail node`, or add a bootstrap node of that network to config.toml")
+
+
 @asynccontextmanager
 async def session(identity: AddressIdentity, config: AgentConfig, clock: Clock,
                   rng: Rng, *, anonymous: bool = True) -> AsyncIterator[MailAgent]:
@@ -77,9 +93,7 @@ async def session(identity: AddressIdentity, config: AgentConfig, clock: Clock,
             with suppress(TransportError):
                 await dht.bootstrap(config.entry_points)
         if not dht.contacts():
-            where = ", ".join(str(e) for e in config.entry_points) or "none configured"
-            raise UserError(f"cannot reach the network (tried {where}): start your node with "
-                            "`anonmail node` or add a bootstrap node to config.toml")
+            raise UserError(unreachable(config.entry_points, params, net.other_networks))
         if not anonymous:
             yield MailAgent(identity, net, dht, config.mail_dir, params, clock, rng,
                             trusted_cas=config.trusted_cas)

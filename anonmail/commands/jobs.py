@@ -1,15 +1,16 @@
 """The mail commands' network work, as named jobs that run where the address key is open.
 
-A command that needs the network (send, inbox, read, requests, allow, block, contacts add,
-outbox --retry, address --publish) parses its arguments, then calls `run_job(args, NAME,
-params)`: when `anonmail run` serves this home, the job is handed to that running agent over the
-control socket (no passphrase asked: the agent opened the key once; one writer for the Outbox and
-the permit book); otherwise the command opens the key itself and runs one agent session
-(agent/session.py). Either way the job is the same function below, given a MailAgent and
-JSON-able params, returning the lines to print (`out` on stdout, `err` on stderr). After the job,
-any session sends what waits for a permit that has come, and republishes the address
-certificate when it is due (agent/service.py), so an `init` that could not reach the network
-does not leave an address that is never published.
+A command that needs the network (send, inbox, read, reply, requests, allow, block, contacts
+add, outbox --retry, address --publish and --verify) parses its arguments, then calls
+`run_job(args, NAME, params)`: when `anonmail run` serves this home, the job is handed to that
+running agent over the control socket (no passphrase asked: the agent opened the key once; one
+writer for the Outbox and the permit book); otherwise the command opens the key itself (or
+passes the identity it opened already) and runs one agent session (agent/session.py). Either
+way the job is the same function below, given a MailAgent and JSON-able params, returning the
+lines to print (`out` on stdout, `err` on stderr). After the job, any session sends what waits
+for a permit that has come, and republishes the address certificate when it is due
+(agent/service.py), so an `init` that could not reach the network does not leave an address
+that is never published.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime as _dt
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,9 +34,11 @@ from anonmail.commands import common
 from anonmail.errors import AnonmailError, UserError
 from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.send import recipient_certs
 from anonmail.mail.user_agent import MailAgent
 from anonmail.paths import Home
 from anonmail.permit.book import Status
+from anonmail.records.certs import anon_domain, fingerprint_words, is_anon_address
 from anonmail.rng import SystemRng
 
 ADDRESS_KEY_FILE = "address.key"
@@ -83,15 +87,34 @@ def agent_config(home: Home) -> AgentConfig:
                        home.root / MAIL_DIR, guard_file=home.root / GUARD_FILE)
 
 
+def _running_agent(home: Home) -> dict[str, Any] | None:
+    """The status of the `anonmail run` agent serving this home, if one does."""
+    if len(str(home.control).encode()) > 107 or not home.control.exists():
+        return None
+    found = control.probe(home.control)
+    agent = found.get("agent") if found else None
+    return agent if isinstance(agent, dict) and agent else None
+
+
 def agent_running(home: Home) -> bool:
     """Whether `anonmail run` serves this home (a plain `anonmail node` has no agent)."""
-    if len(str(home.control).encode()) > 107 or not home.control.exists():
-        return False
-    found = control.probe(home.control)
-    return bool(found and found.get("agent"))
+    return _running_agent(home) is not None
 
 
-def run_job(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Output:
+def own_address(args: argparse.Namespace, home: Home) -> tuple[str, AddressIdentity | None]:
+    """Our address: from the running agent (no passphrase asked), else from the key file,
+    whose opened identity comes back too, for `run_job(..., identity=)` (asked once)."""
+    agent = _running_agent(home)
+    if agent is not None and isinstance(agent.get("address"), str):
+        return str(agent["address"]), None
+    identity = open_identity(args, home)
+    return identity.address, identity
+
+
+def run_job(args: argparse.Namespace, name: str, params: dict[str, Any], *,
+            identity: AddressIdentity | None = None) -> Output:
+    """Run job `name` in the running agent, else in one local session (with `identity` when
+    the caller opened the key already, so the passphrase is not asked twice)."""
     home = common.home_of(args)
     direct = bool(getattr(args, "direct", False))
     params = {**params, "anonymous": not direct}
@@ -102,10 +125,12 @@ def run_job(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Outp
         except OSError as e:
             raise UserError(f"the running agent did not answer: {e.strerror or e}") from None
         return Output(list(reply.get("out", [])), list(reply.get("err", [])))
-    identity = open_identity(args, home)
+    if identity is None:
+        identity = open_identity(args, home)
     config = agent_config(home)
 
     async def main() -> Output:
+        assert identity is not None
         async with session(identity, config, SystemClock(), SystemRng(),
                            anonymous=not direct) as agent:
             return await execute(agent, name, params)
@@ -199,6 +224,29 @@ async def _check(agent: MailAgent, p: dict[str, Any]) -> Output:
 async def _retrieve(agent: MailAgent, p: dict[str, Any]) -> Output:
     await agent.retrieve(str(p["message_id"]))
     return Output()
+
+
+@job("cert")
+async def _cert(agent: MailAgent, p: dict[str, Any]) -> Output:
+    """Fetch and verify ADDRESS's certificate as `send` does (send.py `recipient_certs`: the
+    newest valid one of its replicas; for a .anon address its domain must be its key's
+    fingerprint, else it is refused) and show the fingerprint to compare."""
+    address = str(p["address"])
+    found = await recipient_certs(agent.net, agent.dht, [address], agent.params.replication,
+                                  agent.trusted_cas, agent.clock, agent.params.clock_skew)
+    cert = found[address]
+    lines = [address, f"fingerprint: {fingerprint_words(cert.sign_key)}"]
+    if is_anon_address(address):
+        if address.split("@")[1] != anon_domain(cert.sign_key):  # verify() refused it already
+            raise UserError(f"the certificate of {address} is for another key: refused")
+        lines.append("the address is self-certifying: its domain is the fingerprint of this "
+                     "key, and the certificate is signed by that key")
+    else:
+        lines.append(f"certified by the CA {cert.issuer.hex()} (a CA in your config.toml "
+                     "trusted_cas)")
+    lines.append(f"valid until {_dt.datetime.fromtimestamp(cert.expires, tz=_dt.UTC):%Y-%m-%d} "
+                 "UTC; compare the fingerprint with what its owner reads to you")
+    return Output(lines)
 
 
 def _other(agent: MailAgent, address: str) -> str:

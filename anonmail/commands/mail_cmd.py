@@ -1,19 +1,25 @@
-"""Mail commands: `anonmail init`, `address`, `send`, `inbox`, `read`.
+"""Mail commands: `anonmail init`, `address`, `send` (reading: commands/read_cmd.py).
 
 Each network command is a job (commands/jobs.py): run by `anonmail run` when it serves this home,
 else as one short agent session (anonmail/agent/session.py). The address key
 file is `address.key` in the home directory, sealed under a passphrase like the node key
 (commands/common.py says where the passphrase comes from); retrieved mail is a Maildir under
 `mail/`.
+
+Addresses on the command line are written as in a mail header (`parse_addresses`):
+`name@domain`, `Name <name@domain>`, several separated by commas; the domain is lower-cased
+(domains are case-insensitive), the local part kept as written (RFC 5321 §2.4: it is
+case-sensitive, and a .anon address's certificate names it exactly). Anything else is one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import email
 import email.policy
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -23,14 +29,53 @@ from anonmail.clock import SystemClock
 from anonmail.commands import common, jobs
 from anonmail.config import DEFAULT_PORT
 from anonmail.errors import UserError
+from anonmail.gateway.auth import ensure_password
 from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
-from anonmail.mail.maildir import LocalMail
 from anonmail.records.certs import fingerprint_words, normalize_address_or_none
 from anonmail.rng import SystemRng
 
 ADDRESS_KEY_FILE = jobs.ADDRESS_KEY_FILE
 MAIL_DIR = jobs.MAIL_DIR
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+INIT_HELP = """\
+Create your mail address: a new signing and sealing key, sealed under a passphrase in
+address.key, and a self-certifying address name@<fingerprint>.anon whose domain is the
+fingerprint of the key. The address certificate is published to the network at once (or by
+the next command, or `anonmail run`, with --offline or when the network cannot be reached).
+Without a config.toml in the home, one is written (--bootstrap, --testnet)."""
+INIT_EXAMPLES = """\
+examples:
+  anonmail init --name alice
+  anonmail init --home ~/mail-test --name bob --testnet --bootstrap 127.0.0.1:7601"""
+ADDRESS_HELP = """\
+Print your address and its fingerprint, to read aloud to someone who wants to write to you.
+With --verify ADDRESS, fetch ADDRESS's certificate from the network instead, check it as
+`send` does (for a .anon address: its domain must be the fingerprint of its key) and print its
+fingerprint, to compare with what its owner reads to you."""
+ADDRESS_EXAMPLES = """\
+examples:
+  anonmail address
+  anonmail address --verify bob@abcd...wxyz.anon"""
+SEND_HELP = """\
+Send a message, end-to-end encrypted, anonymously through go-between nodes (--direct: not).
+The body comes from FILE or standard input; without --to/--cc/--bcc, FILE (or standard input)
+is a whole RFC 5322 message whose To/Cc/Bcc name the recipients. A first message to someone
+asks them for permission (a request to write) and waits in your Outbox until they allow you.
+Addresses: name@domain or "Name <name@domain>"; several per option, separated by commas."""
+SEND_EXAMPLES = """\
+examples:
+  anonmail send --to bob@abcd...wxyz.anon --subject "Hello" body.txt
+  echo "See you at 8" | anonmail send --to "Bob <bob@abcd...wxyz.anon>" --subject Dinner
+  anonmail send --to bob@x.anon --cc carol@y.anon --attach photo.jpg body.txt
+  anonmail send < message.eml"""
+
+
+def parser_kwargs(description: str, epilog: str) -> dict[str, Any]:
+    """A command's help text: a description and examples, shown as written."""
+    return {"description": description, "epilog": epilog,
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +83,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         common.add_home_option(p)
         common.add_passphrase_option(p)
 
-    p = sub.add_parser("init", help="create your mail address (a self-certifying .anon address)")
+    p = sub.add_parser("init", help="create your mail address (a self-certifying .anon address)",
+                       **parser_kwargs(INIT_HELP, INIT_EXAMPLES))
     shared(p)
     p.add_argument("--name", default="me", help="the part before @ (default: me)")
     p.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
@@ -50,42 +96,73 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common.add_fast_kdf_option(p)
     p.set_defaults(func=cmd_init)
 
-    a = sub.add_parser("address", help="print your address and its fingerprint")
+    a = sub.add_parser("address", help="print your address and its fingerprint, or check "
+                                       "someone else's (--verify)",
+                       **parser_kwargs(ADDRESS_HELP, ADDRESS_EXAMPLES))
     shared(a)
     a.add_argument("--publish", action="store_true",
                    help="publish your address certificate now (done by itself when due)")
+    a.add_argument("--verify", metavar="ADDRESS",
+                   help="fetch and check ADDRESS's certificate; print its fingerprint")
+    _direct_option(a, "fetch the certificate")
     a.set_defaults(func=cmd_address)
 
-    s = sub.add_parser("send", help="send a message (body from FILE or standard input)")
+    s = sub.add_parser("send", help="send a message (body from FILE or standard input)",
+                       **parser_kwargs(SEND_HELP, SEND_EXAMPLES))
     shared(s)
     s.add_argument("--to", action="append", default=[], metavar="ADDRESS")
     s.add_argument("--cc", action="append", default=[], metavar="ADDRESS")
-    s.add_argument("--bcc", action="append", default=[], metavar="ADDRESS")
+    s.add_argument("--bcc", action="append", default=[], metavar="ADDRESS",
+                   help="blind copy: named only in that recipient's own sealed header")
     s.add_argument("--subject", default="")
-    s.add_argument("--attach", action="append", default=[], type=Path, metavar="FILE")
+    s.add_argument("--attach", action="append", default=[], type=Path, metavar="FILE",
+                   help="attach FILE (repeatable)")
     s.add_argument("file", nargs="?", type=Path,
                    help="the body, or a whole RFC 5322 message when no --to is given")
     _direct_option(s, "send")
     s.set_defaults(func=cmd_send)
-
-    i = sub.add_parser("inbox", help="collect new mail and list it")
-    shared(i)
-    i.add_argument("--offline", action="store_true", help="list what is here; do not check")
-    _direct_option(i, "check")
-    i.set_defaults(func=cmd_inbox)
-
-    r = sub.add_parser("read", help="print a message (retrieving it first if needed)")
-    shared(r)
-    r.add_argument("id", help="the number `anonmail inbox` shows, or the Message-ID")
-    r.add_argument("--raw", action="store_true", help="print the exact RFC 5322 bytes")
-    _direct_option(r, "retrieve")
-    r.set_defaults(func=cmd_read)
 
 
 def _direct_option(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--direct", action="store_true",
                    help=f"{verb} without go-betweens: faster, but the storage nodes see your "
                         f"node (default: anonymous, through go-between nodes)")
+
+
+# -- addresses as users write them ----------------------------------------------------------------
+
+def parse_addresses(text: str, what: str) -> list[str]:
+    """The addresses in `text`: `name@domain`, `Name <name@domain>`, or several of them
+    separated by commas; normalized (certs.normalize_address: the domain lower-cased). The
+    stdlib's header parser is used, not `email.utils.getaddresses`, whose legacy parser turns
+    "a@b.org junk" into "a@b.orgjunk" on Python 3.11; a defect it finds is refused."""
+    bad = UserError(f"{what} {text!r} is not an e-mail address: write name@domain or "
+                    '"Name <name@domain>"')
+    if _CONTROL.search(text):
+        raise bad
+    try:
+        header = email.policy.default.header_factory("to", text)
+        found = [str(a.addr_spec) for a in header.addresses]
+    except Exception:  # the parser is lenient; anything it raises is a bad address
+        raise bad from None
+    if header.defects or not found:
+        raise bad
+    out = []
+    for addr in found:
+        checked = normalize_address_or_none(addr)
+        if checked is None:
+            raise bad
+        out.append(checked)
+    return list(dict.fromkeys(out))
+
+
+def parse_address(text: str, what: str = "") -> str:
+    """Exactly one address (see `parse_addresses`)."""
+    found = parse_addresses(text, what or "the address")
+    if len(found) != 1:
+        raise UserError(f"{what or 'the address'} {text!r} names {len(found)} addresses: give "
+                        "one")
+    return found[0]
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -119,6 +196,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {path}: {e.strerror}") from None
     if text is not None:
         common.create_file(home.config, text.encode())
+    ensure_password(home.root)  # the mail-client gateway's login (`anonmail run`)
     print(f"your address: {identity.address}")
     print(f"fingerprint:  {fingerprint_words(identity.sign.public)}")
     if not args.offline:
@@ -141,15 +219,22 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_address(args: argparse.Namespace) -> int:
+    if args.verify is not None:
+        if args.publish:
+            raise UserError("--verify and --publish are two commands: run one, then the other")
+        address = parse_address(args.verify, "--verify")
+        jobs.run_job(args, "cert", {"address": address}).show()
+        return 0
     identity = open_identity(args, common.home_of(args))
     print(identity.address)
     print(f"fingerprint: {fingerprint_words(identity.sign.public)}")
     if args.publish:
-        jobs.run_job(args, "publish", {}).show()
+        jobs.run_job(args, "publish", {}, identity=identity).show()
     return 0
 
 
-def _read_input(path: Path | None) -> bytes:
+def read_input(path: Path | None) -> bytes:
+    """FILE's bytes, else standard input's (with a hint when it is a terminal)."""
     if path is None:
         if sys.stdin.isatty():
             print("(type the message; end with Ctrl-D)", file=sys.stderr)
@@ -160,86 +245,37 @@ def _read_input(path: Path | None) -> bytes:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    data = _read_input(args.file)
+def read_text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("the body is not UTF-8 text: send binary files with --attach") from None
+
+
+def read_attachments(paths: list[Path]) -> list[Attachment]:
     attachments = []
-    for p in args.attach:
+    for p in paths:
         try:
             attachments.append(Attachment(p.name, p.read_bytes()))
         except OSError as e:
             raise UserError(f"cannot read attachment {p}: {e.strerror}") from None
+    return attachments
 
-    if args.to or args.cc or args.bcc:
-        try:
-            body: str | None = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UserError("the body is not UTF-8 text: send binary files with "
-                            "--attach") from None
+
+def cmd_send(args: argparse.Namespace) -> int:
+    to = [a for text in args.to for a in parse_addresses(text, "--to")]
+    cc = [a for text in args.cc for a in parse_addresses(text, "--cc")]
+    bcc = [a for text in args.bcc for a in parse_addresses(text, "--bcc")]
+    data = read_input(args.file)
+    attachments = read_attachments(args.attach)
+    if to or cc or bcc:
+        body: str | None = read_text(data)
         raw = None
     else:
         if attachments or args.subject:
             raise UserError("--subject and --attach need --to (or give a whole RFC 5322 "
                             "message without them)")
         body, raw = None, data
-    jobs.run_job(args, "send", jobs.send_params(args.to, args.cc, args.bcc, args.subject,
-                                                body, attachments, raw)).show()
-    return 0
-
-
-def _listing(local: LocalMail) -> list[tuple[str, str, str, str]]:
-    """(message id, from, subject, state) for pending notices, then retrieved messages."""
-    rows = [(n.header.message_id, n.header.sender.address, n.header.subject, "new")
-            for n in sorted(local.pending(), key=lambda n: n.header.date)]
-    for key in local.message_keys():
-        msg = email.message_from_bytes(local.maildir.get_bytes(key), policy=email.policy.default)
-        rows.append((str(msg.get("Message-ID", "")), str(msg.get("From", "")),
-                     str(msg.get("Subject", "")), "read"))
-    return rows
-
-
-def cmd_inbox(args: argparse.Namespace) -> int:
-    home = common.home_of(args)
-    if not args.offline:
-        jobs.run_job(args, "check", {}).show()
-    local = LocalMail(home.root / MAIL_DIR)
-    for i, (_mid, sender, subject, state) in enumerate(_listing(local), start=1):
-        print(f"{i:>3}  {state:4}  {sender[:40]:40}  {subject[:60]}")
-    return 0
-
-
-def _resolve(local: LocalMail, ident: str) -> str:
-    rows = _listing(local)
-    if ident.isdigit() and 1 <= int(ident) <= len(rows):
-        return rows[int(ident) - 1][0]
-    for mid, *_ in rows:
-        if ident in (mid, mid.strip("<>")):
-            return mid
-    raise UserError(f"no message {ident!r}: run `anonmail inbox` to list them")
-
-
-def cmd_read(args: argparse.Namespace) -> int:
-    home = common.home_of(args)
-    local = LocalMail(home.root / MAIL_DIR)
-    mid = _resolve(local, args.id)
-    data = local.get_message(mid)
-    if data is None:
-        jobs.run_job(args, "retrieve", {"message_id": mid}).show()
-        data = local.get_message(mid)
-        if data is None:
-            raise UserError(f"{mid} could not be retrieved: try again later")
-    if args.raw:
-        sys.stdout.buffer.write(data)
-    else:
-        msg = email.message_from_bytes(data, policy=email.policy.default)
-        for h in ("From", "To", "Cc", "Date", "Subject", "Message-ID"):
-            if msg.get(h):
-                print(f"{h}: {msg[h]}")
-        print()
-        body = msg.get_body(preferencelist=("plain",)) if msg.is_multipart() else msg
-        if body is not None:
-            print(body.get_content() if hasattr(body, "get_content") else body.get_payload())
-        for part in msg.iter_attachments() if msg.is_multipart() else ():
-            size = len(part.get_payload(decode=True) or b"")
-            print(f"[attachment: {part.get_filename()} ({size:,} bytes); --raw for the "
-                  "whole message]")
+    jobs.run_job(args, "send", jobs.send_params(to, cc, bcc, args.subject, body, attachments,
+                                                raw)).show()
     return 0

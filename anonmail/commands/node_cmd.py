@@ -9,6 +9,8 @@ fail later or silently: a home whose control socket path is too long, a home who
 already running, a main-network node with no explicit listen address, a node key whose id does
 not solve this network's puzzle (peers would refuse it). A busy port is one line too. SIGINT
 (Ctrl-C) and SIGTERM both stop the node cleanly: the routing table is saved, "node stopped".
+`--init` in a home with a config.toml (say, from `anonmail init`) but no node key creates the key
+and keeps the config, changing only what --listen and --bootstrap say (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import re
 import signal
 import sys
 import time
@@ -42,7 +45,8 @@ from anonmail.commands.common import (
 )
 from anonmail.control import call, probe, serve_control
 from anonmail.crypto import keyfile
-from anonmail.errors import UserError
+from anonmail.errors import UserError, network_name
+from anonmail.fileio import write_private
 from anonmail.node.process import Node
 from anonmail.paths import Home
 from anonmail.records import ids
@@ -89,8 +93,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_init(args: argparse.Namespace, home: Home) -> int:
-    if home.node_key.exists() or home.config.exists():
-        raise UserError(f"{home.root} already holds a node; refusing to overwrite its identity")
+    if home.node_key.exists():
+        raise UserError(f"{home.root} already holds a node ({home.node_key.name}); refusing to "
+                        "overwrite its identity")
+    if home.config.exists():  # e.g. `anonmail init` came first: keep its config
+        return _init_key_for_config(args, home)
     # A test network may listen on the default; a main-network config without --listen leaves
     # `listen` unset, and the node will not start until it is set.
     listen = args.listen or (f"0.0.0.0:{config_mod.DEFAULT_PORT}" if args.testnet else None)
@@ -103,6 +110,89 @@ def cmd_init(args: argparse.Namespace, home: Home) -> int:
     create_file(home.config, text.encode())
     print(f"created node {ids.node_id(key.public).hex()} in {home.root}")
     return 0
+
+
+def _init_key_for_config(args: argparse.Namespace, home: Home) -> int:
+    """`node --init` in a home with a config.toml and no node key: create the key for the
+    config's network and keep the config, changing only what --listen / --bootstrap say."""
+    cfg = load_config(home)
+    testnet = cfg.params.network_id != params_mod.MAINNET.network_id
+    if args.testnet and not testnet:
+        raise UserError(f"{home.config} is for the main network: drop --testnet, or use another "
+                        "--home")
+    if args.puzzle_bits is not None and args.puzzle_bits != cfg.params.puzzle_bits:
+        raise UserError(f"{home.config} asks a {cfg.params.puzzle_bits}-bit puzzle: drop "
+                        "--puzzle-bits (or change [network] puzzle_bits there first)")
+    listen = None if args.listen is None else _endpoint("--listen", args.listen)
+    bootstrap = [_endpoint("--bootstrap", b) for b in args.bootstrap]
+    text = home.config.read_text(encoding="utf-8")  # load_config read it as UTF-8 already
+    new_text, changes = set_node_keys(text, listen, bootstrap, home)
+    new_cfg = config_mod.parse(new_text, str(home.config))
+    secret = passphrase(args, f"{NODE_KEY} in {home.node_key}", new=True)
+    if new_text != text:
+        try:
+            write_private(home.config, new_text.encode())
+        except OSError as e:
+            raise UserError(f"cannot write {home.config}: {e.strerror}") from None
+    key = ids.grind_node_key(new_cfg.params.puzzle_bits, SystemRng())
+    sealed = keyfile.seal(key.seed(), secret, NODE_KEY_PURPOSE, SystemRng(), kdf_cost(args))
+    create_file(home.node_key, sealed)
+    kept = "; ".join(changes) if changes else "unchanged"
+    print(f"created node {ids.node_id(key.public).hex()} in {home.root} for the existing "
+          f"{home.config.name} ({kept})")
+    return 0
+
+
+def _endpoint(option: str, value: str) -> str:
+    try:
+        return str(Endpoint.parse(value))
+    except UserError as e:
+        raise UserError(f"{option}: {e}") from None
+
+
+def set_node_keys(text: str, listen: str | None, bootstrap: list[str],
+                  home: Home) -> tuple[str, list[str]]:
+    """config.toml's text with [node] listen set to `listen` (if given) and `bootstrap` added
+    to [node] bootstrap, every other line kept; and what changed, in words. A file whose
+    [node] lines this cannot edit (say, a bootstrap list over several lines) is refused with
+    one line: edit it by hand."""
+    old, lines = config_mod.parse(text, str(home.config)), text.splitlines()
+    start = lines.index("[node]") if "[node]" in lines else -1
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")),
+               len(lines))
+    changes: list[str] = []
+
+    def put(key: str, line: str) -> None:  # replace `key = ...` (or `# key = ...`), or add it
+        nonlocal start, end
+        if start < 0:
+            lines.insert(0, "[node]")
+            start, end = 0, end + 1
+        for pattern in (rf"\s*{key}\s*=", rf"\s*#\s*{key}\s*="):
+            at = next((i for i in range(start + 1, end) if re.match(pattern, lines[i])), None)
+            if at is not None:
+                lines[at] = line
+                return
+        lines.insert(start + 1, line)
+        end += 1
+
+    if listen is not None and (not old.listen_set or str(old.listen) != listen):
+        put("listen", f'listen = "{listen}"')
+        changes.append(f"set listen = {listen}" +
+                       (f" (was {old.listen})" if old.listen_set else ""))
+    want = list(dict.fromkeys([*map(str, old.bootstrap), *bootstrap]))
+    if len(want) > len(old.bootstrap):
+        put("bootstrap", "bootstrap = [" + ", ".join(f'"{b}"' for b in want) + "]")
+        changes.append(f"added bootstrap {', '.join(want[len(old.bootstrap):])}")
+    new_text = "\n".join(lines) + "\n"
+    try:
+        new = config_mod.parse(new_text, str(home.config))
+    except UserError:
+        new = None
+    if new is None or [str(ep) for ep in new.bootstrap] != want or \
+            (listen is not None and str(new.listen) != listen):
+        raise UserError(f"cannot edit [node] in {home.config}: set listen and bootstrap there "
+                        "by hand, then run this again")
+    return (new_text if changes else text), changes
 
 
 def open_node_key(args: argparse.Namespace, home: Home) -> crypto.SigningKey:
@@ -226,7 +316,26 @@ async def _run_node(node: Node, home: Home, signals: tuple[signal.Signals, ...])
             await nursery.start(serve_control, node, home.control, stop)
             print(f"anonmail node {node.node_id.hex()} listening on {node.endpoint} "
                   f"with {len(node.dht.contacts())} contacts", flush=True)
+            for line in bootstrap_warnings(node):
+                print(f"anonmail node: {line}", file=sys.stderr, flush=True)
     return None
+
+
+def bootstrap_warnings(node: Node) -> list[str]:
+    """Lines about bootstrap nodes that said they are on another network, and about a node
+    that reached none of its bootstrap nodes (it runs alone until a node contacts it)."""
+    ours = network_name(node.params.network_id)
+    lines = []
+    for ep in node.bootstrap_endpoints:
+        theirs = node.net.other_networks.get(str(ep))
+        if theirs is not None:
+            lines.append(f"the bootstrap node {ep} is on another network ({network_name(theirs)}; "
+                         f"this node is on {ours}): check [network] name in config.toml")
+    if node.bootstrap_endpoints and not node.dht.contacts() and not lines:
+        tried = ", ".join(str(ep) for ep in node.bootstrap_endpoints)
+        lines.append(f"no bootstrap node answered (tried {tried}; this node is on {ours}); it "
+                     "runs alone until another node contacts it")
+    return lines
 
 
 async def _cancel_on_signal(signals: AsyncIterator[int], stop: trio.CancelScope) -> None:

@@ -15,12 +15,54 @@ import datetime as _dt
 import time
 
 from anonmail.commands import common, jobs
-from anonmail.commands.mail_cmd import MAIL_DIR, _direct_option
+from anonmail.commands.mail_cmd import MAIL_DIR, _direct_option, parse_address, parser_kwargs
 from anonmail.errors import UserError
 from anonmail.mail.maildir import LocalMail
 from anonmail.mail.permits import BOOK_FILE
 from anonmail.permit.book import PermitBook, Status
-from anonmail.records.certs import fingerprint_words, normalize_address_or_none
+from anonmail.records.certs import fingerprint_words
+
+REQUESTS_HELP = """\
+Check for new requests to write to you (unless --offline) and list them: each asker's address,
+the fingerprint of its key (compare it with what the asker reads to you) and its note. Answer
+with `anonmail allow ADDRESS` or `anonmail block ADDRESS`."""
+REQUESTS_EX = """\
+examples:
+  anonmail requests
+  anonmail requests --offline"""
+ALLOW_HELP = """\
+Let ADDRESS write to you: your agent sends it a batch of one-time permits (and refills them as
+they are used). A message ADDRESS is holding for you goes out with its next session.
+ADDRESS: name@domain or "Name <name@domain>"."""
+ALLOW_EX = """\
+examples:
+  anonmail allow alice@abcd...wxyz.anon
+  anonmail allow "Alice <alice@abcd...wxyz.anon>"
+"""
+BLOCK_HELP = """\
+Revoke every unspent permit ADDRESS holds, on every replica of your inbox, and drop its
+requests from now on."""
+BLOCK_EX = """\
+examples:
+  anonmail block mallory@abcd...wxyz.anon"""
+CONTACTS_HELP = """\
+List your contacts and the addresses you allowed or blocked; `add` makes ADDRESS a contact
+(permits both ways; its requests are granted by your policy), `remove` makes it a merely
+allowed address again (the permits it holds stay valid until `anonmail block`)."""
+CONTACTS_EX = """\
+examples:
+  anonmail contacts
+  anonmail contacts add "Dave <dave@abcd...wxyz.anon>"
+  anonmail contacts remove dave@abcd...wxyz.anon"""
+OUTBOX_HELP = """\
+List the messages waiting to go out and, per recipient, why (waiting for their permission, a
+failure). --retry sends one again now; --drop removes it (it is never sent)."""
+OUTBOX_EX = """\
+examples:
+  anonmail outbox
+  anonmail outbox --retry "<abc...@anonmail>"
+  anonmail outbox --drop "<abc...@anonmail>"
+"""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,33 +71,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         common.add_passphrase_option(p)
 
     r = sub.add_parser("requests", help="list who asks to write to you (after checking for new "
-                                        "requests)")
+                                        "requests)", **parser_kwargs(REQUESTS_HELP, REQUESTS_EX))
     shared(r)
     r.add_argument("--offline", action="store_true", help="list what is here; do not check")
     _direct_option(r, "check")
     r.set_defaults(func=cmd_requests)
 
-    a = sub.add_parser("allow", help="let ADDRESS write to you (sends it permits)")
+    a = sub.add_parser("allow", help="let ADDRESS write to you (sends it permits)",
+                       **parser_kwargs(ALLOW_HELP, ALLOW_EX))
     shared(a)
     a.add_argument("address")
     _direct_option(a, "send the permits")
     a.set_defaults(func=cmd_allow)
 
-    b = sub.add_parser("block", help="revoke every permit ADDRESS holds and refuse its requests")
+    b = sub.add_parser("block", help="revoke every permit ADDRESS holds and refuse its requests",
+                       **parser_kwargs(BLOCK_HELP, BLOCK_EX))
     shared(b)
     b.add_argument("address")
     _direct_option(b, "publish the revocation")
     b.set_defaults(func=cmd_block)
 
     c = sub.add_parser("contacts", help="list, add or remove contacts (their requests are "
-                                        "granted by your policy)")
+                                        "granted by your policy)",
+                       **parser_kwargs(CONTACTS_HELP, CONTACTS_EX))
     shared(c)
     c.add_argument("action", nargs="?", choices=("list", "add", "remove"), default="list")
     c.add_argument("address", nargs="?")
     _direct_option(c, "send permits to a new contact")
     c.set_defaults(func=cmd_contacts)
 
-    o = sub.add_parser("outbox", help="list messages waiting to go out, and why")
+    o = sub.add_parser("outbox", help="list messages waiting to go out, and why",
+                       **parser_kwargs(OUTBOX_HELP, OUTBOX_EX))
     shared(o)
     o.add_argument("--retry", metavar="MESSAGE-ID", help="try sending this message again now")
     o.add_argument("--drop", metavar="MESSAGE-ID", help="remove this message from the Outbox")
@@ -64,10 +110,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _address(text: str) -> str:
-    address = normalize_address_or_none(text)
-    if address is None:
-        raise UserError(f"{text!r} is not an e-mail address (write name@domain)")
-    return address
+    """One address as a user writes it: name@domain or "Name <name@domain>" (mail_cmd)."""
+    return parse_address(text)
 
 
 def _book(args: argparse.Namespace) -> PermitBook:

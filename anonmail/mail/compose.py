@@ -128,8 +128,10 @@ def _check_size(n: int) -> None:
 
 def compose(sender: str, to: Sequence[str], cc: Sequence[str], bcc: Sequence[str],
             subject: str, body: str, attachments: Sequence[Attachment], clock: Clock,
-            rng: Rng) -> Composed:
-    """Build a message from parts (text/plain body, attachments as base64 parts)."""
+            rng: Rng, *, headers: Sequence[tuple[str, str]] = ()) -> Composed:
+    """Build a message from parts (text/plain body, attachments as base64 parts). `headers`:
+    more fields, e.g. a reply's In-Reply-To and References (reply.py), each checked like the
+    subject; never one that compose sets itself."""
     sender = normalize_address(sender)
     to_, cc_, bcc_ = _addresses("To", to), _addresses("Cc", cc), _addresses("Bcc", bcc)
     _check_recipients(to_, cc_, bcc_)
@@ -147,6 +149,12 @@ def compose(sender: str, to: Sequence[str], cc: Sequence[str], bcc: Sequence[str
     msg["Subject"] = subject
     msg["Date"] = format_date(now)
     msg["Message-ID"] = mid
+    for name, value in headers:
+        if not name.isascii() or not _FIELD_NAME.fullmatch(name.encode()) or name.lower() in \
+                ("from", "to", "cc", "bcc", "subject", "date", "message-id") or \
+                _CONTROL.search(value) or len(value) > 4 * MAX_LINE:
+            raise UserError(f"bad header field {name!r}")
+        msg[name] = value
     try:
         msg.set_content(body)
     except UnicodeError:

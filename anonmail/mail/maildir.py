@@ -20,13 +20,22 @@ Invariants:
 * names are derived from hashes of message ids and entry ids, never from addresses, subjects or
   the host name; writing the same message twice leaves one file (idempotent after a crash);
 * pending notifications hold body keys and delete secrets: they never leave this directory and
-  are removed once the message is retrieved and deleted from the network.
+  are removed once the message is retrieved and deleted from the network;
+* a Maildir message is one regular file in new/ or cur/; its *base name* (before the first
+  ":") identifies it, whatever its info suffix (":2,FLAGS", Maildir flags: S seen, R replied,
+  ...). Retrieval delivers into new/; reading (`set_flags`) renames it into cur/ with the
+  flags, the directories fsynced. Other programs (the IMAP/POP3 gateway, a mail client) may
+  rename or delete files at any time: every lookup finds a message by base name in new/ or
+  cur/, and a file that vanishes between listing and reading is looked up again, then
+  reported as gone (None), never as an error.
 """
 
 from __future__ import annotations
 
 import mailbox
 import os
+import re
+import stat
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -42,6 +51,38 @@ SEEN = "seen"
 WAITING = "waiting"
 OUTBOX = "Outbox"
 SENT = "Sent"
+INFO = ":2,"  # Maildir info: flags follow, in ASCII order
+SEEN_FLAG = "S"
+REPLIED_FLAG = "R"
+HEAD_LIMIT = 256 << 10  # bytes read for a listing's header fields
+_HEX_NAME = re.compile(r"[0-9a-f]{40}")
+_RETRIES = 3  # lookups of a file renamed under us before it counts as gone
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message file of a Maildir folder, as listed."""
+
+    name: str  # base name: stable across new/ -> cur/ and flag changes
+    path: Path  # where it was when listed
+    flags: str  # the letters after ":2," ("" in new/ or without info)
+
+    @property
+    def seen(self) -> bool:
+        return SEEN_FLAG in self.flags
+
+    @property
+    def key(self) -> str:
+        """40 hex digits naming the message for the user (the first 8 are its short id):
+        the base name itself for the names anonmail and the gateway write (`message_name`),
+        a hash of it for any other."""
+        return self.name if _HEX_NAME.fullmatch(self.name) else message_name("file:" + self.name)
+
+
+def _split_name(file_name: str) -> tuple[str, str]:
+    """(base name, flags) of a Maildir file name."""
+    base, colon, info = file_name.partition(":")
+    return base, info[2:] if colon and info.startswith("2,") else ""
 
 
 @wire.struct
@@ -86,6 +127,17 @@ def _message_id_of(data: bytes) -> str | None:
     return None if value is None else str(value).strip()
 
 
+def _read_file(path: Path, limit: int | None) -> bytes | None:
+    """A file's bytes (at most `limit`); None if it is gone or a symbolic link took its
+    place."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read() if limit is None else f.read(limit)
+
+
 def message_name(message_id: str) -> str:
     """The Maildir file name of a message: a hash of its id (no host name, no time)."""
     return crypto.hash("maildir-name", message_id.encode()).hex()[:40]
@@ -119,20 +171,53 @@ class LocalMail:
         os.replace(tmp, base / "new" / name)
         _fsync_dir(base / "new")
 
-    def _get(self, folder: str | None, name: str) -> bytes | None:
-        for sub in ("cur", "new"):
-            p = self._folder_path(folder) / sub / name
-            if p.exists():
-                return p.read_bytes()
-        return None
+    def _files(self, folder: str | None) -> dict[str, StoredMessage]:
+        """Every message file of a folder by base name (new/ first; symbolic links and other
+        non-regular files ignored, never followed)."""
+        found: dict[str, StoredMessage] = {}
+        for sub in ("new", "cur"):
+            try:
+                entries = list(os.scandir(self._folder_path(folder) / sub))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    regular = stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode)
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                base, flags = _split_name(entry.name)
+                if regular and base:
+                    found.setdefault(base, StoredMessage(base, Path(entry.path), flags))
+        return found
+
+    def _find(self, folder: str | None, name: str) -> StoredMessage | None:
+        """The file of base name `name` in new/ or cur/, whatever its flags."""
+        base = self._folder_path(folder)
+        for p in (base / "new" / name, base / "cur" / name):  # the common case: no scan
+            if p.is_file() and not p.is_symlink():
+                return StoredMessage(name, p, "")
+        return self._files(folder).get(name)
+
+    def _get(self, folder: str | None, name: str, limit: int | None = None) -> bytes | None:
+        for _ in range(_RETRIES):
+            found = self._find(folder, name)
+            if found is None:
+                return None
+            data = _read_file(found.path, limit)
+            if data is not None:
+                return data
+        return None  # renamed again and again, or deleted: gone for us
 
     def has_message(self, message_id: str) -> bool:
-        return self._get(None, message_name(message_id)) is not None
+        return self._find(None, message_name(message_id)) is not None
 
     def add_message(self, message_id: str, data: bytes) -> str:
-        """Keep a retrieved message (idempotent). Returns its Maildir key."""
+        """Keep a retrieved message (idempotent: also when it was read and flagged meanwhile).
+        Returns its Maildir key."""
         name = message_name(message_id)
-        if self._get(None, name) is None:
+        if self._find(None, name) is None:
             self._put(None, name, data)
         return name
 
@@ -140,7 +225,43 @@ class LocalMail:
         return self._get(None, message_name(message_id))
 
     def message_keys(self) -> list[str]:
-        return sorted(self.maildir.keys())
+        """The base names of every retrieved message."""
+        return sorted(self._files(None))
+
+    def messages(self) -> list[StoredMessage]:
+        """Every retrieved message (the INBOX folder), by base name."""
+        return [m for _, m in sorted(self._files(None).items())]
+
+    def read_stored(self, name: str) -> bytes | None:
+        """The bytes of the message of base name `name`; None if it is gone."""
+        return self._get(None, name)
+
+    def read_head(self, name: str) -> bytes | None:
+        """The first HEAD_LIMIT bytes of a message (its header fields, for a listing)."""
+        return self._get(None, name, HEAD_LIMIT)
+
+    def set_flags(self, name: str, add: str) -> bool:
+        """Add Maildir flags (e.g. "S": seen) to a message: a rename into cur/ as
+        `name:2,FLAGS`, both directories fsynced. Flags already there (ours or another
+        program's) are kept. False if the message is gone."""
+        cur = self._folder_path(None) / "cur"
+        for _ in range(_RETRIES):
+            found = self._find(None, name)
+            if found is None:
+                return False
+            flags = "".join(sorted(set(found.flags) | set(add)))
+            target = cur / f"{name}{INFO}{flags}"
+            if found.path == target:
+                return True
+            try:
+                os.rename(found.path, target)
+            except FileNotFoundError:
+                continue  # renamed or deleted by another program meanwhile: look again
+            _fsync_dir(cur)
+            if found.path.parent != cur:
+                _fsync_dir(found.path.parent)
+            return True
+        return False
 
     # -- outgoing --------------------------------------------------------------------------------
 

@@ -10,6 +10,9 @@ message is a 4-byte big-endian length and one canonical wire message):
     1. I -> R  Hello{network_id, eI, nI}                         (eI, eR: fresh X25519 keys,
     2. R -> I  HelloReply{eR, nR, seal(kR, h1; Auth{cert_R, sigR})}   nI, nR: 32 random bytes)
     3. I -> R  HelloAuth{seal(kI, h2; Auth{cert_I, sigI})}
+    2' R -> I  OtherNetworkReply{network_id}     (instead of 2 when message 1 names another
+               network; R closes. I fails with `errors.OtherNetwork`: a TransportError, not a
+               fault, so a user's wrong [network] name is reported as such)
 
     h1 = H("handshake-1", bytes of message 1, eR, nR)
     dh = X25519(eI, eR)
@@ -36,7 +39,9 @@ Invariants:
   `expect`, whichever valid node answers learns it.) The responder's identity is visible to anyone
   who connects: it is a public server;
 * the network id is in message 1 and therefore in every hash and key: nodes of different networks
-  refuse each other;
+  refuse each other. The responder then says which network it is on (2'), before any key or
+  identity is shown: a network id is no secret (any caller on that network gets a full reply),
+  and the unauthenticated reply can only turn a failed handshake into another failure;
 * session keys depend on the whole transcript and differ per direction, so frames cannot be
   reflected back to their sender or moved between connections; ephemeral keys give forward secrecy;
 * every failure caused by the peer raises a `RemoteProtocolError` subclass and leaves the machine
@@ -50,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
 from anonmail import crypto, wire
-from anonmail.errors import LocalProtocolError, RemoteProtocolError
+from anonmail.errors import LocalProtocolError, OtherNetwork, RemoteProtocolError
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, NodeCert
 from anonmail.records.params import NetworkParams
@@ -95,6 +100,14 @@ class HelloReply:
 @dataclass(frozen=True, slots=True)
 class HelloAuth:
     sealed: Annotated[bytes, _SEALED]  # Auth of the initiator
+
+
+@wire.message(tag=15)
+@dataclass(frozen=True, slots=True)
+class OtherNetworkReply:
+    """The responder's answer to a Hello of another network: the network it is on."""
+
+    network_id: Annotated[bytes, Size(16)]
 
 
 @wire.struct
@@ -215,7 +228,7 @@ class Handshake:
             if self.state is State.AWAIT_REPLY:
                 return self._on_reply(raw, now)
             return self._on_auth(raw, now)
-        except RemoteProtocolError:
+        except (RemoteProtocolError, OtherNetwork):
             self.state = State.FAILED
             raise
 
@@ -224,6 +237,7 @@ class Handshake:
     def _on_hello(self, raw: bytes) -> None:
         hello = wire.decode(raw, Hello, max_size=MAX_MESSAGE)
         if hello.network_id != self._params.network_id:
+            self._queue(wire.encode(OtherNetworkReply(self._params.network_id)))
             raise HandshakeError("peer is on another network")
         self._hello = raw
         h1 = self._h1(self._eph.public, self._nonce)
@@ -235,7 +249,11 @@ class Handshake:
         self.state = State.AWAIT_AUTH
 
     def _on_reply(self, raw: bytes, now: float) -> Established:
-        reply = wire.decode(raw, HelloReply, max_size=MAX_MESSAGE)
+        reply = wire.decode_any(raw, (HelloReply, OtherNetworkReply), max_size=MAX_MESSAGE)
+        if isinstance(reply, OtherNetworkReply):
+            if reply.network_id == self._params.network_id:
+                raise HandshakeError("responder refused our network as another network")
+            raise OtherNetwork(reply.network_id)
         h1 = self._h1(reply.ephemeral, reply.nonce)
         self._dh = crypto.x25519(self._eph.secret, reply.ephemeral)
         k_resp, k_init = self._seal_keys(h1)

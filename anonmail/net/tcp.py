@@ -45,13 +45,14 @@ from anonmail.crypto import SigningKey
 from anonmail.errors import (
     BadContact,
     LocalProtocolError,
+    OtherNetwork,
     Refused,
     RemoteProtocolError,
     TransportError,
 )
 from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
-from anonmail.net.handshake import Handshake, Role, UnexpectedPeer
+from anonmail.net.handshake import Handshake, HandshakeError, Role, UnexpectedPeer
 from anonmail.net.links import (
     Inbound,
     Link,
@@ -73,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LIMITS = TcpLimits()
 MAX_TRACKED_SOURCES = 65536  # bound on the fault table's memory
+MAX_OTHER_NETWORKS = 64  # endpoints remembered as answering for another network
+REFUSAL_SEND_TIMEOUT = 1.0  # seconds to say which network we are on before closing
 
 
 def source_of(ip: str) -> str:
@@ -114,6 +117,9 @@ class TcpNetwork:
         self.cert_cache = cert_cache
         self.limits = limits
         self.faults: dict[str, int] = {}  # by source (see `source_of`)
+        # Endpoints we dialled that said they are on another network (str(endpoint) -> its
+        # network id), so a failed bootstrap can say so instead of "unreachable".
+        self.other_networks: dict[str, bytes] = {}
         self.stats = TcpStats()
         self._cert: NodeCert | None = None
         self._listeners: list[trio.SocketListener] = []
@@ -208,13 +214,28 @@ class TcpNetwork:
                                 handler: Handler) -> None:
         hs = Handshake(Role.RESPONDER, self.key, self.local_cert, self.params, self.rng,
                        cert_cache=self.cert_cache)
-        with trio.fail_after(self.limits.handshake_timeout):
-            done = await run_handshake(stream, hs, self.clock, self.stats)
+        try:
+            with trio.fail_after(self.limits.handshake_timeout):
+                done = await run_handshake(stream, hs, self.clock, self.stats)
+        except HandshakeError:
+            await self._send_refusal(stream, hs)  # which network we are on, if that was it
+            raise
         link = Link(stream, done, self.params.max_frame, source, self.stats)
         inbound = Inbound(link, Peer(link.peer, ip), handler, self.limits, self.count_fault)
         fault = await inbound.run()
         if fault is not None:
             raise fault
+
+    async def _send_refusal(self, stream: trio.SocketStream, hs: Handshake) -> None:
+        """Send what a failed handshake queued last (handshake.py's OtherNetworkReply), within
+        a short time and never raising: the connection closes either way."""
+        out = hs.data_to_send()
+        if not out:
+            return
+        with trio.move_on_after(REFUSAL_SEND_TIMEOUT), \
+                contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(out)
+            self.stats.sent += len(out)
 
     def count_fault(self, source: str, error: RemoteProtocolError) -> None:
         """Count a peer's fault; at the threshold, cut every connection from its source."""
@@ -306,6 +327,12 @@ class TcpNetwork:
                            expect=expect, cert_cache=self.cert_cache)
             with _transport_errors("handshake"):
                 done = await run_handshake(stream, hs, self.clock, self.stats)
+        except OtherNetwork as e:
+            await trio.aclose_forcefully(stream)
+            if len(self.other_networks) >= MAX_OTHER_NETWORKS:
+                self.other_networks.pop(next(iter(self.other_networks)))
+            self.other_networks[str(ep)] = e.network_id
+            raise
         except UnexpectedPeer as e:
             # Whoever answered proved a valid identity; the certificate that sent us here may
             # come from anyone. Charging the address would let a liar get its owner banned.
