@@ -29,6 +29,7 @@ def users(tmp_path: Path) -> Iterator[tuple[LocalNet, RunUser, RunUser]]:
             bob.close()
 
 
+@pytest.mark.slow  # ~80 s; tests/test_run_clients.py runs two users under `anonmail run` by default
 def test_run_agents_do_the_commands_and_deliver_by_themselves(
         users: tuple[LocalNet, RunUser, RunUser], tmp_path: Path) -> None:
     _, alice, bob = users
