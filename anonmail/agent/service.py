@@ -69,13 +69,20 @@ def publish_due(mail_dir: Path, now: float) -> bool:
     return last is None or now - last >= REPUBLISH_AFTER or last > now + 86400
 
 
+async def publish(agent: MailAgent, mail_dir: Path) -> int:
+    """Publish the certificate and policy now and remember when; the number of nodes that
+    took the certificate."""
+    stored = len(await agent.publish_cert())
+    mark_published(mail_dir, agent.clock.now())
+    return stored
+
+
 async def publish_if_due(agent: MailAgent, mail_dir: Path) -> bool:
     """Publish the certificate and policy if due (any session may: an `init` that could not
     reach the network leaves it due). True if published now."""
     if not publish_due(mail_dir, agent.clock.now()):
         return False
-    await agent.publish_cert()
-    mark_published(mail_dir, agent.clock.now())
+    await publish(agent, mail_dir)
     return True
 
 

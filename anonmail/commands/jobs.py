@@ -19,6 +19,7 @@ import argparse
 import base64
 import contextlib
 import datetime as _dt
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 import trio
 
 from anonmail import control
-from anonmail.agent.service import mark_published, publish_if_due
+from anonmail.agent.service import publish, publish_if_due
 from anonmail.agent.session import AgentConfig, own_node_endpoint, session
 from anonmail.clock import SystemClock
 from anonmail.commands import common
@@ -36,7 +37,7 @@ from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.send import recipient_certs
 from anonmail.mail.user_agent import MailAgent
-from anonmail.paths import Home
+from anonmail.paths import CONTROL_PATH_MAX, Home
 from anonmail.permit.book import Status
 from anonmail.records.certs import anon_domain, fingerprint_words, is_anon_address
 from anonmail.rng import SystemRng
@@ -89,7 +90,7 @@ def agent_config(home: Home) -> AgentConfig:
 
 def _running_agent(home: Home) -> dict[str, Any] | None:
     """The status of the `anonmail run` agent serving this home, if one does."""
-    if len(str(home.control).encode()) > 107 or not home.control.exists():
+    if len(os.fsencode(home.control)) > CONTROL_PATH_MAX or not home.control.exists():
         return None
     found = control.probe(home.control)
     agent = found.get("agent") if found else None
@@ -120,8 +121,8 @@ def run_job(args: argparse.Namespace, name: str, params: dict[str, Any], *,
     params = {**params, "anonymous": not direct}
     if agent_running(home):
         try:
-            reply = control.call(home.control, {"op": "job", "name": name, "params": params,
-                                                "direct": direct}, timeout=JOB_TIMEOUT)
+            reply = control.call(home.control, {"op": "job", "name": name, "params": params},
+                                 timeout=JOB_TIMEOUT)
         except OSError as e:
             raise UserError(f"the running agent did not answer: {e.strerror or e}") from None
         return Output(list(reply.get("out", [])), list(reply.get("err", [])))
@@ -168,8 +169,7 @@ async def flush_waiting(agent: MailAgent) -> list[str]:
 
 @job("publish")
 async def _publish(agent: MailAgent, p: dict[str, Any]) -> Output:
-    stored = len(await agent.publish_cert())
-    mark_published(agent.local.root, agent.clock.now())
+    stored = await publish(agent, agent.local.root)
     return Output([f"published your address certificate on {stored} nodes"])
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from anonmail.agent.service import mark_published
+from anonmail.agent import service as agent_service
 from anonmail.agent.session import session
 from anonmail.clock import SystemClock
 from anonmail.commands import common, jobs
@@ -204,7 +204,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
         async def publish() -> int:
             async with session(identity, config, clock, rng) as agent:
-                return len(await agent.publish_cert())
+                return await agent_service.publish(agent, home.root / MAIL_DIR)
 
         try:
             stored = trio.run(publish)
@@ -213,7 +213,6 @@ def cmd_init(args: argparse.Namespace) -> int:
                   "out with your next command, or by itself under `anonmail run`",
                   file=sys.stderr)
             return 0
-        mark_published(home.root / MAIL_DIR, clock.now())
         print(f"published your address certificate on {stored} nodes")
     return 0
 

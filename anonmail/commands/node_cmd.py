@@ -23,7 +23,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
@@ -224,11 +224,22 @@ def cmd_node(args: argparse.Namespace) -> int:
     node = Node(key, cfg.params, SystemClock(), SystemRng(), listen=listen,
                 advertise=cfg.advertise, bootstrap=cfg.bootstrap, contacts_file=home.contacts,
                 store_file=home.store, trusted_cas=cfg.trusted_cas)
+    run_until_stopped(node, home, listen,
+                      lambda signals: _run_node(node, home, signals))
+    print("node stopped", flush=True)
+    return 0
+
+
+def run_until_stopped(node: Node, home: Home, listen: Endpoint,
+                      main: Callable[[tuple[signal.Signals, ...]], Awaitable[OSError | None]]
+                      ) -> None:
+    """`trio.run(main(stop signals))` for a process built around `node`: Ctrl-C before or after
+    it runs is a quiet stop (signal receivers catch it while it runs), a lone UserError from a
+    task is itself (not trio's group), and a listen address `main` could not bind is one line."""
     failed: OSError | None = None
     try:
-        # Ctrl-C before or after the node runs (signal receivers catch it while it runs).
         with contextlib.suppress(KeyboardInterrupt):
-            failed = trio.run(_run_node, node, home, stop_signals())
+            failed = trio.run(main, stop_signals())
     except BaseExceptionGroup as group:  # trio wraps what a task raises
         error = only_user_error(group)
         if error is None:
@@ -237,8 +248,6 @@ def cmd_node(args: argparse.Namespace) -> int:
     if failed is not None:
         node.store_db.close()
         raise cannot_listen(home, listen, failed)
-    print("node stopped", flush=True)
-    return 0
 
 
 def refuse_if_running(home: Home) -> None:
@@ -311,7 +320,7 @@ async def _run_node(node: Node, home: Home, signals: tuple[signal.Signals, ...])
         except OSError as e:  # returned, not raised: raised in the nursery it arrives wrapped
             return e
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_signal, received, stop)
+            nursery.start_soon(cancel_on_signal, received, stop)
             await nursery.start(node.run)
             await nursery.start(serve_control, node, home.control, stop)
             print(f"anonmail node {node.node_id.hex()} listening on {node.endpoint} "
@@ -338,7 +347,7 @@ def bootstrap_warnings(node: Node) -> list[str]:
     return lines
 
 
-async def _cancel_on_signal(signals: AsyncIterator[int], stop: trio.CancelScope) -> None:
+async def cancel_on_signal(signals: AsyncIterator[int], stop: trio.CancelScope) -> None:
     async for _ in signals:
         stop.cancel()
         return

@@ -13,7 +13,7 @@ gateway's SMTP, POP3 and IMAP servers listen on the loopback addresses of config
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -25,13 +25,14 @@ from anonmail.agent.service import AgentService
 from anonmail.clock import SystemClock
 from anonmail.commands import common, jobs
 from anonmail.commands.node_cmd import (
-    cannot_listen,
+    bootstrap_warnings,
+    cancel_on_signal,
     check_puzzle,
     listen_endpoint,
     only_user_error,
     open_node_key,
     refuse_if_running,
-    stop_signals,
+    run_until_stopped,
 )
 from anonmail.config import NodeConfig
 from anonmail.control import serve_control
@@ -88,18 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = AgentService(identity, jobs.agent_config(home), clock, rng, check_interval=interval)
     gateway = GatewayContext(identity.address, auth.LoginGuard(identity.address, password),
                              home.root / jobs.MAIL_DIR, agent.submit)
-    failed: OSError | None = None
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            failed = trio.run(_run_all, node, agent, gateway, cfg, home, stop_signals())
-    except BaseExceptionGroup as group:
-        error = only_user_error(group)
-        if error is None:
-            raise
-        raise error from None
-    if failed is not None:
-        node.store_db.close()
-        raise cannot_listen(home, listen, failed)
+    run_until_stopped(node, home, listen,
+                      lambda signals: _run_all(node, agent, gateway, cfg, home, signals))
     print("anonmail stopped", flush=True)
     return 0
 
@@ -112,24 +103,20 @@ async def _run_all(node: Node, agent: AgentService, gateway: GatewayContext, cfg
         except OSError as e:
             return e
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_signal, received, stop)
+            nursery.start_soon(cancel_on_signal, received, stop)
             await nursery.start(node.run)
             endpoints = await nursery.start(serve_gateway, cfg.gateway, gateway)
             extra = _Extra(agent, endpoints)
-            await nursery.start(lambda task_status=trio.TASK_STATUS_IGNORED: serve_control(
-                node, home.control, stop, extra=extra, task_status=task_status))
+            await nursery.start(functools.partial(serve_control, extra=extra), node,
+                                home.control, stop)
             await nursery.start(agent.run)
             where = ", ".join(f"{name} {ep}" for name, ep in endpoints.items()) or "off"
             print(f"anonmail running for {agent.identity.address}: node "
                   f"{node.node_id.hex()[:16]} on {node.endpoint}; gateway {where}; Ctrl-C "
                   "stops it", flush=True)
+            for line in bootstrap_warnings(node):
+                print(f"anonmail run: {line}", file=sys.stderr, flush=True)
     return None
-
-
-async def _cancel_on_signal(signals: Any, stop: trio.CancelScope) -> None:
-    async for _ in signals:
-        stop.cancel()
-        return
 
 
 class _Extra:
@@ -147,7 +134,7 @@ class _Extra:
         name, params = req.get("name"), req.get("params")
         if not isinstance(name, str) or not isinstance(params, dict):
             raise UserError("a job needs a name and params")
-        anonymous = not req.get("direct", False)
+        anonymous = params.get("anonymous", True) is not False
         try:
             out = await self.agent.run_job(lambda a: jobs.execute(a, name, params),
                                            anonymous=anonymous)

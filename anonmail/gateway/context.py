@@ -10,13 +10,16 @@ Maildir++ subfolders (`.Sent`, `.Outbox`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from anonmail.gateway.auth import LoginGuard
-from anonmail.records.certs import normalize_address_or_none
+from anonmail.records.certs import ANON_SUFFIX, FINGERPRINT_BYTES, normalize_address_or_none
 
+_LABEL = (FINGERPRINT_BYTES * 8 + 4) // 5  # base32 characters
+_ANON_DOMAIN = re.compile(rf"[a-z2-7]{{{_LABEL}}}{re.escape(ANON_SUFFIX)}")
 MAX_SUBMISSION = 50 << 20  # octets a client may submit in one message (SMTP SIZE)
 
 
@@ -42,7 +45,5 @@ def is_anonmail_recipient(address: str) -> bool:
     checked = normalize_address_or_none(address)
     if checked is None:
         return False
-    domain = checked.rsplit("@", 1)[1]
-    label = domain.removesuffix(".anon")
-    # 20 fingerprint bytes in unpadded lower-case base32 are 32 characters (records/certs.py)
-    return domain.endswith(".anon") and len(label) == 32 and label.isalnum()
+    # the domain is anon_domain(key): FINGERPRINT_BYTES in unpadded lower-case base32
+    return _ANON_DOMAIN.fullmatch(checked.rsplit("@", 1)[1]) is not None
