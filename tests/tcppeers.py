@@ -22,7 +22,7 @@ from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
 from anonmail.net.handshake import Established, Handshake, Role
-from anonmail.net.tcp import Request, Response, TcpLimits, TcpNetwork
+from anonmail.net.tcp import AdmissionLimits, Request, Response, TcpLimits, TcpNetwork
 from anonmail.records import ids, params
 from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SeededRng
@@ -58,8 +58,9 @@ async def find_node(peer: Peer, msg: Any) -> Any:
 
 @asynccontextmanager
 async def server(n: int, handler: Handler = find_node, limits: TcpLimits = DEFAULT_LIMITS,
-                 p: params.NetworkParams = PARAMS) -> AsyncIterator[TcpNetwork]:
-    net = TcpNetwork(key(n), p, CLOCK, SeededRng(n), limits=limits)
+                 p: params.NetworkParams = PARAMS, admission: AdmissionLimits | None = None
+                 ) -> AsyncIterator[TcpNetwork]:
+    net = TcpNetwork(key(n), p, CLOCK, SeededRng(n), limits=limits, admission=admission)
     ep = await net.bind(LOCAL, 0)
     net.cert = issue(net.key, ep, p=p)
     async with trio.open_nursery() as nursery:
@@ -81,6 +82,11 @@ async def client(n: int, p: params.NetworkParams = PARAMS) -> AsyncIterator[TcpN
 
 
 FIND = FindNode(bytes(32), 5)
+
+
+def fault_total(net: TcpNetwork) -> int:
+    """Faults `net` counted, whatever unit each was judged by (a source, or on loopback a key)."""
+    return sum(net.faults.values())
 
 
 def closest(target: bytes, count: int) -> tuple[NodeCert, ...]:

@@ -1,7 +1,8 @@
 """The TCP transport's resource limits over real 127.0.0.1 sockets (tests/tcppeers.py).
 
-Requests in flight per connection, connections in all and per source, the handshake deadline, the
-idle timeout, and the fault threshold that cuts a source off; sources group IPv6 by /64.
+Requests in flight per connection, connections in all, per source and pending per source, the
+handshake deadline, the idle timeout, and the fault threshold that cuts a source off (judged by
+address here: loopback's judging by key is in test_tcp_admission.py); sources group IPv6 by /64.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from anonmail.dht.messages import Nodes, Ping, Pong
 from anonmail.errors import Refused, TransportError
 from anonmail.net import rpc
 from anonmail.net.base import Peer
-from anonmail.net.tcp import TcpLimits, TcpNetwork, source_of
+from anonmail.net.tcp import AdmissionLimits, TcpLimits, TcpNetwork, source_of
 
 
 @pytest.mark.threat("T-EXHAUST")
@@ -61,11 +62,15 @@ async def test_in_flight_limit_answers_busy() -> None:
 
 
 @pytest.mark.threat("T-EXHAUST")
-@pytest.mark.parametrize("limits", [TcpLimits(max_connections=2),
-                                    TcpLimits(max_connections_per_source=2)])
-async def test_connection_limit_enforced(limits: TcpLimits) -> None:
+@pytest.mark.parametrize("limits", [
+    AdmissionLimits(max_connections=2),
+    AdmissionLimits(max_per_shared_source=2),  # loopback is a shared source
+    AdmissionLimits(max_pending_per_source=2),  # the held streams never start a handshake
+    AdmissionLimits(shared_loopback=False, max_per_source=2),
+], ids=["total", "shared-source", "pending", "source"])
+async def test_connection_limit_enforced(limits: AdmissionLimits) -> None:
     with trio.fail_after(TIMEOUT):
-        async with server(1, limits=limits) as srv:
+        async with server(1, admission=limits) as srv:
             ep = srv.local_cert.endpoints[0]
             held = [await trio.open_tcp_stream(ep.host, ep.port) for _ in range(2)]
             await trio.testing.wait_all_tasks_blocked()
@@ -105,7 +110,8 @@ async def test_idle_connection_closed() -> None:
 @pytest.mark.threat("T-EXHAUST")
 async def test_source_over_fault_threshold_is_cut_off() -> None:
     with trio.fail_after(TIMEOUT):
-        async with server(1, limits=TcpLimits(fault_threshold=2)) as srv, client(2) as c:
+        async with server(1, admission=AdmissionLimits(shared_loopback=False, fault_threshold=2)
+                          ) as srv, client(2) as c:
             await c.request(srv.local_cert, Ping())  # an open connection from the same source
             for _ in range(2):
                 async with raw_peer(srv.local_cert) as peer:

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.ids import ID_BYTES
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
+
+MISDIRECTION_HALF_LIFE = 3600.0  # seconds for a node's count of bad contacts named to halve
+MAX_MISDIRECTED = 4096  # nodes with a misdirection score (the oldest is forgotten first)
 
 
 @dataclass
@@ -86,6 +90,8 @@ class DhtNode:
         self.node_id = ids.node_id(key.public)
         self.table = RoutingTable(self.node_id, params, clock.now())
         self.stats = DhtStats()
+        # Decaying misdirection scores (node id -> (score, when)): who named bad contacts.
+        self._misdirected: dict[bytes, tuple[float, float]] = {}
 
     @property
     def cert(self) -> NodeCert:
@@ -161,8 +167,20 @@ class DhtNode:
         if named_by is None:
             return
         self.stats.misdirected_by[named_by] += 1
-        if self.stats.misdirected_by[named_by] >= self.params.failure_limit:
+        now = self.clock.now()
+        score = self.misdirection(named_by, now) + 1.0
+        if named_by not in self._misdirected and len(self._misdirected) >= MAX_MISDIRECTED:
+            self._misdirected.pop(next(iter(self._misdirected)))
+        self._misdirected[named_by] = (score, now)
+        if score >= self.params.failure_limit - 1e-3:
             self._fault(named_by)
+
+    def misdirection(self, node_id: bytes, now: float) -> float:
+        """How many bad contacts `node_id` named, halved every MISDIRECTION_HALF_LIFE: an honest
+        node that passed on a few stale certificates is trusted again later (issue 7: scores
+        decay), a liar that keeps naming them stays over the limit."""
+        score, at = self._misdirected.get(node_id, (0.0, now))
+        return score * math.exp2(-max(0.0, now - at) / MISDIRECTION_HALF_LIFE)
 
     def _fault(self, node_id: bytes) -> None:
         self.stats.faults += 1
@@ -225,7 +243,7 @@ class DhtNode:
             tally.faults += 1
             self._fault(c.node_id)
             return None
-        if self.stats.misdirected_by[c.node_id] >= self.params.failure_limit:
+        if self.misdirection(c.node_id, now) >= self.params.failure_limit - 1e-3:
             # It named too many bad contacts (`_bad_contact`): its answers are not used, and
             # answering does not bring it back into the table.
             tally.faults += 1

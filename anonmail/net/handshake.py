@@ -79,6 +79,10 @@ class UnexpectedPeer(HandshakeError):
     """A valid node answered, but not the one we dialled. The transport does not count this
     against the endpoint's address (net/tcp.py: a third party may have named it)."""
 
+    def __init__(self, message: str, node_id: bytes) -> None:
+        super().__init__(message)
+        self.node_id = node_id  # who did answer, proven by its signature
+
 
 @wire.message(tag=10)
 @dataclass(frozen=True, slots=True)
@@ -258,11 +262,12 @@ class Handshake:
         self._dh = crypto.x25519(self._eph.secret, reply.ephemeral)
         k_resp, k_init = self._seal_keys(h1)
         auth = self._open(k_resp, reply.sealed, h1)
-        # Checked before anything of ours is sent: a stranger at a known contact's address
-        # never learns who is calling.
-        if self._expect is not None and auth.cert.node_id != self._expect:
-            raise UnexpectedPeer("responder is not the node we dialled")
         self._check(auth, RESPONDER_DOMAIN, h1, now)
+        # Checked before anything of ours is sent: a stranger at a known contact's address
+        # never learns who is calling. (After its signature: the transport remembers who
+        # proved to answer there, net/tcp.py.)
+        if self._expect is not None and auth.cert.node_id != self._expect:
+            raise UnexpectedPeer("responder is not the node we dialled", auth.cert.node_id)
         h2 = crypto.hash("handshake-2", h1, reply.sealed)
         sealed = self._seal(k_init, INITIATOR_DOMAIN, h2)
         self._queue(wire.encode(HelloAuth(sealed)))

@@ -15,15 +15,19 @@ Invariants:
   theirs, so `request` works without `serve` and the network needs no nursery of its own;
 * whom we reached is decided by the handshake alone: a request to a NodeCert succeeds only if the
   node at its endpoint proves it holds that certificate's key;
-* a peer's fault (failed handshake, bad frame, malformed or refused request) is counted in
-  `faults` under its source (the IPv4 address, or the IPv6 /64, which one party controls as a
-  whole), ends at most the connection that carried it, and never reaches another connection. A
-  source at `fault_threshold` is disconnected and refused from then on (until restart). A valid
-  node that merely is not the one a certificate sent us to is no fault: that is a `BadContact`,
-  since a third party may have named its address to get it banned;
-* limits are checked before any cryptography is spent: connections in total and per source on
-  accept, the handshake within `handshake_timeout`, requests in flight per connection (`BUSY`
-  beyond), idle connections closed, frames no larger than `params.max_frame`;
+* a peer's fault (failed handshake, bad frame, malformed or refused request) is counted by
+  `admission` (net/admission.py) against the unit that committed it: its source (the IPv4
+  address, or the IPv6 /64, which one party controls as a whole), or on a shared source
+  (loopback; every source on a testnet) its authenticated key. A fault ends at most the
+  connection that carried it. Scores decay; a unit whose score reaches the threshold is banned
+  for a while (longer each time) and its connections are cut. A valid node that merely is not
+  the one a certificate sent us to is no fault: that is a `BadContact`, since a third party may
+  have named its address to get it banned;
+* limits are checked before any cryptography is spent: bans, connections in total, per source
+  and pending per source, and a handshake token bucket per source and in all on accept; the
+  handshake within `handshake_timeout`; connections per key once it is known; requests in
+  flight per connection (`BUSY` beyond), idle connections closed, frames no larger than
+  `params.max_frame`;
 * the log never holds keys, plaintext, or peers' IP addresses (a client-only node's address is a
   mail user's address); peers appear by public node id at most.
 """
@@ -31,10 +35,9 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
-from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import trio
@@ -43,20 +46,19 @@ from anonmail import wire
 from anonmail.clock import Clock
 from anonmail.crypto import SigningKey
 from anonmail.errors import (
-    BadContact,
     LocalProtocolError,
-    OtherNetwork,
     Refused,
     RemoteProtocolError,
     TransportError,
 )
 from anonmail.net import rpc
+from anonmail.net.admission import Admission, AdmissionLimits, Verdict, source_of
 from anonmail.net.base import Handler, Peer
-from anonmail.net.handshake import Handshake, HandshakeError, Role, UnexpectedPeer
+from anonmail.net.dialer import Dialer, transport_errors
+from anonmail.net.handshake import Handshake, HandshakeError, Role
 from anonmail.net.links import (
     Inbound,
     Link,
-    Outbound,
     Request,
     Response,
     TcpLimits,
@@ -68,36 +70,16 @@ from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 
-__all__ = ["Request", "Response", "TcpLimits", "TcpNetwork", "TcpStats", "source_of"]
+__all__ = ["AdmissionLimits", "Request", "Response", "TcpLimits", "TcpNetwork", "TcpStats",
+           "source_of"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LIMITS = TcpLimits()
-MAX_TRACKED_SOURCES = 65536  # bound on the fault table's memory
-MAX_OTHER_NETWORKS = 64  # endpoints remembered as answering for another network
+# accept() failures that mean "no room right now", not a broken listener (as trio's
+# serve_listeners treats them)
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 REFUSAL_SEND_TIMEOUT = 1.0  # seconds to say which network we are on before closing
-
-
-def source_of(ip: str) -> str:
-    """The unit faults and per-source limits count: an IPv4 address or an IPv6 /64."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%")[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr)
-
-
-@contextlib.contextmanager
-def _transport_errors(what: str) -> Iterator[None]:
-    """Socket trouble is not the peer's fault: report it as TransportError."""
-    try:
-        yield
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        raise TransportError(f"{what}: {type(e).__name__}") from e
 
 
 class TcpNetwork:
@@ -109,24 +91,25 @@ class TcpNetwork:
     """
 
     def __init__(self, key: SigningKey, params: NetworkParams, clock: Clock, rng: Rng, *,
-                 cert_cache: CertCache | None = None, limits: TcpLimits = DEFAULT_LIMITS) -> None:
+                 cert_cache: CertCache | None = None, limits: TcpLimits = DEFAULT_LIMITS,
+                 admission: AdmissionLimits | None = None) -> None:
         self.key = key
         self.params = params
         self.clock = clock
         self.rng = rng
         self.cert_cache = cert_cache
         self.limits = limits
-        self.faults: dict[str, int] = {}  # by source (see `source_of`)
-        # Endpoints we dialled that said they are on another network (str(endpoint) -> its
-        # network id), so a failed bootstrap can say so instead of "unreachable".
-        self.other_networks: dict[str, bytes] = {}
+        self.admission = Admission(admission or AdmissionLimits())
         self.stats = TcpStats()
         self._cert: NodeCert | None = None
         self._listeners: list[trio.SocketListener] = []
         self._serve_scope: trio.CancelScope | None = None
-        self._inbound: dict[str, set[trio.CancelScope]] = {}  # live accepted connections
-        self._outbound: dict[ids.NodeId, Outbound] = {}
-        self._dialing: dict[ids.NodeId, trio.Lock] = {}
+        # Live accepted connections by source, and by judged unit once authenticated (the
+        # same source, or a key on a shared source): a ban cuts what its unit holds.
+        self._inbound: dict[str, set[trio.CancelScope]] = {}
+        self._by_unit: dict[str, set[trio.CancelScope]] = {}
+        self._pending: dict[str, int] = {}  # accepted connections still in their handshake
+        self.dialer = Dialer(self)  # our outgoing connections (net/dialer.py)
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -147,12 +130,23 @@ class TcpNetwork:
         return self._cert
 
     @property
+    def faults(self) -> dict[str, int]:
+        """Faults ever counted, by judged unit (see net/admission.py)."""
+        return self.admission.faults
+
+    @property
     def inbound_connections(self) -> int:
         return sum(len(s) for s in self._inbound.values())
 
     @property
     def outbound_connections(self) -> int:
-        return sum(not c.closed for c in self._outbound.values())
+        return self.dialer.open_connections
+
+    @property
+    def other_networks(self) -> dict[str, bytes]:
+        """Endpoints we dialled that said they are on another network (str(endpoint) -> its
+        network id), so a failed bootstrap can say so instead of "unreachable"."""
+        return self.dialer.other_networks
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -173,58 +167,83 @@ class TcpNetwork:
         self._serve_scope = trio.CancelScope()
         with self._serve_scope:
             async with trio.open_nursery() as nursery:
-                await nursery.start(trio.serve_listeners, partial(self._accept, handler),
-                                    self._listeners)
+                for listener in self._listeners:
+                    nursery.start_soon(self._accept_loop, listener, handler, nursery)
                 task_status.started()
 
-    async def _accept(self, handler: Handler, stream: trio.SocketStream) -> None:
-        try:
-            ip = str(stream.socket.getpeername()[0])
-        except OSError:
-            await trio.aclose_forcefully(stream)
-            return
-        source = source_of(ip)
-        if not self._admit(source):
-            await trio.aclose_forcefully(stream)
-            return
-        scope = trio.CancelScope()
-        self._inbound.setdefault(source, set()).add(scope)
+    async def _accept_loop(self, listener: trio.SocketListener, handler: Handler,
+                           nursery: trio.Nursery) -> None:
+        """Accept, and refuse right here what admission refuses: no task, no await, no
+        handshake, so a connection flood costs the node an accept and a close each."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:
+                if e.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.warning("out of file descriptors or memory: accepting again in 0.1 s")
+                await trio.sleep(0.1)
+                continue
+            try:
+                ip = str(stream.socket.getpeername()[0])
+            except OSError:
+                stream.socket.close()
+                continue
+            source = source_of(ip)
+            verdict = self.admission.admit_source(
+                source, trio.current_time(), connections=self.inbound_connections,
+                from_source=len(self._inbound.get(source, ())),
+                pending=self._pending.get(source, 0))
+            if verdict is not Verdict.ADMIT:
+                stream.socket.close()
+                continue
+            scope = trio.CancelScope()
+            _add(self._inbound, source, scope)  # counted from now, before its task runs
+            nursery.start_soon(self._accept, handler, stream, ip, source, scope)
+
+    async def _accept(self, handler: Handler, stream: trio.SocketStream, ip: str, source: str,
+                      scope: trio.CancelScope) -> None:
         try:
             with scope:
-                await self._serve_connection(stream, ip, source, handler)
+                await self._serve_connection(stream, ip, source, handler, scope)
         except RemoteProtocolError as e:
-            self.count_fault(source, e)
+            self.count_fault(source, e)  # before the handshake proved a key: the source's
         except (TransportError, trio.TooSlowError, OSError, trio.BrokenResourceError,
                 trio.ClosedResourceError):
             pass  # gone, slow or unreachable: not evidence of hostility
         finally:
-            scopes = self._inbound[source]
-            scopes.discard(scope)
-            if not scopes:
-                del self._inbound[source]
+            _discard(self._inbound, source, scope)
             await trio.aclose_forcefully(stream)
 
-    def _admit(self, source: str) -> bool:
-        limits = self.limits
-        return (self.faults.get(source, 0) < limits.fault_threshold
-                and self.inbound_connections < limits.max_connections
-                and len(self._inbound.get(source, ())) < limits.max_connections_per_source)
-
     async def _serve_connection(self, stream: trio.SocketStream, ip: str, source: str,
-                                handler: Handler) -> None:
+                                handler: Handler, scope: trio.CancelScope) -> None:
         hs = Handshake(Role.RESPONDER, self.key, self.local_cert, self.params, self.rng,
                        cert_cache=self.cert_cache)
+        self._pending[source] = self._pending.get(source, 0) + 1
         try:
             with trio.fail_after(self.limits.handshake_timeout):
                 done = await run_handshake(stream, hs, self.clock, self.stats)
         except HandshakeError:
             await self._send_refusal(stream, hs)  # which network we are on, if that was it
             raise
-        link = Link(stream, done, self.params.max_frame, source, self.stats)
-        inbound = Inbound(link, Peer(link.peer, ip), handler, self.limits, self.count_fault)
-        fault = await inbound.run()
-        if fault is not None:
-            raise fault
+        finally:
+            self._pending[source] -= 1
+            if not self._pending[source]:
+                del self._pending[source]
+        unit = self.admission.unit_of(source, done[0].peer.node_id)
+        verdict = self.admission.admit_key(unit, trio.current_time(),
+                                           from_key=len(self._by_unit.get(unit, ())))
+        if verdict is not Verdict.ADMIT:
+            return  # banned, or the key holds its share: closed, no fault
+        _add(self._by_unit, unit, scope)
+        try:
+            link = Link(stream, done, self.params.max_frame, unit, self.stats)
+            inbound = Inbound(link, Peer(link.peer, ip), handler, self.limits, self.count_fault)
+            fault = await inbound.run()
+            if fault is not None:
+                self.count_fault(unit, fault)
+        finally:
+            _discard(self._by_unit, unit, scope)
 
     async def _send_refusal(self, stream: trio.SocketStream, hs: Handshake) -> None:
         """Send what a failed handshake queued last (handshake.py's OtherNetworkReply), within
@@ -237,14 +256,12 @@ class TcpNetwork:
             await stream.send_all(out)
             self.stats.sent += len(out)
 
-    def count_fault(self, source: str, error: RemoteProtocolError) -> None:
-        """Count a peer's fault; at the threshold, cut every connection from its source."""
-        if source not in self.faults and len(self.faults) >= MAX_TRACKED_SOURCES:
-            self.faults.pop(next(iter(self.faults)))  # forget the oldest entry
-        self.faults[source] = self.faults.get(source, 0) + 1
+    def count_fault(self, unit: str, error: RemoteProtocolError) -> None:
+        """Count a peer's fault against its judged unit (a source, or a key on a shared
+        source); when that starts a ban, cut every connection the unit holds."""
         logger.debug("peer fault: %s: %s", type(error).__name__, error)
-        if self.faults[source] >= self.limits.fault_threshold:
-            for scope in self._inbound.get(source, ()):
+        if self.admission.record_fault(unit, trio.current_time()):
+            for scope in [*self._inbound.get(unit, ()), *self._by_unit.get(unit, ())]:
                 scope.cancel()
 
     # -- asking -------------------------------------------------------------------------------
@@ -257,8 +274,8 @@ class TcpNetwork:
         who = ids.short(to.node_id)
         limit = self.params.rpc_timeout if timeout is None else timeout
         with trio.move_on_after(limit):
-            with _transport_errors(f"request to {who}"):
-                conn = await self._connection(to)
+            with transport_errors(f"request to {who}"):
+                conn = await self.dialer.connection(to)
                 answer = await conn.call(kind, body)
             try:
                 reply = rpc.decode_response(answer, self.params.max_frame)
@@ -273,100 +290,8 @@ class TcpNetwork:
     async def introduce(self, endpoint: Endpoint, *, timeout: float | None = None) -> NodeCert:
         limit = self.params.rpc_timeout if timeout is None else timeout
         with trio.move_on_after(limit):
-            await self._sweep()
-            await self._make_room()
-            conn = await self._open(endpoint, None)
-            nid = conn.link.peer.node_id
-            old = self._outbound.get(nid)
-            if old is None or old.closed:
-                self._outbound[nid] = conn
-            else:
-                await conn.close()  # we already talk to this node; keep that connection
-            return conn.link.peer
+            return await self.dialer.introduce(endpoint)
         raise TransportError("introduction timed out")
-
-    async def _connection(self, to: NodeCert) -> Outbound:
-        """The live connection to `to`'s node, dialling it if there is none (once, not per
-        concurrent caller)."""
-        await self._sweep()
-        nid = to.node_id
-        conn = self._outbound.get(nid)
-        if conn is not None:
-            return conn
-        lock = self._dialing.setdefault(nid, trio.Lock())
-        try:
-            async with lock:
-                conn = self._outbound.get(nid)
-                if conn is None or conn.closed:
-                    await self._make_room()
-                    conn = await self._dial(to)
-                    self._outbound[nid] = conn
-                return conn
-        finally:
-            if not lock.locked() and self._dialing.get(nid) is lock:
-                del self._dialing[nid]
-
-    async def _dial(self, to: NodeCert) -> Outbound:
-        if not to.endpoints:
-            raise TransportError(f"{ids.short(to.node_id)} accepts no connections")
-        last: Exception | None = None
-        for ep in to.endpoints:
-            try:
-                return await self._open(ep, to.node_id)
-            except (TransportError, RemoteProtocolError) as e:
-                last = e  # try the next endpoint; report the last failure
-        assert last is not None
-        raise last
-
-    async def _open(self, ep: Endpoint, expect: ids.NodeId | None) -> Outbound:
-        source = source_of(ep.host)
-        with _transport_errors("connect"):
-            stream = await trio.open_tcp_stream(ep.host, ep.port)
-        try:
-            hs = Handshake(Role.INITIATOR, self.key, self.local_cert, self.params, self.rng,
-                           expect=expect, cert_cache=self.cert_cache)
-            with _transport_errors("handshake"):
-                done = await run_handshake(stream, hs, self.clock, self.stats)
-        except OtherNetwork as e:
-            await trio.aclose_forcefully(stream)
-            if len(self.other_networks) >= MAX_OTHER_NETWORKS:
-                self.other_networks.pop(next(iter(self.other_networks)))
-            self.other_networks[str(ep)] = e.network_id
-            raise
-        except UnexpectedPeer as e:
-            # Whoever answered proved a valid identity; the certificate that sent us here may
-            # come from anyone. Charging the address would let a liar get its owner banned.
-            await trio.aclose_forcefully(stream)
-            raise BadContact("another node answers at the endpoint dialled") from e
-        except RemoteProtocolError as e:
-            self.count_fault(source, e)
-            await trio.aclose_forcefully(stream)
-            raise
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        link = Link(stream, done, self.params.max_frame, source, self.stats)
-        return Outbound(link, self.count_fault)
-
-    async def _sweep(self) -> None:
-        """Forget closed connections and close idle ones. The idle limit here is half the
-        acceptor's, so we retire a connection before the peer would close it under us."""
-        stale = trio.current_time() - self.limits.idle_timeout / 2
-        gone = [nid for nid, conn in self._outbound.items()
-                if conn.closed or (not conn.busy and conn.last_used < stale)]
-        # Detach all before the first await: a concurrent sweep must not see them.
-        for conn in [self._outbound.pop(nid) for nid in gone]:
-            await conn.close()
-
-    async def _make_room(self) -> None:
-        if len(self._outbound) < self.limits.max_connections:
-            return
-        idle = [c for c in self._outbound.items() if not c[1].busy]
-        if not idle:
-            raise TransportError("too many outgoing connections in use")
-        nid, conn = min(idle, key=lambda item: item[1].last_used)
-        del self._outbound[nid]
-        await conn.close()
 
     async def aclose(self) -> None:
         """Stop serving, close the listener and every connection."""
@@ -377,6 +302,16 @@ class TcpNetwork:
         for scopes in self._inbound.values():
             for scope in scopes:
                 scope.cancel()
-        for conn in list(self._outbound.values()):
-            await conn.close()
-        self._outbound.clear()
+        await self.dialer.aclose()
+
+
+def _add(table: dict[str, set[trio.CancelScope]], key: str, scope: trio.CancelScope) -> None:
+    table.setdefault(key, set()).add(scope)
+
+
+def _discard(table: dict[str, set[trio.CancelScope]], key: str, scope: trio.CancelScope) -> None:
+    scopes = table.get(key)
+    if scopes is not None:
+        scopes.discard(scope)
+        if not scopes:
+            del table[key]

@@ -9,7 +9,6 @@ error is counted, never fatal. Time and randomness are injected.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from anonmail.dht.messages import ContactList
 from anonmail.errors import RemoteProtocolError
 from anonmail.fileio import write_private
 from anonmail.net.base import Peer
-from anonmail.net.tcp import TcpLimits, TcpNetwork
+from anonmail.net.tcp import AdmissionLimits, TcpNetwork
 from anonmail.permit.gate import gated_store
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, Endpoint, NodeCert
@@ -40,14 +39,14 @@ SAVE_CHECK_INTERVAL = 1.0  # how often to look for routing-table changes worth s
 CERT_RENEW_FRACTION = 0.5  # reissue our NodeCert when half its lifetime has passed
 
 
-def limits_for(params: NetworkParams) -> TcpLimits:
-    """Connection limits for a node on this network. A testnet runs many nodes behind one
-    address (127.0.0.1), so the per-source limit there is the total limit; on a real network a
-    single address gets a small share (net/tcp.py)."""
+def admission_for(params: NetworkParams) -> AdmissionLimits:
+    """Who may connect to a node on this network (net/admission.py). A testnet runs many nodes
+    behind one address (127.0.0.1 or one host's), so every peer there is judged by its key, and
+    one address may hold a larger (but still partial) share of the connections; on a real
+    network only loopback peers (the user's own agent) are judged so."""
     if params.allow_private_endpoints:
-        base = TcpLimits()
-        return dataclasses.replace(base, max_connections_per_source=base.max_connections)
-    return TcpLimits()
+        return AdmissionLimits(shared_everywhere=True)
+    return AdmissionLimits()
 
 
 class Node:
@@ -57,9 +56,11 @@ class Node:
                  listen: Endpoint, advertise: Endpoint | None = None,
                  bootstrap: Sequence[Endpoint] = (), contacts_file: Path | None = None,
                  store_file: Path | None = None,
-                 trusted_cas: frozenset[bytes] = frozenset()) -> None:
+                 trusted_cas: frozenset[bytes] = frozenset(),
+                 admission: AdmissionLimits | None = None) -> None:
         """`store_file`: the SQLite store (None: in memory, for tests and the demo).
-        `trusted_cas`: CA keys whose address certificates this node accepts."""
+        `trusted_cas`: CA keys whose address certificates this node accepts. `admission`:
+        who may connect (default: `admission_for(params)`)."""
         self.key = key
         self.params = params
         self.clock = clock
@@ -70,7 +71,7 @@ class Node:
         self.contacts_file = contacts_file
         self.cert_cache = CertCache()
         self.net = TcpNetwork(key, params, clock, rng, cert_cache=self.cert_cache,
-                              limits=limits_for(params))
+                              admission=admission or admission_for(params))
         self.dht = DhtNode(self.net, key, params, clock, rng, self.cert_cache)
         # A real database commit waits for fsync: run the store's handlers off the event loop.
         on_disk = store_file is not None
