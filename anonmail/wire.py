@@ -6,10 +6,20 @@ Range(0, 65535)]`, `Annotated[tuple[X, ...], Size(0, 20)]`, `Optional[X]`, `IntE
 other structs. On the wire a message is the CBOR array `[tag, version, field1, field2, ...]`, a
 struct the array of its fields.
 
-Decoding is, in order: size cap → CBOR parse with a depth cap → canonical check (re-encoding must
-give the same bytes: no trailing data, no indefinite lengths, no non-minimal integers, so every
-value has exactly one encoding and signatures over canonical bytes are unambiguous) → schema →
-frozen dataclass. Any failure on the way raises `RemoteProtocolError`, never anything else.
+Decoding is, in order: size cap → type tag read from the first two heads (the message type
+decides the budget) → cost pre-scan (wire_scan.scan: every head walked, no object built; maps,
+tags, floats, indefinite lengths, non-minimal heads, depth beyond MAX_DEPTH and more units of
+work than the type's `Budget` allows for the input's size are refused) → CBOR parse with a depth
+cap → canonical check (re-encoding must give the same bytes: no trailing data, no indefinite
+lengths, no non-minimal integers, so every value has exactly one encoding and signatures over
+canonical bytes are unambiguous) → schema → frozen dataclass. Any failure on the way raises
+`RemoteProtocolError`, never anything else.
+
+Cost invariant (docs/protocol.md "Decode cost"): the CPU spent on an input is bounded by a
+constant times the units the pre-scan let through, and the units are bounded by what an honest
+encoding of the same size and type can have: `Budget` is derived from the schema itself (field
+types, Size and Range bounds), so every honest encoding passes by construction and no input
+costs more per byte than the densest honest encoding of its type.
 """
 
 from __future__ import annotations
@@ -24,7 +34,9 @@ from typing import Any, TypeVar
 
 import cbor2
 
+from anonmail import wire_scan
 from anonmail.errors import LocalError, RemoteProtocolError
+from anonmail.wire_scan import Budget, head_len
 
 T = TypeVar("T")
 MAX_DEPTH = 24
@@ -65,6 +77,7 @@ class _Schema:
     encoders: tuple[_Encoder, ...]
     tag: int | None
     version: int
+    hints: tuple[Any, ...]  # the field annotations, for the decode budget
 
 
 _SCHEMAS: dict[type, _Schema] = {}
@@ -75,22 +88,32 @@ def _fail(where: str, why: str) -> typing.NoReturn:
     raise RemoteProtocolError(f"{where}: {why}")
 
 
-def _compile(tp: Any, where: str) -> tuple[_Decoder, _Encoder]:
-    """Build (decoder, encoder) for one annotated field type."""
+def _split(tp: Any) -> tuple[Any, tuple[Any, ...], Size | None, Range | None]:
+    """An annotation's bare type, its metadata, and the Size and Range among them."""
     meta: tuple[Any, ...] = ()
     if typing.get_origin(tp) is typing.Annotated:
         tp, *rest = typing.get_args(tp)
         meta = tuple(rest)
     size = next((m for m in meta if isinstance(m, Size)), None)
     rng = next((m for m in meta if isinstance(m, Range)), None)
+    return tp, meta, size, rng
+
+
+def _optional_inner(tp: Any, meta: tuple[Any, ...], where: str) -> Any:
+    """X of Optional[X], with the Optional's metadata carried over to X."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) != 1:
+        raise LocalError(f"{where}: only Optional[X] unions are supported")
+    return typing.Annotated[(args[0], *meta)] if meta else args[0]
+
+
+def _compile(tp: Any, where: str) -> tuple[_Decoder, _Encoder]:
+    """Build (decoder, encoder) for one annotated field type."""
+    tp, meta, size, rng = _split(tp)
     origin = typing.get_origin(tp)
 
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) != 1:
-            raise LocalError(f"{where}: only Optional[X] unions are supported")
-        inner_tp = typing.Annotated[(args[0], *meta)] if meta else args[0]
-        dec, enc = _compile(inner_tp, where)
+        dec, enc = _compile(_optional_inner(tp, meta, where), where)
         return (lambda v: None if v is None else dec(v)), (lambda v: None if v is None else enc(v))
 
     if tp is bytes or tp is str:
@@ -132,6 +155,8 @@ def _compile(tp: Any, where: str) -> tuple[_Decoder, _Encoder]:
 
     if tp is int:
         r = rng or U64
+        if r.lo < -(1 << 64) or r.hi >= 1 << 64:  # beyond that CBOR needs a bignum tag (§3.4.3)
+            raise LocalError(f"{where}: int ranges end within 64 bits (wire_scan refuses tags)")
 
         def dec_int(v: Any) -> int:
             if type(v) is not int:
@@ -184,8 +209,10 @@ def _register(cls: type[T], tag: int | None, version: int) -> type[T]:
         encoders=tuple(p[1] for p in pairs),
         tag=tag,
         version=version,
+        hints=tuple(hints[f.name] for f in fields),
     )
     _SCHEMAS[cls] = schema
+    _BUDGETS.clear()  # a re-registered class may change the budget of any type holding it
     if tag is not None:
         # the same class re-registered (a module reloaded) is fine; another class is not, even
         # one of the same name in another module
@@ -260,12 +287,89 @@ def signing_bytes(obj: Any, exclude: str = "signature") -> bytes:
     return _dumps(value)
 
 
-def _parse(data: bytes, max_size: int) -> Any:
+# ---------------------------------------------------------------------------------------------
+# The decode budget: how many wire_scan units an honest encoding of a type can have
+
+
+_BUDGETS: dict[type, Budget] = {}
+
+
+def _budget_of(schema: _Schema, inside: tuple[type, ...] = ()) -> Budget:
+    """A struct or message: the array of its fields (after tag and version for a message)."""
+    cached = _BUDGETS.get(schema.cls)
+    if cached is not None:
+        return cached
+    if schema.cls in inside:
+        raise LocalError(f"{schema.cls.__name__}: a recursive schema has no decode budget")
+    inside = (*inside, schema.cls)
+    parts = [_type_budget(tp, f"{schema.cls.__name__}.{name}", inside)
+             for tp, name in zip(schema.hints, schema.names, strict=True)]
+    if schema.tag is not None:
+        parts = [Budget.scalar(head_len(schema.tag)), Budget.scalar(head_len(schema.version)),
+                 *parts]
+    budget = Budget.array(parts)
+    _BUDGETS[schema.cls] = budget
+    return budget
+
+
+def _type_budget(tp: Any, where: str, inside: tuple[type, ...]) -> Budget:
+    """The budget of one annotated field type (mirrors _compile)."""
+    tp, meta, size, rng = _split(tp)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = _type_budget(_optional_inner(tp, meta, where), where, inside)
+        return inner.either(Budget.scalar(1))  # null: one byte (RFC 8949 §3.3)
+    if tp is bytes or tp is str:  # a str's Size counts characters: at least as many bytes
+        assert size is not None  # _compile has refused the schema otherwise
+        return Budget.scalar(head_len(size.min) + size.min)
+    if tp is bool:
+        return Budget.scalar(1)
+    if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
+        return Budget.scalar(min(wire_scan.int_len(v, v) for v in map(int, tp)))
+    if tp is int:
+        r = rng or U64
+        return Budget.scalar(wire_scan.int_len(r.lo, r.hi))
+    if origin is tuple:
+        assert size is not None
+        item = _type_budget(typing.get_args(tp)[0], where + "[]", inside)
+        return item.repeated(size.min, size.hi)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _budget_of(schema_of(tp), inside)
+    raise LocalError(f"{where}: unsupported field type {tp!r}")
+
+
+def budget_of(cls: type) -> Budget:
+    """The decode budget of a registered message or struct (for tests and the benchmark)."""
+    return _budget_of(schema_of(cls))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _checked(data: bytes, max_size: int) -> bytes:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise LocalError("decode takes bytes")
     data = bytes(data)
     if len(data) > max_size:
         _fail("wire", f"{len(data)} bytes exceeds the cap of {max_size}")
+    return data
+
+
+def _pick(data: bytes, table: dict[int, _Schema]) -> _Schema:
+    """The schema a message names by its tag (read from its first two heads), before any work."""
+    tag = wire_scan.peek_tag(data)
+    if tag is None:
+        _fail("wire", "a message is an array [tag, version, ...]")
+    schema = table.get(tag)
+    if schema is None:
+        _fail("wire", f"unexpected message tag {tag}")
+    return schema
+
+
+def _parse(data: bytes, schema: _Schema) -> Any:
+    """Pre-scan within `schema`'s budget, then parse and check canonical form."""
+    wire_scan.scan(data, _budget_of(schema).limit(len(data)), MAX_DEPTH)
     try:
         value = cbor2.loads(data, max_depth=MAX_DEPTH, allow_indefinite=False,
                             allow_duplicate_keys=False)
@@ -281,23 +385,24 @@ def _parse(data: bytes, max_size: int) -> Any:
 
 def decode(data: bytes, expect: type[T], *, max_size: int = DEFAULT_MAX_SIZE) -> T:
     """Decode one message of type `expect` (or a struct encoded on its own)."""
-    value = _parse(data, max_size)
+    data = _checked(data, max_size)
     schema = schema_of(expect)
     if schema.tag is None:
-        return typing.cast(T, _decode_fields(schema, value, expect.__name__))
-    return typing.cast(T, _decode_tagged(value, {schema.tag: schema}))
+        return typing.cast(T, _decode_fields(schema, _parse(data, schema), expect.__name__))
+    table = {schema.tag: schema}
+    return typing.cast(T, _decode_tagged(_parse(data, _pick(data, table)), table))
 
 
 def decode_any(data: bytes, allowed: tuple[type, ...], *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
     """Decode one message whose type is any of `allowed` (dispatch on the tag)."""
-    value = _parse(data, max_size)
+    data = _checked(data, max_size)
     table = {}
     for cls in allowed:
         s = schema_of(cls)
         if s.tag is None:
             raise LocalError("decode_any takes tagged messages")
         table[s.tag] = s
-    return _decode_tagged(value, table)
+    return _decode_tagged(_parse(data, _pick(data, table)), table)
 
 
 def _decode_tagged(value: Any, table: dict[int, _Schema]) -> Any:

@@ -22,3 +22,19 @@ def test_bench_mail_delivers_everything(capsys: pytest.CaptureFixture[str]) -> N
     assert "delivered            3/3 byte-identical" in out
     assert "x the floor" in out
     assert "simulated: 200 nodes, 3 messages" in out
+
+
+def test_bench_decode_prints_a_verdict(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from anonmail.experiments.bench import decode
+    monkeypatch.setattr(decode, "SIZES", (4096,))
+    monkeypatch.setattr(decode, "MIN_SECONDS", 0.001)
+    monkeypatch.setattr(decode, "SCREEN_SECONDS", 0.0002)
+    assert main(["bench", "decode"]) in (0, 1)  # the verdict is a measurement, not a test
+    out = capsys.readouterr().out
+    assert "worst hostile / densest honest" in out and "empty maps" in out
+
+
+def test_bench_flood_refuses_a_bad_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "flood", "--seconds", "0"]) != 0
+    assert "--seconds must be 1-30" in capsys.readouterr().err

@@ -33,7 +33,9 @@ import pytest
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("anonmail.errors", "anonmail.rng", "anonmail.clock",
               "anonmail.fileio")),  # fileio: atomic 0600 files, no anonmail imports
-    ("wire", ("anonmail.wire", "anonmail.wire.*")),
+    # wire_scan: the pre-scan that bounds decode cost (cbor2-free, so the benchmark may build
+    # hostile input with it).
+    ("wire", ("anonmail.wire", "anonmail.wire.*", "anonmail.wire_scan")),
     # crypto sits above wire so that the key file (crypto/keyfile.py) can encode its record.
     ("crypto", ("anonmail.crypto", "anonmail.crypto.*")),
     ("records", ("anonmail.records", "anonmail.records.*")),

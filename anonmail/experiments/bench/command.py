@@ -1,7 +1,7 @@
-"""`anonmail bench rpc|mail|anon`: the benchmarks from the command line (rpc.py,
-mail_tcp.py, mail_sim.py, anon.py). `register(subparsers)` adds the `bench` group. Arguments
-are checked here, so a bad one is one clear `UserError` line before anything runs; each
-measurement prints its own table.
+"""`anonmail bench rpc|mail|anon|pow|decode|flood`: the benchmarks from the command line
+(rpc.py, mail_tcp.py, mail_sim.py, anon.py, pow.py, decode.py, flood.py).
+`register(subparsers)` adds the `bench` group. Arguments are checked here, so a bad one is one
+clear `UserError` line before anything runs; each measurement prints its own table.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from anonmail.errors import UserError
-from anonmail.experiments.bench import anon, mail_sim, mail_tcp, pow, rpc
+from anonmail.experiments.bench import anon, decode, flood, mail_sim, mail_tcp, pow, rpc
 
 
 def _cmd_rpc(args: argparse.Namespace) -> int:
@@ -56,6 +56,22 @@ def _cmd_anon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_decode(args: argparse.Namespace) -> int:
+    text, ok = decode.report(decode.measure())
+    print(text)
+    return 0 if ok else 1
+
+
+def _cmd_flood(args: argparse.Namespace) -> int:
+    if not 1 <= args.seconds <= flood.MAX_SECONDS:
+        raise UserError(f"--seconds must be 1-{flood.MAX_SECONDS:g}")
+    runs = [flood.run(args.seconds, defended=True)]
+    if not args.no_baseline:
+        runs.append(flood.run(args.seconds, defended=False))
+    print(flood.report(runs))
+    return 0 if runs[0].ratio <= flood.LIMIT else 1
+
+
 def register(subparsers: Any) -> None:
     """Add `anonmail bench` and its subcommands to the command line."""
     bench = subparsers.add_parser("bench", help="measure this machine's throughput")
@@ -84,3 +100,13 @@ def register(subparsers: Any) -> None:
                         help="the simulated network, loopback TCP, or both (default)")
     anon_p.set_defaults(func=_cmd_anon)
     pow.add_parser(sub)
+    decode_p = sub.add_parser("decode", help="decode CPU per byte: hostile requests vs honest "
+                                             "(exit 1 beyond 10x)")
+    decode_p.set_defaults(func=_cmd_decode)
+    flood_p = sub.add_parser("flood", help="honest FIND_NODE latency under a Hello flood from "
+                                           "one source, defended vs undefended (exit 1 beyond 3x)")
+    flood_p.add_argument("--seconds", type=float, default=8.0,
+                         help="seconds unloaded, then as many flooded, per run (default 8)")
+    flood_p.add_argument("--no-baseline", action="store_true",
+                         help="skip the undefended baseline run")
+    flood_p.set_defaults(func=_cmd_flood)
