@@ -142,7 +142,8 @@ class Dialer:
             raise
         self._remember(ep, done[0].peer.node_id)
         unit = self.net.admission.unit_of(source, done[0].peer.node_id)
-        link = Link(stream, done, self.net.params.max_frame, unit, self.net.stats)
+        link = Link(stream, done, self.net.params.max_frame, unit, self.net.stats,
+                    self.net.limits.send_timeout)
         return Outbound(link, self.net.count_fault)
 
     def _remember(self, ep: Endpoint, node_id: bytes) -> None:

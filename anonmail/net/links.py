@@ -5,12 +5,17 @@ what happens on one connection lives here: `run_handshake` drives the sans-I/O h
 (handshake.py) over the stream, a `Link` holds the stream and the frame codecs (frames.py) of an
 established connection, `Outbound` is our side of a connection we dialled (requests out, answers
 matched by `req_id`, no task of its own) and `Inbound` our side of one we accepted (each request
-answered in its own task, at most `TcpLimits.max_in_flight` at once, `BUSY` beyond).
+answered in its own task, at most `TcpLimits.max_in_flight` handlers running at once, `BUSY`
+beyond; answers waiting to be written are charged to the connection's and the node's output
+budgets, output.py).
 
 Invariants: a frame is written whole or the link is closed (a half-written frame would desync
 the counter nonces); a peer's fault on a connection is reported through `count_fault` against
 that connection's source and ends the connection, never another; an answer to a request never
-sent is a fault, a late answer to one abandoned (timeout) is not.
+sent is a fault, a late answer to one abandoned (timeout) is not; a frame not written within
+`send_timeout` closes the link (a peer that does not read cannot hold us); memory held for a
+connection is bounded by its output share plus one frame queued, one frame being decoded and one
+receive buffer (docs/transport.md "Memory per connection").
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from anonmail.net import rpc
 from anonmail.net.base import Handler, Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
 from anonmail.net.handshake import Established, Handshake
+from anonmail.net.output import ConnectionOutput, NodeOutput
 from anonmail.wire import Range, Size
 
 logger = logging.getLogger("anonmail.net.tcp")
@@ -57,12 +63,13 @@ class Response:
 class TcpLimits:
     """Resource limits of one node. The frame size limit is `NetworkParams.max_frame`."""
 
-    max_connections: int = 256  # accepted connections in total; also the outgoing pool size
-    max_connections_per_source: int = 8  # accepted connections from one IPv4 address / IPv6 /64
+    max_connections: int = 256  # the outgoing pool size (inbound: admission.AdmissionLimits)
     max_in_flight: int = 32  # requests being handled per connection; more are answered BUSY
     handshake_timeout: float = 5.0
-    idle_timeout: float = 120.0  # close a connection with nothing in flight for this long
-    fault_threshold: int = 20  # faults after which a source is disconnected and refused
+    idle_timeout: float = 120.0  # close a connection with no request and no handler running
+    send_timeout: float = 30.0  # close a connection whose peer takes longer to take one frame
+    max_queued_bytes: int = 4 << 20  # answers waiting to be written, per connection (output.py)
+    max_queued_total: int = 128 << 20  # ... and on all inbound connections together
 
 
 @dataclass
@@ -96,7 +103,7 @@ class Link:
     """An established connection: the stream, who is on the other end, and the frame codecs."""
 
     def __init__(self, stream: trio.SocketStream, handshake: tuple[Established, bytes],
-                 max_frame: int, source: str, stats: TcpStats) -> None:
+                 max_frame: int, source: str, stats: TcpStats, send_timeout: float) -> None:
         est, trailing = handshake
         self.stream = stream
         self.stats = stats
@@ -107,14 +114,20 @@ class Link:
         self.decoder = FrameDecoder(est.keys.recv, max_frame)
         self.decoder.receive_data(trailing)
         self._send_lock = trio.Lock()  # one writer at a time, frames in counter order
+        self.send_timeout = send_timeout
         self.closed = False
 
     async def send(self, envelope: Request | Response) -> None:
-        """Raises LocalProtocolError (stream intact) if the envelope does not fit a frame."""
+        """Raises LocalProtocolError (stream intact) if the envelope does not fit a frame, and
+        trio.BrokenResourceError (link closed) if the peer does not take it within
+        `send_timeout`."""
         async with self._send_lock:
             frame = self._encoder.encode(wire.encode(envelope))
             try:
-                await self.stream.send_all(frame)
+                with trio.move_on_after(self.send_timeout) as writing:
+                    await self.stream.send_all(frame)
+                if writing.cancelled_caught:
+                    raise trio.BrokenResourceError("the peer does not take what we send")
                 self.stats.sent += len(frame)
             except BaseException:
                 # Interrupted mid-frame (cancelled, reset): the stream is unusable from here.
@@ -208,13 +221,14 @@ class Inbound:
     """Our side of a connection we accepted: read requests, answer each in its own task."""
 
     def __init__(self, link: Link, peer: Peer, handler: Handler, limits: TcpLimits,
-                 count_fault: FaultCounter) -> None:
+                 count_fault: FaultCounter, output: NodeOutput) -> None:
         self.link = link
         self.peer = peer
         self.handler = handler
         self.limits = limits
         self._count_fault = count_fault
-        self.in_flight = 0
+        self.in_flight = 0  # handlers running (an answer waiting to be written is not one)
+        self.output = ConnectionOutput(output, limits.max_queued_bytes)
 
     async def run(self) -> RemoteProtocolError | None:
         """Serve until the peer leaves, idles out or misbehaves (returns the fault)."""
@@ -235,9 +249,16 @@ class Inbound:
             # Frames first: the first request may have arrived with the last handshake message.
             while (plain := self.link.decoder.next_frame()) is not None:
                 req = wire.decode(plain, Request, max_size=self.link.max_frame)
+                if self.output.full:
+                    # The peer is not reading its answers: read nothing more until it does,
+                    # rather than do work whose answers would be dropped (output.py).
+                    with trio.move_on_after(limits.send_timeout):
+                        await self.output.wait_room()
+                    if self.output.full:
+                        return
                 if self.in_flight >= limits.max_in_flight:
-                    busy = rpc.ErrorReply(rpc.ErrorCode.BUSY, "too many requests in flight")
-                    await self.link.send(Response(req.req_id, wire.encode(busy)))
+                    # written here, not in a task: a peer flooding requests meets back-pressure
+                    await self._send(req.req_id, wire.encode(_busy("too many requests in flight")))
                     continue
                 self.in_flight += 1
                 nursery.start_soon(self._answer, req)
@@ -245,7 +266,7 @@ class Inbound:
                 data = await self.link.receive()
             if idle.cancelled_caught:
                 if self.in_flight:
-                    continue
+                    continue  # a handler still working; answers merely unsent do not count
                 return
             if not data:
                 return
@@ -254,15 +275,28 @@ class Inbound:
     async def _answer(self, req: Request) -> None:
         try:
             reply = await self._dispatch(req)
+        finally:
+            # The handler is done: from here the answer counts against the output budget, not
+            # the in-flight limit (counting it until written made a reading peer meet BUSY).
+            self.in_flight -= 1
+        await self._send(req.req_id, wire.encode(reply), kind=req.kind)
+
+    async def _send(self, req_id: int, body: bytes, kind: int | None = None) -> None:
+        """Write one answer within the output budgets; BUSY in its place if it does not fit."""
+        if not self.output.reserve(len(body)):
+            body = wire.encode(_busy("answers not read: output budget full"))
+            self.output.force(len(body))
+        size = len(body)
+        try:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 try:
-                    await self.link.send(Response(req.req_id, wire.encode(reply)))
+                    await self.link.send(Response(req_id, body))
                 except LocalProtocolError:
-                    logger.error("answer to %s does not fit in a frame", _kind_name(req.kind))
+                    logger.error("answer to %s does not fit in a frame", _kind_name(kind))
                     too_big = rpc.ErrorReply(rpc.ErrorCode.INTERNAL, "answer too large")
-                    await self.link.send(Response(req.req_id, wire.encode(too_big)))
+                    await self.link.send(Response(req_id, wire.encode(too_big)))
         finally:
-            self.in_flight -= 1
+            self.output.release(size)
 
     async def _dispatch(self, req: Request) -> Any:
         error = rpc.ErrorCode
@@ -293,9 +327,13 @@ class Inbound:
         return reply
 
 
+def _busy(why: str) -> rpc.ErrorReply:
+    return rpc.ErrorReply(rpc.ErrorCode.BUSY, why)
+
+
 def _detail(e: Exception) -> str:
     return str(e)[:200]
 
 
-def _kind_name(kind: int) -> str:
+def _kind_name(kind: int | None) -> str:
     return next((t.__name__ for t, k in rpc.REQUEST_TYPES.items() if k == kind), str(kind))

@@ -26,7 +26,9 @@ Invariants:
 * limits are checked before any cryptography is spent: bans, connections in total, per source
   and pending per source, and a handshake token bucket per source and in all on accept; the
   handshake within `handshake_timeout`; connections per key once it is known; requests in
-  flight per connection (`BUSY` beyond), idle connections closed, frames no larger than
+  flight per connection (`BUSY` beyond), answers queued per connection and in all (output.py:
+  BUSY in an answer's place beyond, and no further request read), a frame not taken within
+  `send_timeout` closes its link, idle connections closed, frames no larger than
   `params.max_frame`;
 * the log never holds keys, plaintext, or peers' IP addresses (a client-only node's address is a
   mail user's address); peers appear by public node id at most.
@@ -65,6 +67,7 @@ from anonmail.net.links import (
     TcpStats,
     run_handshake,
 )
+from anonmail.net.output import NodeOutput
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.params import NetworkParams
@@ -101,6 +104,7 @@ class TcpNetwork:
         self.limits = limits
         self.admission = Admission(admission or AdmissionLimits())
         self.stats = TcpStats()
+        self.output = NodeOutput(limits.max_queued_total)  # answers queued on all inbound links
         self._cert: NodeCert | None = None
         self._listeners: list[trio.SocketListener] = []
         self._serve_scope: trio.CancelScope | None = None
@@ -237,8 +241,10 @@ class TcpNetwork:
             return  # banned, or the key holds its share: closed, no fault
         _add(self._by_unit, unit, scope)
         try:
-            link = Link(stream, done, self.params.max_frame, unit, self.stats)
-            inbound = Inbound(link, Peer(link.peer, ip), handler, self.limits, self.count_fault)
+            link = Link(stream, done, self.params.max_frame, unit, self.stats,
+                        self.limits.send_timeout)
+            inbound = Inbound(link, Peer(link.peer, ip), handler, self.limits, self.count_fault,
+                              self.output)
             fault = await inbound.run()
             if fault is not None:
                 self.count_fault(unit, fault)
