@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anonmail.net.admission import Admission, AdmissionLimits, Verdict, is_loopback
+from anonmail.net.admission import Admission, AdmissionLimits, Verdict, is_loopback, source_of
 
 SRC = "192.0.2.7"
 OTHER = "192.0.2.8"
@@ -81,6 +81,9 @@ def test_shared_source_is_judged_by_key_and_never_banned_whole() -> None:
 def test_loopback_recognised() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("127.3.2.1") and is_loopback("::1/128")
     assert not is_loopback("10.0.0.1") and not is_loopback("not an address")
+    # IPv6 sources are /64s, but ::1 stays itself so that it is recognised as loopback
+    assert source_of("::1") == "::1" and is_loopback(source_of("::1"))
+    assert source_of("2001:db8::5") == "2001:db8::/64" and not is_loopback("2001:db8::/64")
 
 
 @pytest.mark.threat("T-HANDSHAKE-FLOOD")

@@ -141,6 +141,10 @@ ALLOWED_COLUMNS = {
     "acked": {"inbox", "entry_id", "expires"},
     "nonces": {"scope", "expires"},
     "spent": {"inbox", "spend", "entry_id", "expires"},  # token ids: random keys, no sender
+    # storage budgets (store/ledger.py): who a row is charged to, as pseudonyms keyed by the
+    # node's own key, so the file alone names no node and no address
+    "charges": {"tab", "k1", "k2", "party", "source", "bytes"},
+    "usage": {"kind", "who", "bytes"},
 }
 
 

@@ -49,6 +49,8 @@ def source_of(ip: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.ipv4_mapped is not None:
             return str(addr.ipv4_mapped)
+        if addr.is_loopback:  # ::1 alone, not ::/64, which is_loopback would not recognise
+            return str(addr)
         return str(ipaddress.ip_network(f"{addr}/64", strict=False))
     return str(addr)
 

@@ -4,7 +4,8 @@ and names the one-time right it spends, and the rules for verified record kinds 
 
 Invariants: a policy judges the proof alone, never the peer (entries arrive through relays and by
 replication), and refuses with `Denied` only (an honest refusal, never a fault); limits are
-per node and per inbox, and an admission can only tighten them.
+per node, per inbox and per requesting party (store/budget.py), and an admission can only tighten
+the inbox's.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ class StoreLimits:
     inbox_bytes: int = 8 << 20  # accounted bytes per inbox
     max_delete_hashes: int = 1024  # live + removed delete hashes per object
     read_page_bytes: int = 512 << 10  # entry bytes per READ answer (the frame is 1 MiB)
+    # Budgets (store/budget.py, docs/storage.md "Storage budgets"), as fractions of node_bytes:
+    key_share: float = 1 / 32  # what one requesting node key may hold here
+    source_share: float = 1 / 8  # ... one source address (IPv4, IPv6 /64), all its keys together
+    open_share: float = 3 / 4  # filled beyond this, the node is in its reserve: ...
+    reserve_key_share: float = 1 / 256  # ... only keys holding less than this add more,
+    reserve_source_share: float = 1 / 64  # ... and only from sources holding less than this
 
 
 @dataclass(slots=True)
@@ -78,8 +85,12 @@ class StoreContext:
     append_policy: AppendPolicy = accept_within_quotas
     record_rules: dict[ObjectKind, RecordRule] = field(default_factory=dict)
     node_id: bytes = b""
+    party_secret: bytes = b""  # keys the pseudonyms budgets are kept under (store/budget.py)
 
     def __post_init__(self) -> None:
         self.node_id = ids.node_id(self.key.public)
+        # From the node key: stable across restarts (the ledger on disk stays usable), and a
+        # copy of the database without the key file cannot reverse a pseudonym to an address.
+        self.party_secret = crypto.kdf(self.key.seed(), "store-party-pseudonyms")
 
 

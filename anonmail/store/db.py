@@ -13,9 +13,11 @@ Invariants:
 * `meta.used_bytes` equals the sum of the `size` columns of objects and entries plus the fixed
   overheads of ACK tombstones and nonces; it is updated in the same transaction as the rows, so
   it is right after any crash (`recount()` recomputes it, for tests);
+* every accounted row is charged to the party whose request wrote it (`transaction(payer)`), in
+  the ledger (store/ledger.py), and released with the row, in the same transaction;
 * the schema holds only what nodes see on the wire: keys (hashes), ciphertext blobs, entry
-  bytes, digests, delete hashes (never the secrets), times. No address, name or plaintext field
-  exists (threat T-STORE-READ);
+  bytes, digests, delete hashes (never the secrets), times, and requesters only as keyed
+  pseudonyms. No address, name or plaintext field exists (threat T-STORE-READ);
 * an object row with `blob IS NULL` is a tombstone: the object was deleted and its key stays
   refused until `expires`, so a stale replica cannot bring it back (store/handlers.py);
 * the database file is created 0600 (SQLite gives its -wal and -shm files the same mode).
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from anonmail.errors import LocalError
 from anonmail.store.errors import StorageFailure
+from anonmail.store.ledger import LOCAL, Ledger, Party, object_item
 from anonmail.store.schema import (
     ACKED_OVERHEAD,
     MIGRATIONS,
@@ -69,6 +72,8 @@ class StoreDb:
         except sqlite3.Error as e:
             raise StorageFailure(f"cannot open the store database: {e}") from e
         self._in_tx = False
+        self._payer = LOCAL
+        self.ledger = Ledger(self._conn)
         try:
             self._setup()
         except BaseException:
@@ -114,9 +119,10 @@ class StoreDb:
     # -- transactions ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, payer: Party = LOCAL) -> Iterator[None]:
         """Run the block atomically. Exceptions roll back and propagate (sqlite3 errors as
-        `StorageFailure`); the block's changes are durable once this returns."""
+        `StorageFailure`); the block's changes are durable once this returns. Rows the block
+        adds are charged to `payer` (the requesting party; LOCAL: this node)."""
         if self._in_tx:
             raise LocalError("store transactions do not nest")
         try:
@@ -124,6 +130,7 @@ class StoreDb:
         except sqlite3.Error as e:
             raise StorageFailure(f"store database: {e}") from e
         self._in_tx = True
+        self._payer = payer
         try:
             yield
             self._commit()
@@ -135,6 +142,7 @@ class StoreDb:
             raise
         finally:
             self._in_tx = False
+            self._payer = LOCAL
 
     def _commit(self) -> None:
         """COMMIT (a separate method so tests can make it fail)."""
@@ -192,10 +200,12 @@ class StoreDb:
             (removed if gone else live).add(bytes(h))
         return live, removed
 
-    def put_object(self, row: ObjectRow, live: Iterable[bytes], removed: Iterable[bytes]) -> None:
-        """Insert or replace an object together with its whole delete-hash state."""
-        self._need_tx()
-        self.drop_object(row.key)
+    def put_object(self, row: ObjectRow, live: Iterable[bytes], removed: Iterable[bytes], *,
+                   replace: bool = False) -> None:
+        """Insert or replace an object together with its whole delete-hash state. `replace`: a
+        new object under the key, charged wholly to the payer; else the held one rewritten (a
+        merge, a delete): its payers keep their charges and the payer pays any growth."""
+        self._forget_object(row.key)  # (checks that a transaction is open)
         live_set, removed_set = set(live), set(removed) - set(live)
         size = object_size(row.blob, len(live_set) + len(removed_set))
         c = self._conn
@@ -206,9 +216,17 @@ class StoreDb:
                       [(row.key, h, 0) for h in sorted(live_set)]
                       + [(row.key, h, 1) for h in sorted(removed_set)])
         self._adjust(size)
+        (self.ledger.replace if replace else self.ledger.settle)(object_item(row.key), size,
+                                                                 self._payer)
 
     def drop_object(self, key: bytes) -> bool:
-        """Forget an object entirely (no tombstone). True if there was one."""
+        """Forget an object entirely (no tombstone), and its charges. True if there was one."""
+        if not self._forget_object(key):
+            return False
+        self.ledger.release(object_item(key))
+        return True
+
+    def _forget_object(self, key: bytes) -> bool:
         self._need_tx()
         c = self._conn
         row = c.execute("SELECT size FROM objects WHERE key=?", (key,)).fetchone()
@@ -261,6 +279,7 @@ class StoreDb:
             "INSERT INTO entries (inbox, entry_id, entry, proof, expires, size) "
             "VALUES (?, ?, ?, ?, ?, ?)", (inbox, eid, entry, proof, expires, size))
         self._adjust(size)
+        self.ledger.charge(("e", inbox, eid), self._payer, size)
 
     def extend_entry(self, inbox: bytes, eid: bytes, expires: int) -> None:
         self._need_tx()
@@ -307,6 +326,7 @@ class StoreDb:
             if old is None:
                 c.execute("INSERT INTO acked VALUES (?, ?, ?)", (inbox, eid, expires))
                 self._adjust(ACKED_OVERHEAD)
+                self.ledger.charge(("a", inbox, eid), self._payer, ACKED_OVERHEAD)
         return held
 
     def inbox_keys(self, now: float) -> list[bytes]:
@@ -327,6 +347,7 @@ class StoreDb:
             return None
         c.execute("DELETE FROM entries WHERE inbox=? AND entry_id=?", (inbox, eid))
         self._adjust(-int(row[1]))
+        self.ledger.release(("e", inbox, eid))
         return int(row[0])
 
     # -- owner-proof nonces ----------------------------------------------------------------------
@@ -339,6 +360,7 @@ class StoreDb:
         self._need_tx()
         self._conn.execute("INSERT INTO nonces VALUES (?, ?)", (scope, expires))
         self._adjust(NONCE_OVERHEAD)
+        self.ledger.charge(("n", scope, b""), self._payer, NONCE_OVERHEAD)
 
     # -- spent one-time rights (permit tokens) ----------------------------------------------------
 
@@ -354,6 +376,7 @@ class StoreDb:
             self._conn.execute("INSERT INTO spent VALUES (?, ?, ?, ?)",
                                (inbox, spend, eid, expires))
             self._adjust(SPENT_OVERHEAD)
+            self.ledger.charge(("s", inbox, spend), self._payer, SPENT_OVERHEAD)
 
     # -- expiry ----------------------------------------------------------------------------------
 
@@ -366,6 +389,7 @@ class StoreDb:
                 "SELECT key FROM objects WHERE expires <= ?", (now,))]
             for key in keys:
                 self.drop_object(key)
+            self.ledger.release_expired(now)
             freed = c.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries "
                               "WHERE expires <= ?", (now,)).fetchone()
             c.execute("DELETE FROM entries WHERE expires <= ?", (now,))

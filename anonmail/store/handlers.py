@@ -34,8 +34,10 @@ Semantics and invariants:
 * inbox entries are named by `entry_id(entry)`: duplicate APPENDs and replicas collapse. READ
   and ACK need an owner proof (store/proofs.py). ACK deletes and remembers the ids until the
   entries' expiry, so replication cannot hand them back;
-* every TTL is clamped to `limits.max_ttl`; sizes, per-inbox counts and bytes and the node's
-  total bytes are bounded; exceeding a bound is `QuotaExceeded` (not a fault: store/errors.py).
+* every TTL is clamped to `limits.max_ttl`; sizes, per-inbox counts and bytes, the node's total
+  bytes and each requesting party's share are bounded (store/budget.py: every row is charged to
+  the `Party` whose request wrote it, only growth is charged); exceeding a bound is
+  `QuotaExceeded` (not a fault: store/errors.py).
 
 APPEND authorisation is pluggable: `AppendPolicy(inbox, entry, proof, now)` raises `Denied` to
 refuse (an honest refusal: never a fault, because a policy judges the proof alone, not the peer:
@@ -59,6 +61,7 @@ from anonmail.records import ids
 from anonmail.records.certs import AddressCert
 from anonmail.records.receipts import Receipt, StoreOp
 from anonmail.store import proofs
+from anonmail.store.budget import LOCAL, Party, admit, admit_ack, as_party, inbox_room, spend_cost
 from anonmail.store.context import (
     Admission,
     AppendPolicy,
@@ -102,15 +105,12 @@ from anonmail.store.messages import (
     delete_hash,
     entry_id,
 )
+from anonmail.store.schema import NONCE_OVERHEAD, SPENT_OVERHEAD
 
-__all__ = ["Admission", "AppendPolicy", "RecordFacts", "RecordRule", "StoreContext",
+__all__ = ["Admission", "AppendPolicy", "Party", "RecordFacts", "RecordRule", "StoreContext",
            "StoreLimits", "accept_within_quotas", "dispatch"]
 
 MAX_PROBE_TOTAL = 4096  # entry ids across one Probe's items (bounds the handler's work)
-
-def _check_room(ctx: StoreContext, delta: int) -> None:
-    if delta > 0 and ctx.db.used_bytes() + delta > ctx.limits.node_bytes:
-        raise QuotaExceeded("quota: node storage full")
 
 
 def _expires(ctx: StoreContext, ttl: int, now: float, cap: int | None = None) -> int:
@@ -144,7 +144,7 @@ def _check_record(ctx: StoreContext, req: Store, now: float) -> RecordFacts:
     return rule(req.key, req.blob, now)
 
 
-def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
+def handle_store(ctx: StoreContext, req: Store, now: float, party: Party = LOCAL) -> Stored:
     lim, db = ctx.limits, ctx.db
     if len(req.blob) > lim.max_blob:
         raise QuotaExceeded("quota: object too large")
@@ -197,9 +197,12 @@ def handle_store(ctx: StoreContext, req: Store, now: float) -> Stored:
         # merge refreshing it would let anyone holding the blob suppress repair for ever).
         row = ObjectRow(old.key, old.kind, old.blob, old.digest, max(old.expires, expires),
                         old.cert_issued, old.deletable, old.touched)
-    _check_room(ctx, object_size(row.blob, len(live) + len(removed)) - db.stored_size(req.key))
-    with db.transaction():
-        db.put_object(row, live, removed)
+    # A new object is the requester's whole; a merge charges it only what it adds (no double
+    # charge for a republish or a second recipient's copy of a held body).
+    size, held_size = object_size(row.blob, len(live) + len(removed)), db.stored_size(req.key)
+    admit(ctx, party, size if row is fresh else size - held_size, size - held_size)
+    with db.transaction(party):
+        db.put_object(row, live, removed, replace=row is fresh)
     # Signed only now: the transaction above has committed (durable).
     receipt = Receipt.issue(ctx.key, StoreOp.STORE, req.key, digest, row.expires, now)
     return Stored(receipt)
@@ -239,19 +242,6 @@ def handle_delete(ctx: StoreContext, req: Delete, now: float) -> Deleted | NotFo
 # -- APPEND / READ / ACK --------------------------------------------------------------------------
 
 
-def _inbox_room(ctx: StoreContext, inbox: bytes, now: float, count: int, size: int,
-                adm: Admission) -> None:
-    """Raise QuotaExceeded unless the inbox and the node have room for `count` more entries of
-    `size` accounted bytes in total (the admission may set tighter inbox quotas)."""
-    held, used = ctx.db.inbox_usage(inbox, now)
-    lim = ctx.limits
-    if held + count > min(lim.inbox_entries, adm.entries or lim.inbox_entries):
-        raise QuotaExceeded("quota: inbox full (entries)", ErrorCode.INBOX_FULL)
-    if used + size > min(lim.inbox_bytes, adm.bytes or lim.inbox_bytes):
-        raise QuotaExceeded("quota: inbox full (bytes)", ErrorCode.INBOX_FULL)
-    _check_room(ctx, size)
-
-
 def _check_spend(db: StoreDb, inbox: bytes, eid: bytes, adm: Admission) -> None:
     """A one-time right may name one entry only (a repeat of that entry is not a second use)."""
     if adm.spend is not None:
@@ -260,8 +250,8 @@ def _check_spend(db: StoreDb, inbox: bytes, eid: bytes, adm: Admission) -> None:
             raise Denied("permit token already spent", ErrorCode.PERMIT_SPENT)
 
 
-def handle_append(ctx: StoreContext, req: Append, peer_node_id: bytes, now: float) -> Appended:
-    db = ctx.db
+def handle_append(ctx: StoreContext, req: Append, peer: bytes | Party, now: float) -> Appended:
+    db, party = ctx.db, as_party(ctx, peer)
     if len(req.entry) > ctx.limits.max_entry:
         raise QuotaExceeded("quota: entry too large")
     eid = entry_id(req.entry)
@@ -273,8 +263,11 @@ def handle_append(ctx: StoreContext, req: Append, peer_node_id: bytes, now: floa
     held = db.has_entry(req.inbox, eid)
     proof = None if req.proof is None else wire.encode(req.proof)
     if held is None:
-        _inbox_room(ctx, req.inbox, now, 1, entry_size(req.entry, proof), adm)
-    with db.transaction():
+        inbox_room(ctx, party, req.inbox, now, 1, entry_size(req.entry, proof), adm,
+                   spend_cost(db, req.inbox, adm))
+    else:  # a duplicate costs nothing new (but a right spent on it now)
+        admit(ctx, party, spend_cost(db, req.inbox, adm))
+    with db.transaction(party):
         if held is None:
             db.add_entry(req.inbox, eid, req.entry, proof, expires)
         else:
@@ -286,25 +279,27 @@ def handle_append(ctx: StoreContext, req: Append, peer_node_id: bytes, now: floa
     return Appended(receipt)
 
 
-def handle_read(ctx: StoreContext, req: Read, now: float) -> Entries:
+def handle_read(ctx: StoreContext, req: Read, now: float, party: Party = LOCAL) -> Entries:
     db = ctx.db
     scope = proofs.check_owner_proof(db, req.proof, OwnerOp.READ, req.inbox,
                                      args_digest_read(req.after), ctx.node_id, ctx.trusted_cas,
                                      ctx.params, now)
     rows, more = db.read_entries(req.inbox, req.after, now, ctx.limits.read_page_bytes,
                                  MAX_PAGE)
-    with db.transaction():
+    admit(ctx, party, NONCE_OVERHEAD, reserve=False)  # the nonce, remembered for the skew
+    with db.transaction(party):
         proofs.record_nonce(db, scope, req.proof, ctx.params)
     return Entries(tuple(InboxEntry(r.entry, r.expires) for r in rows),
                    rows[-1].seq if rows else req.after, more)
 
 
-def handle_ack(ctx: StoreContext, req: Ack, now: float) -> Acked:
+def handle_ack(ctx: StoreContext, req: Ack, now: float, party: Party = LOCAL) -> Acked:
     db = ctx.db
     scope = proofs.check_owner_proof(db, req.proof, OwnerOp.ACK, req.inbox,
                                      args_digest_ack(req.entry_ids), ctx.node_id,
                                      ctx.trusted_cas, ctx.params, now)
-    with db.transaction():
+    admit_ack(ctx, party, req.inbox, req.entry_ids)
+    with db.transaction(party):
         proofs.record_nonce(db, scope, req.proof, ctx.params)
         # An id we do not hold is remembered too (until the longest TTL): its entry may still
         # reach us by replication from a replica that missed this ACK.
@@ -341,16 +336,16 @@ def handle_probe(ctx: StoreContext, req: Probe, now: float) -> Needs:
     return Needs(tuple(out))
 
 
-def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
+def handle_replicate(ctx: StoreContext, req: Replicate, peer: bytes | Party,
                      now: float) -> Replicated:
     """Take entries another replica pushes (republish). Each is judged as an APPEND would be
-    (quota, then the append policy on its original proof); one refused entry does not spoil
-    the batch, a full inbox ends it."""
-    db = ctx.db
+    (quota, then the append policy on its original proof) and charged to the pushing replica;
+    one refused entry does not spoil the batch, a full inbox or budget ends it."""
+    db, party = ctx.db, as_party(ctx, peer)
     take: list[tuple[bytes, bytes, bytes | None, int, Admission]] = []
     seen: set[bytes] = set()
     spends: set[bytes] = set()
-    count = size = 0
+    count = size = extra = 0
     for item in req.entries:
         eid = entry_id(item.entry)
         if (eid in seen or len(item.entry) > ctx.limits.max_entry
@@ -367,10 +362,12 @@ def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
             continue
         proof = None if item.proof is None else wire.encode(item.proof)
         esize = entry_size(item.entry, proof)
+        spend = 0 if adm.spend is None else SPENT_OVERHEAD  # new here: _check_spend passed
         try:
-            _inbox_room(ctx, req.inbox, now, count + 1, size + esize, adm)
+            inbox_room(ctx, party, req.inbox, now, count + 1, size + esize, adm, extra + spend)
         except QuotaExceeded:
             break
+        extra += spend
         seen.add(eid)
         if adm.spend is not None:
             spends.add(adm.spend)
@@ -378,7 +375,7 @@ def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
         size += esize
         take.append((eid, item.entry, proof, _expires(ctx, item.ttl, now, adm.max_ttl), adm))
     if take:
-        with db.transaction():
+        with db.transaction(party):
             for eid, entry, proof, expires, adm in take:
                 db.add_entry(req.inbox, eid, entry, proof, expires)
                 if adm.spend is not None:
@@ -388,23 +385,24 @@ def handle_replicate(ctx: StoreContext, req: Replicate, peer_node_id: bytes,
 
 # -- dispatch -------------------------------------------------------------------------------------
 
-_Handler = Callable[[StoreContext, Any, bytes, float], Any]  # (ctx, request, peer id, now)
+_Handler = Callable[[StoreContext, Any, Party, float], Any]  # (ctx, request, requester, now)
 
 HANDLERS: dict[type, _Handler] = {
-    Store: lambda ctx, req, _peer, now: handle_store(ctx, req, now),
-    Fetch: lambda ctx, req, _peer, now: handle_fetch(ctx, req, now),
-    Delete: lambda ctx, req, _peer, now: handle_delete(ctx, req, now),
+    Store: lambda ctx, req, party, now: handle_store(ctx, req, now, party),
+    Fetch: lambda ctx, req, _party, now: handle_fetch(ctx, req, now),
+    Delete: lambda ctx, req, _party, now: handle_delete(ctx, req, now),
     Append: handle_append,
-    Read: lambda ctx, req, _peer, now: handle_read(ctx, req, now),
-    Ack: lambda ctx, req, _peer, now: handle_ack(ctx, req, now),
-    Probe: lambda ctx, req, _peer, now: handle_probe(ctx, req, now),
+    Read: lambda ctx, req, party, now: handle_read(ctx, req, now, party),
+    Ack: lambda ctx, req, party, now: handle_ack(ctx, req, now, party),
+    Probe: lambda ctx, req, _party, now: handle_probe(ctx, req, now),
     Replicate: handle_replicate,
 }
 
 
-def dispatch(ctx: StoreContext, peer_node_id: bytes, msg: Any, now: float) -> Any:
-    """Answer one store request. Raises `Denied` (honest) or `Invalid` (a fault) to refuse."""
+def dispatch(ctx: StoreContext, peer: bytes | Party, msg: Any, now: float) -> Any:
+    """Answer one store request from `peer` (the party it is charged to: budget.party_of; a
+    bare node id is judged by key alone). Raises `Denied` (honest) or `Invalid` (a fault)."""
     handler = HANDLERS.get(type(msg))
     if handler is None:
         raise Invalid(f"not a store request: {type(msg).__name__}")
-    return handler(ctx, msg, peer_node_id, now)
+    return handler(ctx, msg, as_party(ctx, peer), now)

@@ -4,14 +4,15 @@ Invariants: the schema holds only what nodes see on the wire (keys, ciphertext, 
 digests, delete hashes, times: threat T-STORE-READ); `SCHEMA_VERSION` names it, and a database
 of another version is refused, not guessed at; every row's accounted size is its bytes plus a
 fixed overhead per row (`object_size`, `entry_size`, and the ACK and nonce overheads), so a
-quota bounds the disk a peer can make us use, indexes included.
+quota bounds the disk a peer can make us use, indexes included; every accounted row is charged
+to the party that asked for it (`charges`, store/ledger.py), so budgets survive restarts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Accounted bytes beyond the payload: rows, index entries and keys are not free, and without a
 # per-row charge a flood of tiny objects would be unbounded in everything but bytes.
@@ -84,8 +85,45 @@ CREATE INDEX spent_expires ON spent (expires);
 """
 SCHEMA += SPENT
 
+# Version 3 (storage budgets, store/budget.py): who each accounted row is charged to
+# (store/ledger.py), and each key's and source's total, kept with the rows so budgets survive
+# restarts. IF NOT EXISTS: a migration may meet a database whose tables came from a later script.
+CHARGES = """
+CREATE TABLE IF NOT EXISTS charges (
+    tab TEXT NOT NULL,            -- o object, e entry, a ACK record, n nonce, s spent right
+    k1 BLOB NOT NULL,             -- the row's key: object key, inbox, or nonce scope
+    k2 BLOB NOT NULL,             -- entry id or spent right; X'' for objects and nonces
+    party BLOB NOT NULL,          -- keyed pseudonym of the requesting node id; X'': this node
+    source BLOB NOT NULL,         -- keyed pseudonym of its source address; X'': none (by key)
+    bytes INTEGER NOT NULL,       -- this party's part of the row's accounted size
+    PRIMARY KEY (tab, k1, k2, party, source)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+    kind TEXT NOT NULL,           -- k: a key's total, s: a source's total
+    who BLOB NOT NULL,            -- the party or source pseudonym
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (kind, who)
+) WITHOUT ROWID;
+"""
+SCHEMA += CHARGES
+
+# Rows already held when a version-2 database is opened: charged to this node (X''), whose
+# share is not limited, so nothing held is refused or lost and every budget starts empty.
+# The literals are ACKED_, NONCE_ and SPENT_OVERHEAD (the migration test checks the sums).
+CHARGE_HELD = """
+DELETE FROM charges;
+DELETE FROM usage;
+INSERT INTO charges SELECT 'o', key, X'', X'', X'', size FROM objects;
+INSERT INTO charges SELECT 'e', inbox, entry_id, X'', X'', size FROM entries;
+INSERT INTO charges SELECT 'a', inbox, entry_id, X'', X'', 64 FROM acked;
+INSERT INTO charges SELECT 'n', scope, X'', X'', X'', 64 FROM nonces;
+INSERT INTO charges SELECT 's', inbox, spend, X'', X'', 96 FROM spent;
+INSERT INTO usage SELECT 'k', X'', total FROM (SELECT SUM(bytes) AS total FROM charges)
+    WHERE total > 0;
+"""
+
 # What turns a database of version v into version v + 1 (applied in order at open).
-MIGRATIONS: dict[int, str] = {1: SPENT}
+MIGRATIONS: dict[int, str] = {1: SPENT, 2: CHARGES + CHARGE_HELD}
 
 
 def statements(script: str) -> list[str]:

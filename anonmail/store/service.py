@@ -18,6 +18,12 @@ within the last interval is skipped: whoever stored it stored it on the other re
 the STORE that placed it counts, not later merges: else anyone holding the blob could suppress
 repair by re-storing it every interval.
 
+Budgets (store/budget.py): every request is charged to the party that sent it, its node key
+and, off loopback and off testnets, its source address (`party_of`). A republish push is charged
+to the pushing replica like any STORE, but only when the target lacks the object (the Probe
+comes first, and a STORE of a held object is a merge that charges nothing new), so a replica's
+republish passes never add up against its share.
+
 Deviation: seed 002 §2.3 also collects, under storage pressure, objects the node is no longer
 responsible for, from inside a STORE. Finding out needs lookups, which a synchronous handler
 cannot make; here a full node refuses (quota) and sheds such objects at its next republish.
@@ -52,6 +58,7 @@ from anonmail.records.certs import NodeCert
 from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import StoreOp
 from anonmail.rng import Rng
+from anonmail.store.budget import party_of
 from anonmail.store.client import Lookup, check_receipt, closest
 from anonmail.store.db import EntryRow, Expired, StoreDb
 from anonmail.store.handlers import (
@@ -114,7 +121,10 @@ class StoreService:
                  append_policy: AppendPolicy = accept_within_quotas,
                  record_rules: dict[ObjectKind, RecordRule] | None = None,
                  gc_interval: float = 600.0, republish_interval: float = 3600.0,
-                 republish_parallel: int = 8, offload: bool = False) -> None:
+                 republish_parallel: int = 8, offload: bool = False,
+                 shared_sources: bool | None = None) -> None:
+        """`shared_sources`: judge every requester by its key alone, never by its address
+        (default: on a testnet, whose nodes share addresses, as net/admission.py does)."""
         self.net = net
         self.dht = dht
         self.params = params
@@ -131,6 +141,8 @@ class StoreService:
         if offload and not db.threads:
             raise LocalError("offload=True needs a StoreDb opened with threads=True")
         self.offload = offload
+        self.shared_sources = (params.allow_private_endpoints if shared_sources is None
+                               else shared_sources)
         self._db_lock = trio.CapacityLimiter(1)
         self.stats = StoreStats()
 
@@ -150,7 +162,9 @@ class StoreService:
         now = self.clock.now()
         self.stats.handled += 1
         try:
-            return await self._db(dispatch, self.ctx, peer.node_id, msg, now)
+            party = party_of(self.ctx.party_secret, peer.node_id, peer.address,
+                             shared=self.shared_sources)
+            return await self._db(dispatch, self.ctx, party, msg, now)
         except Refusal:
             self.stats.refused += 1
             raise
