@@ -1,7 +1,8 @@
 """`anonmail run` as users run it: real processes on a local testnet. Two users each run one;
-the one-shot commands, with no passphrase available, are done by the running agents; the mail
-goes out once permitted and arrives in the recipient's Maildir by itself (the agent checks and
-retrieves); `status` shows agent and gateway; SIGTERM stops with one line and exit 0."""
+a first message, anonymous (the default) or direct, asks for permission; the one-shot commands,
+with no passphrase available, are done by the running agents; the mail goes out once permitted
+and arrives in the recipient's Maildir by itself (the agent checks and retrieves); `status`
+shows agent and gateway; SIGTERM stops with one line and exit 0."""
 
 from __future__ import annotations
 
@@ -30,16 +31,17 @@ def users(tmp_path: Path) -> Iterator[tuple[LocalNet, RunUser, RunUser]]:
 
 
 @pytest.mark.slow  # ~80 s; tests/test_run_clients.py runs two users under `anonmail run` by default
+@pytest.mark.parametrize("how", [(), ("--direct",)], ids=["anonymous", "direct"])
 def test_run_agents_do_the_commands_and_deliver_by_themselves(
-        users: tuple[LocalNet, RunUser, RunUser], tmp_path: Path) -> None:
+        users: tuple[LocalNet, RunUser, RunUser], tmp_path: Path, how: tuple[str, ...]) -> None:
     _, alice, bob = users
     # the agents publish the addresses `init --offline` left unpublished
     wait_for(lambda: alice.status()["agent"]["cert_published"] is not None, "alice's cert")
     wait_for(lambda: bob.status()["agent"]["cert_published"] is not None, "bob's cert")
     body = tmp_path / "body.txt"
     body.write_text("hello from the agent\n")
-    r = cli("send", "--home", str(alice.home), "--to", bob.address, "--subject", "by agent",
-            str(body))
+    r = cli("send", *how, "--home", str(alice.home), "--to", bob.address, "--subject",
+            "by agent", str(body))
     assert r.returncode == 0, r.stderr
     assert "asked for permission to write" in r.stdout
     # Bob's agent has the request by itself (no command checked for it)

@@ -46,9 +46,11 @@ BLOCK_EX = """\
 examples:
   anonmail block mallory@abcd...wxyz.anon"""
 CONTACTS_HELP = """\
-List your contacts and the addresses you allowed or blocked; `add` makes ADDRESS a contact
-(permits both ways; its requests are granted by your policy), `remove` makes it a merely
-allowed address again (the permits it holds stay valid until `anonmail block`)."""
+List your contacts and the addresses you allowed or blocked (with "double-spent tokens: N" when
+one of their permits was spent on more than one message: the extra copies were dropped; only
+`anonmail block` acts on it); `add` makes ADDRESS a contact (permits both ways; its requests are
+granted by your policy), `remove` makes it a merely allowed address again (the permits it holds
+stay valid until `anonmail block`)."""
 CONTACTS_EX = """\
 examples:
   anonmail contacts
@@ -161,13 +163,17 @@ def cmd_contacts(args: argparse.Namespace) -> int:
         book = _book(args)
         now = time.time()
         rows = sorted(book.people.values(), key=lambda c: c.address)
-        shown = [c for c in rows if c.status is not Status.NONE or book.held_count(c.address, now)]
+        shown = [c for c in rows if c.status is not Status.NONE or c.double_spent
+                 or book.held_count(c.address, now)]
         if not shown:
             print("no contacts yet")
         for c in shown:
             held = book.held_count(c.address, now)
+            # Said, never acted on: only the owner's `block` revokes (a token could also have
+            # been stolen from them).
+            cheat = f"; double-spent tokens: {c.double_spent}" if c.double_spent else ""
             print(f"{c.status.name.lower():8} {c.address}  (you hold {held} of their permits; "
-                  f"they hold about {c.supply} of yours)")
+                  f"they hold about {c.supply} of yours{cheat})")
         return 0
     if args.address is None:
         raise UserError(f"`anonmail contacts {args.action}` needs an ADDRESS")

@@ -7,7 +7,8 @@
 2. for each entry not handled before: open it with our seal key, verify it (envelope.
    verify_header: for us, sender certificate valid, sender signature good); drop forgeries;
    de-duplicate by message id (the same message may arrive as different entries, e.g. a sender's
-   retry);
+   retry); drop an entry that spends a permit token already spent on another entry (a double
+   spend: each replica keeps one entry per token, and only the owner reads them all);
 3. write every new notification to the local store (maildir.LocalMail: durable, fsynced) and
    remember every handled entry id;
 4. only then ACK the handled entries on every replica that answered and on the r closest.
@@ -42,7 +43,8 @@ from anonmail.store.client import Lookup, ReadResult, ack_all, read_all
 
 MAX_AGE = 30 * 86400  # the longest TTL a node keeps anything (StoreLimits.max_ttl)
 
-OnEntry = Callable[[envelope.HeaderPlain, bool], None]  # (verified entry, from request inbox)
+# (verified entry, from the request inbox, entry id) -> False: drop it (a double spend)
+OnEntry = Callable[[envelope.HeaderPlain, bool, bytes], bool]
 
 
 @dataclass
@@ -77,7 +79,7 @@ async def collect(net: Network, dht: Lookup, identity: AddressIdentity, local: L
                   inbox: bytes | None = None) -> tuple[CheckReport, ReadResult]:
     """Steps 1-3: read, open, verify, save. Nothing is ACKed here. `inbox`: the inbox key
     (default ours; the request inbox holds RTS notes only). `on_entry` sees every verified
-    entry (the permit book's accounting, mail/permits.py)."""
+    entry (the permit book's accounting, mail/permits.py) and may drop it (a double spend)."""
     r = params.replication
     identity.check(trusted_cas, clock.now(), params.clock_skew)
     own = ids.inbox_key(identity.address)
@@ -112,9 +114,11 @@ async def collect(net: Network, dht: Lookup, identity: AddressIdentity, local: L
         except RemoteProtocolError:
             report.rejected["unreadable (not sealed to us, or damaged)"] += 1
         else:
-            if on_entry is not None:
-                on_entry(plain, requests)
-            if header is None:
+            if on_entry is not None and not on_entry(plain, requests, eid):
+                # A token already spent on another entry (mail/permits.py `on_entry`): the
+                # entry read first stands, this one is never shown.
+                report.rejected["spends a permit already spent (dropped)"] += 1
+            elif header is None:
                 report.notes += 1
             else:
                 mid = header.message_id

@@ -5,21 +5,27 @@ on exactly the sealed entry); else the recipient's signed InboxPolicy, fetched f
 replicas, decides: OPEN takes a proof-of-work stamp; PERMITS means an RTS first (a signed
 `PermitNote` REQUEST with a few of our own tokens, sealed to the owner and appended to its
 request inbox with a stamp) while the message waits in the Outbox for that recipient; it goes
-out by itself (`flush`) in the first session that sees the grant.
+out by itself (`flush`) in the first session that sees the grant. One RTS per recipient is
+outstanding at a time (the book keeps when it went out): a further send or retry waits for the
+answer, and asks again only once the request has lapsed (`RTS_LAPSE`, the request inbox's TTL).
 
 As an owner: every entry read is accounted (tokens granted to us kept; which of our tokens it
-spent; how many of ours the sender still holds). An RTS from a contact or an allowed
-correspondent is granted by policy; from a blocked one dropped; from anyone else kept for review
-(`anonmail requests`). Grants are made only here, and only for those reasons or the owner's own
-command (`allow`, `contacts add`, a message the owner sends): never because of anything an entry
-says (seed 003 §8.1: a hijacked client must not grant permission). `block` revokes the unspent
-tokens issued to the blocked address with a new policy version, stored on every inbox replica.
+spent, and a token spent on a second entry is a double spend: the entry is dropped and counted
+against whom the token was issued; how many of ours the sender still holds). An RTS from a
+contact or an allowed correspondent is granted by policy; from a blocked one dropped; from
+anyone else kept for review (`anonmail requests`). Grants are made only here, and only for those
+reasons or the owner's own command (`allow`, `contacts add`, a message the owner sends:
+`wrote_to`): never because of anything an entry says (seed 003 §8.1: a hijacked client must not
+grant permission). `block` revokes the unspent tokens issued to the blocked address with a new
+policy version, stored on every inbox replica. Where policies and entries are stored:
+mail/policies.py.
 
 Nodes see a token (a random key) or a stamp: never a sender, never a stable pseudonym.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,54 +33,29 @@ import trio
 
 from anonmail import wire
 from anonmail.clock import Clock
-from anonmail.errors import ErrorCode, RemoteProtocolError, UserError
+from anonmail.errors import UserError
 from anonmail.mail import envelope
 from anonmail.mail.envelope import Extras, HeaderPlain
 from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.policies import Policies
 from anonmail.net.base import Network
 from anonmail.permit.book import GRANT_BATCH, REPLY_TOKENS, PermitBook, Status
 from anonmail.permit.gate import REQUEST_TTL
 from anonmail.permit.notes import NoteKind, make_note
-from anonmail.permit.records import (
-    MAX_POLICY,
-    HeldToken,
-    InboxPolicy,
-    PolicyMode,
-    issue_tokens,
-    mint_stamp,
-    spend,
-)
+from anonmail.permit.records import HeldToken, PolicyMode, issue_tokens, mint_stamp, spend
 from anonmail.records import ids
-from anonmail.records.certs import AddressCert, NodeCert
+from anonmail.records.certs import AddressCert
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
-from anonmail.store.client import (
-    REQUEST_ERRORS,
-    Lookup,
-    Placement,
-    append_replicated,
-    closest,
-    fetch_cert,
-    request_all,
-    store_replicated,
-)
-from anonmail.store.messages import (
-    AppendProof,
-    AppendProofKind,
-    Fetch,
-    Fetched,
-    ObjectKind,
-    Store,
-    Stored,
-    entry_id,
-)
+from anonmail.store.client import Lookup, Placement, fetch_cert
+from anonmail.store.messages import AppendProof, AppendProofKind, entry_id
 
-POLICY_TTL = 30 * 86400  # nodes keep a policy at most this long: republish with the cert
 BOOK_FILE = "permits.cbor"
 # Stamps up to this many bits (~30 ms) are minted on the event loop: a thread would let a
 # simulation's MockClock (autojump) leap ahead while it runs.
 INLINE_BITS = 16
-PUSHES = 4  # rounds of "push the policy to the replicas that lack it, append again"
+# An RTS unanswered this long has left the owner's request inbox (its TTL): ask again.
+RTS_LAPSE = REQUEST_TTL
 
 
 @dataclass
@@ -115,85 +96,15 @@ class Settled:
     failed: list[str] = field(default_factory=list)
 
 
-class Permits:
+class Permits(Policies):
     def __init__(self, net: Network, dht: Lookup, identity: AddressIdentity, book: PermitBook,
                  params: NetworkParams, clock: Clock, rng: Rng,
                  trusted_cas: frozenset[bytes]) -> None:
-        self.net = net
-        self.dht = dht
-        self.identity = identity
-        self.book = book
-        self.params = params
-        self.clock = clock
+        super().__init__(net, dht, identity, book, params, clock, trusted_cas)
         self.rng = rng
-        self.trusted_cas = trusted_cas
         # Correspondents a grant is due to: True for a request granted by policy (always
         # answered), False for a refill (skipped if a mail sent since carried one).
         self.owed: dict[str, bool] = {}
-
-    @property
-    def me(self) -> str:
-        return self.identity.address
-
-    # -- the owner's policy ----------------------------------------------------------------------
-
-    def policy(self) -> InboxPolicy:
-        return self.book.policy(self.identity.sign, self.identity.cert, self.clock.now())
-
-    async def publish_policy(self) -> int:
-        """STORE the current policy under our inbox and request inbox keys; how many inbox
-        replicas took it. A block is only as good as the replicas that hold it."""
-        policy = self.policy()
-        blob = wire.encode(policy)
-        ttl = max(1, min(POLICY_TTL, self.identity.cert.expires - int(self.clock.now())))
-        took = 0
-        for key in (ids.inbox_key(self.me), ids.requests_key(self.me)):
-            placed = await store_replicated(self.net, self.dht, key, ObjectKind.POLICY, blob,
-                                            ttl, (), self.params.replication, clock=self.clock,
-                                            skew=self.params.clock_skew)
-            if key == ids.inbox_key(self.me):
-                took = len(placed.receipts)
-        self.book.published = self.book.version
-        self.book.save()
-        return took
-
-    # -- a recipient's policy --------------------------------------------------------------------
-
-    async def fetch_policy(self, address: str, key: bytes | None = None, *,
-                           newest: bool = False) -> InboxPolicy | None:
-        """A valid policy from the replicas of `address`'s inbox (or `key`): the first found
-        (enough to learn the rules), or with `newest` the newest any replica holds (what a
-        push must carry: never an older revocation list). One replica at a time (an
-        anonymizer fetches from one target per request)."""
-        key = ids.inbox_key(address) if key is None else key
-        best: InboxPolicy | None = None
-        now = self.clock.now()
-        for node in await closest(self.dht, key, self.params.replication):
-            try:
-                reply = await self.net.request(node, Fetch(key))
-            except REQUEST_ERRORS:
-                continue
-            if not isinstance(reply, Fetched) or reply.kind is not ObjectKind.POLICY:
-                continue
-            try:
-                policy = wire.decode(reply.blob, InboxPolicy, max_size=MAX_POLICY)
-                policy.cert.verify(self.trusted_cas, now, self.params.clock_skew)
-                policy.verify()
-            except RemoteProtocolError:
-                continue
-            if policy.cert.address == address and policy.covers(key) and (
-                    best is None or policy.version > best.version):
-                best = policy
-                if not newest:
-                    break
-        return best
-
-    async def push_policy(self, key: bytes, nodes: Sequence[NodeCert],
-                          policy: InboxPolicy) -> set[bytes]:
-        """Give `nodes` the owner's signed policy; the ids of those that took it."""
-        store = Store(key, ObjectKind.POLICY, wire.encode(policy), POLICY_TTL, ())
-        return {o.item.node_id for o in await request_all(self.net, nodes, store)
-                if isinstance(o.value, Stored)}
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -222,10 +133,21 @@ class Permits:
         inbox = ids.inbox_key(address) if stamp_bits is not None else ids.requests_key(address)
         return Ticket(inbox, None, bits, Extras(given, supply, b""))
 
+    def wrote_to(self, addresses: Sequence[str]) -> None:
+        """The user sends to `addresses` (the user's own action, never an entry's content):
+        they may write back. Each one not yet allowed becomes ALLOWED, so the mail (or the RTS)
+        carries a grant and later reads refill it; a request of theirs waiting for review is
+        answered by this. A blocked address stays blocked (`allow` lifts a block)."""
+        for address in addresses:
+            if address != self.me and self.book.status(address) is Status.NONE:
+                self.book.set_status(address, Status.ALLOWED)
+                self.book.drop_request(address)
+        self.book.save()
+
     async def sort(self, addresses: Sequence[str], certs: dict[str, AddressCert],
                    note: str) -> Sorted:
         """Who can be written to now; RTS to those who must be asked (one per recipient: not
-        again while a request is outstanding)."""
+        again while a request is outstanding, until it lapses)."""
         out = Sorted()
         now = self.clock.now()
         for address in addresses:
@@ -241,9 +163,19 @@ class Permits:
                 out.ready.append(address)
                 out.open_bits[address] = max(policy.stamp_bits, self.params.stamp_bits)
                 continue
+            asked = self.book.asked_at(address)
+            if asked and now < asked + RTS_LAPSE:
+                # Pending: another RTS would cost a stamp and a slot of their request-inbox
+                # quota, and tell them nothing new.
+                out.waiting[address] = (f"asked for permission to write on {_day(asked)}: "
+                                        f"waiting for the answer (asks again after "
+                                        f"{_day(asked + RTS_LAPSE)})")
+                continue
             bits = max(policy.stamp_bits, self.params.stamp_bits)
             if await self.send_note(certs[address], NoteKind.REQUEST, note, REPLY_TOKENS,
                                     stamp_bits=bits):
+                self.book.set_asked(address, int(now))
+                self.book.save()
                 out.asked[address] = "asked for permission to write (an RTS was sent)"
             else:
                 out.waiting[address] = "could not deliver the request to write: will retry"
@@ -270,63 +202,23 @@ class Permits:
         proof = await t.prove(entry, self.clock.now(), self.rng)
         return await self.place(address, t.inbox, entry, ttl, proof)
 
-    async def place(self, address: str, inbox: bytes, entry: bytes, ttl: int,
-                    proof: AppendProof, rounds: int = 4) -> Placement:
-        """APPEND on the inbox's r replicas. One round first: a full inbox refuses on every
-        replica, and trying farther nodes would park the entry where its owner never reads.
-        Replicas that answer NO_POLICY (new among the closest) are given the owner's policy
-        and asked again; the set widens (up to `rounds`) only past nodes that failed, or that
-        still lack the policy after taking it (a node that drops what it stores)."""
-        r, skew = self.params.replication, self.params.clock_skew
-        placed = await append_replicated(self.net, self.dht, inbox, entry, ttl, proof, r,
-                                         clock=self.clock, skew=skew, rounds=1)
-        pushed: set[bytes] = set()
-        dead: set[bytes] = set()  # took the policy and still lack it: no replica at all
-        policy: InboxPolicy | None = None
-        for _ in range(PUSHES):
-            lacking = placed.refused_with(ErrorCode.NO_POLICY)
-            if len(placed.receipts) >= r or not (lacking or placed.failures):
-                break  # done, or refused for what a policy cannot mend (full, revoked)
-            dead.update(n.node_id for n in lacking if n.node_id in pushed)
-            widen = len(placed.failures) + len(dead)
-            if lacking or dead:
-                # The replicas: the r closest, widened past the dead ones (seed 002 §3.1 step
-                # 6), never farther: an entry placed farther is one its owner never reads.
-                if policy is None:
-                    policy = await self.fetch_policy(address, inbox, newest=True)
-                    if policy is None:
-                        break
-                want = [c for c in await closest(self.dht, inbox, r + widen)
-                        if c.node_id not in placed.receipts_by_node and c.node_id not in dead
-                        and c.node_id not in pushed]
-                pushed |= await self.push_policy(inbox, want, policy)
-            again = await append_replicated(self.net, self.dht, inbox, entry, ttl, proof, r,
-                                            clock=self.clock, skew=skew,
-                                            rounds=min(rounds, 2) if widen else 1)
-            placed.receipts_by_node.update(again.receipts_by_node)
-            placed.refusals = again.refusals
-            placed.failures.update(again.failures)
-            placed.tried.update(again.tried)
-        self._learn_block(address, placed)
-        return placed
-
-    def _learn_block(self, address: str, placed: Placement) -> None:
-        """Learn from refusals: revoked tokens mean we were blocked (drop what we hold)."""
-        if any(e.code is ErrorCode.PERMIT_REVOKED for e in placed.refusals.values()) \
-                and not placed.receipts:
-            self.book.drop_held(address)
-            self.book.save()
-
     # -- reading ---------------------------------------------------------------------------------
 
-    def on_entry(self, plain: HeaderPlain, from_requests: bool) -> None:
-        """Account for one verified entry (the caller verified its header or note)."""
+    def on_entry(self, plain: HeaderPlain, from_requests: bool, entry: bytes) -> bool:
+        """Account for one verified entry (the caller verified its header or note; `entry`
+        is its id). False: drop it, it spends a token already spent on another entry (replicas
+        each keep one entry per token; reading them all, we see the rest). The first one read
+        stands; the book counts the double spend, and only the owner blocks."""
         sender = plain.sender
         address = sender.address
         now = self.clock.now()
         book = self.book
         if address == self.me:
-            return
+            return True
+        if not from_requests and plain.spent and book.note_spent(address, plain.spent, entry,
+                                                                 now) is not None:
+            book.save()
+            return False
         status = book.status(address)
         granted = envelope.valid_grant(plain, now)
         if status is not Status.BLOCKED and granted:
@@ -334,8 +226,6 @@ class Permits:
         if status is not Status.BLOCKED:
             book.remember_cert(sender)  # verified: seals our grants without a lookup
         if not from_requests:
-            if plain.spent:
-                book.note_spent(address, plain.spent)
             book.note_supply(address, plain.supply)
             if book.needs_refill(address):
                 self.owed.setdefault(address, False)
@@ -346,6 +236,7 @@ class Permits:
             elif status is Status.NONE:
                 book.add_request(sender, note.note, note.date)
         book.save()
+        return True
 
     async def settle(self) -> Settled:
         """Send the grants that are due (policy grants for requests, refills), publish a
@@ -403,6 +294,10 @@ class Permits:
         revoked = self.book.block(address, self.clock.now())
         self.book.save()
         return revoked, await self.publish_policy()
+
+
+def _day(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).strftime("%Y-%m-%d")
 
 
 def introduce(a: Permits, b: Permits, count: int = GRANT_BATCH, *, save: bool = True) -> None:

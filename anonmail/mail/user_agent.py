@@ -145,6 +145,9 @@ class MailAgent:
         except send_mod.SendFailed as e:
             raise send_mod.SendFailed(f"{e}; the message is kept in your Outbox",
                                       e.report) from None
+        # The user writes to them: they may write back (tokens ride with this message, or with
+        # the RTS). Here, on the user's own send, never on anything an entry says.
+        self.permits.wrote_to(targets)
         sorted_ = await self.permits.sort(targets, certs, f"Subject: {msg.subject}")
         later = {**sorted_.asked, **sorted_.waiting}
         earlier = self.local.waiting(msg.message_id)

@@ -12,14 +12,22 @@ For each correspondent (by address) it keeps:
 * `supply`: how many of our tokens they last said they hold (every entry carries the count),
   which decides refills;
 * `request`: a pending RTS (their note and its date) and `cert`, their last verified address
-  certificate (to seal the answer without a lookup).
+  certificate (to seal the answer without a lookup);
+* `asked`: when our own RTS to them went out, while it is outstanding (until their grant comes,
+  or it lapses: mail/permits.py `RTS_LAPSE`), so a further send or retry waits for the answer
+  instead of paying for another request;
+* `spent`: tokens we issued them that we have seen spent, each with the one entry it was spent
+  on, until the token lapses; `double_spent`: how many further entries spent one of those
+  tokens again (a cheating sender: replicas each keep one entry per token, the owner reads them
+  all and sees the rest). Shown by `anonmail contacts`; nothing is blocked automatically.
 
 and for the owner: the inbox policy's version, mode, stamp difficulty and revoked token ids.
 
 Invariants: the file is written atomically and 0600 (it holds token secrets) after every
 change that spends, grants or revokes, so a token is never spent twice by a crash and a grant is
 never forgotten; a damaged file is a `UserError` naming it (never silently reset: that would
-forget whom the user blocked); every list is bounded.
+forget whom the user blocked); every list is bounded. A book written before `asked` and
+`spent` existed (tag 66) is read and migrated, not refused.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ REPLY_TOKENS = 4  # tokens an RTS carries, so the owner can answer
 LOW = 6  # refill a correspondent who says it holds fewer of our tokens than this
 MAX_HELD = 256
 MAX_ISSUED = 512
+MAX_SPENT = 512  # spent tokens remembered per correspondent (a double spend comes within days)
 MAX_PEOPLE = 10_000
 MAX_BOOK = 64 << 20
 
@@ -79,6 +88,14 @@ class Request:
 
 @wire.struct
 @dataclass(frozen=True, slots=True)
+class Spent:
+    id: Key32  # the token
+    entry: Key32  # the one entry it was first seen spent on
+    expires: Annotated[int, wire.U64]  # the token's: no replica takes it after this
+
+
+@wire.struct
+@dataclass(frozen=True, slots=True)
 class Correspondent:
     address: Annotated[str, Size(3, 254)]
     status: Status = Status.NONE
@@ -87,9 +104,12 @@ class Correspondent:
     supply: Annotated[int, Range(0, 1 << 16)] = 0
     request: Request | None = None
     cert: AddressCert | None = None
+    asked: Annotated[int, wire.U64] = 0  # when our outstanding RTS went out; 0: none
+    spent: Annotated[tuple[Spent, ...], Size(0, MAX_SPENT)] = ()
+    double_spent: Annotated[int, Range(0, 1 << 32)] = 0
 
 
-@wire.message(tag=66)
+@wire.message(tag=67)
 @dataclass(frozen=True, slots=True)
 class BookState:
     version: Annotated[int, wire.U64]
@@ -98,6 +118,36 @@ class BookState:
     revoked: Annotated[tuple[Issued, ...], Size(0, MAX_REVOKED)]
     people: Annotated[tuple[Correspondent, ...], Size(0, MAX_PEOPLE)]
     published: Annotated[int, wire.U64]  # the policy version the replicas last took
+
+
+# The first layout (before `asked`, `spent`, `double_spent`): read, then written as BookState.
+@wire.struct
+@dataclass(frozen=True, slots=True)
+class CorrespondentV1:
+    address: Annotated[str, Size(3, 254)]
+    status: Status
+    held: Annotated[tuple[HeldToken, ...], Size(0, MAX_HELD)]
+    issued: Annotated[tuple[Issued, ...], Size(0, MAX_ISSUED)]
+    supply: Annotated[int, Range(0, 1 << 16)]
+    request: Request | None
+    cert: AddressCert | None
+
+
+@wire.message(tag=66)
+@dataclass(frozen=True, slots=True)
+class BookStateV1:
+    version: Annotated[int, wire.U64]
+    mode: PolicyMode
+    stamp_bits: Annotated[int, Range(0, 40)]
+    revoked: Annotated[tuple[Issued, ...], Size(0, MAX_REVOKED)]
+    people: Annotated[tuple[CorrespondentV1, ...], Size(0, MAX_PEOPLE)]
+    published: Annotated[int, wire.U64]
+
+
+def _migrate(old: BookStateV1) -> BookState:
+    people = tuple(Correspondent(c.address, c.status, c.held, c.issued, c.supply, c.request,
+                                 c.cert) for c in old.people)
+    return BookState(old.version, old.mode, old.stamp_bits, old.revoked, people, old.published)
 
 
 class PermitBook:
@@ -109,6 +159,9 @@ class PermitBook:
         self.revoked = list(state.revoked)
         self.people = {p.address: p for p in state.people}
         self.published = state.published
+        # Whose each token seen spent was (token id -> address): a second entry spending one is
+        # told apart from a first spend without a walk through every correspondent.
+        self._spent_by = {s.id: p.address for p in state.people for s in p.spent}
 
     @classmethod
     def load(cls, path: Path | None, stamp_bits: int) -> PermitBook:
@@ -117,13 +170,14 @@ class PermitBook:
         if path is None or not path.exists():
             return cls(path, fresh)
         try:
-            state = wire.decode(path.read_bytes(), BookState, max_size=MAX_BOOK)
+            state = wire.decode_any(path.read_bytes(), (BookState, BookStateV1),
+                                    max_size=MAX_BOOK)
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
         except RemoteProtocolError:
             raise UserError(f"{path} is damaged: restore it from a backup (it records whom "
                             f"you allowed and blocked)") from None
-        return cls(path, state)
+        return cls(path, state if isinstance(state, BookState) else _migrate(state))
 
     def save(self) -> None:
         if self.path is None:
@@ -166,7 +220,8 @@ class PermitBook:
         have = {h.token.id for h in c.held}
         new = [h for h in tokens if h.token.id not in have and h.token.expires > now]
         keep = tuple(h for h in c.held if h.token.expires > now) + tuple(new)
-        self._put(replace(c, held=keep[-MAX_HELD:]))
+        # Their grant answers our request to write, if one was outstanding.
+        self._put(replace(c, held=keep[-MAX_HELD:], asked=0 if new else c.asked))
         return len(new)
 
     def drop_held(self, address: str) -> None:
@@ -199,10 +254,37 @@ class PermitBook:
         self._put(replace(c, issued=issued, supply=min(c.supply + count, 1 << 16)))
         return tuple(fresh)
 
-    def note_spent(self, address: str, tid: bytes) -> None:
-        c = self.get(address)
-        if any(i.id == tid for i in c.issued):
-            self._put(replace(c, issued=tuple(i for i in c.issued if i.id != tid)))
+    def note_spent(self, sender: str, tid: bytes, entry: bytes, now: float) -> str | None:
+        """Entry `entry` from `sender` says it spent our token `tid`. Record the first spend
+        against the correspondent the token was issued to (usually `sender`; another, if the
+        token was passed on or stolen). A token already seen spent on another entry is a double
+        spend: counted against its correspondent, whose address is returned (the caller drops
+        the entry); None otherwise, also for a token we do not know (lapsed, or never ours)."""
+        owner = self._spent_by.get(tid)
+        if owner is not None:
+            c = self.get(owner)
+            first = next((s for s in c.spent if s.id == tid), None)
+            if first is not None:
+                if first.entry == entry:  # the same entry again (read before a crash)
+                    return None
+                self._put(replace(c, double_spent=min(c.double_spent + 1, 1 << 32)))
+                return owner
+        if any(i.id == tid for i in self.get(sender).issued):
+            owner = sender
+        else:  # rare: a token spent by someone it was not issued to
+            owner = next((p.address for p in self.people.values()
+                          if any(i.id == tid for i in p.issued)), None)
+        if owner is None:
+            return None
+        c = self.get(owner)
+        token = next(i for i in c.issued if i.id == tid)
+        spent = (*(s for s in c.spent if s.expires > now), Spent(tid, entry, token.expires))
+        kept = spent[-MAX_SPENT:]
+        for gone in {s.id for s in c.spent} - {s.id for s in kept}:  # lapsed, or the oldest
+            self._spent_by.pop(gone, None)
+        self._put(replace(c, issued=tuple(i for i in c.issued if i.id != tid), spent=kept))
+        self._spent_by[tid] = owner
+        return None
 
     def note_supply(self, address: str, supply: int) -> None:
         self._put(replace(self.get(address), supply=min(supply, 1 << 16)))
@@ -210,6 +292,15 @@ class PermitBook:
     def needs_refill(self, address: str) -> bool:
         c = self.get(address)
         return c.status in (Status.ALLOWED, Status.CONTACT) and c.supply < LOW
+
+    # -- our own requests to write ---------------------------------------------------------------
+
+    def asked_at(self, address: str) -> int:
+        """When our RTS to `address` went out, if it is still outstanding (0: none)."""
+        return self.get(address).asked
+
+    def set_asked(self, address: str, when: int) -> None:
+        self._put(replace(self.get(address), asked=when))
 
     # -- requests --------------------------------------------------------------------------------
 
