@@ -4,7 +4,7 @@ report.py; DESIGN.md §6). `register(subparsers)` adds the subcommand under `ano
 took; arguments are checked here and turned into a `SpamConfig`, so a bad one is one clear
 `UserError` line before anything runs. Progress goes to stderr, the table to stdout.
 
-    anonmail sim spam                   # 300 nodes, 100 victims, 1,000 identities, 19 bits
+    anonmail sim spam                   # 300 nodes, 100 victims, 1,000 identities, 18 bits
     anonmail sim spam --victims 10      # the same price per request, a tenth of the CPU
     anonmail sim spam --bits 12         # a cheaper difficulty: watch the price fall
 """

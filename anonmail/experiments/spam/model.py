@@ -25,7 +25,7 @@ make as many as it likes, so "certified" buys the receiver nothing) and no permi
     so the refusals are the stamp check's, not the quota's.
 
 The price of (b) is the point: what one accepted request costs the spammer, in CPU seconds, at
-the network's difficulty (MAINNET 19 bits, ~0.2 s a stamp); and that a victim's request inbox
+the network's difficulty (MAINNET 18 bits, ~0.1 s a stamp); and that a victim's request inbox
 holds at most `REQUEST_ENTRIES` (it is then full for everybody until the owner reads and ACKs).
 
 Invariants: counts are per `append_replicated` call (one entry sent to the r replicas) unless
