@@ -163,10 +163,8 @@ def party_of(secret: bytes, node_id: bytes, address: str | None, *,
     key = crypto.kdf(secret, "store-party-key", node_id)
     if address is None or shared:
         return Party(key)
-    source = source_of(address)
-    # Both: source_of maps ::ffff:127.0.0.1 to 127.0.0.1, and turns ::1 into ::/64, which
-    # is no longer a loopback network.
-    if is_loopback(source) or is_loopback(address.split("%")[0]):
+    source = source_of(address)  # maps ::ffff:127.0.0.1 to 127.0.0.1 and keeps ::1
+    if is_loopback(source):
         return Party(key)
     return Party(key, crypto.kdf(secret, "store-party-source", source.encode()))
 

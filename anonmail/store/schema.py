@@ -109,18 +109,18 @@ SCHEMA += CHARGES
 
 # Rows already held when a version-2 database is opened: charged to this node (X''), whose
 # share is not limited, so nothing held is refused or lost and every budget starts empty.
-# The literals are ACKED_, NONCE_ and SPENT_OVERHEAD (the migration test checks the sums).
-CHARGE_HELD = """
+# (The only values formatted in are this module's int constants.)
+CHARGE_HELD = f"""
 DELETE FROM charges;
 DELETE FROM usage;
 INSERT INTO charges SELECT 'o', key, X'', X'', X'', size FROM objects;
 INSERT INTO charges SELECT 'e', inbox, entry_id, X'', X'', size FROM entries;
-INSERT INTO charges SELECT 'a', inbox, entry_id, X'', X'', 64 FROM acked;
-INSERT INTO charges SELECT 'n', scope, X'', X'', X'', 64 FROM nonces;
-INSERT INTO charges SELECT 's', inbox, spend, X'', X'', 96 FROM spent;
+INSERT INTO charges SELECT 'a', inbox, entry_id, X'', X'', {ACKED_OVERHEAD} FROM acked;
+INSERT INTO charges SELECT 'n', scope, X'', X'', X'', {NONCE_OVERHEAD} FROM nonces;
+INSERT INTO charges SELECT 's', inbox, spend, X'', X'', {SPENT_OVERHEAD} FROM spent;
 INSERT INTO usage SELECT 'k', X'', total FROM (SELECT SUM(bytes) AS total FROM charges)
     WHERE total > 0;
-"""
+"""  # noqa: S608
 
 # What turns a database of version v into version v + 1 (applied in order at open).
 MIGRATIONS: dict[int, str] = {1: SPENT, 2: CHARGES + CHARGE_HELD}
