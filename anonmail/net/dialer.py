@@ -141,6 +141,7 @@ class Dialer:
             await trio.aclose_forcefully(stream)
             raise
         self._remember(ep, done[0].peer.node_id)
+        self.net.stats.dials_full += 1
         unit = self.net.admission.unit_of(source, done[0].peer.node_id)
         link = Link(stream, done, self.net.params.max_frame, unit, self.net.stats,
                     self.net.limits.send_timeout)

@@ -78,6 +78,10 @@ class TcpStats:
 
     sent: int = 0
     received: int = 0
+    dials_full: int = 0  # connections we dialled that ran the full handshake
+    dials_resumed: int = 0  # ... that resumed an earlier session instead
+    accepts_full: int = 0  # connections we accepted that ran the full handshake
+    accepts_resumed: int = 0  # ... that resumed an earlier session instead
 
 
 async def run_handshake(stream: trio.SocketStream, hs: Handshake, clock: Clock,

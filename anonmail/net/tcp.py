@@ -234,6 +234,7 @@ class TcpNetwork:
             self._pending[source] -= 1
             if not self._pending[source]:
                 del self._pending[source]
+        self.stats.accepts_full += 1
         unit = self.admission.unit_of(source, done[0].peer.node_id)
         verdict = self.admission.admit_key(unit, trio.current_time(),
                                            from_key=len(self._by_unit.get(unit, ())))
