@@ -191,6 +191,8 @@ def _compile(tp: Any, where: str) -> tuple[_Decoder, _Encoder]:
         def dec_struct(v: Any) -> Any:
             return _decode_fields(schema_of(nested), v, where)
 
+        if nested in _CACHED:
+            return dec_struct, lambda v: _Raw(_nested_bytes(v))
         return dec_struct, lambda v: _encode_fields(schema_of(nested), v)
 
     raise LocalError(f"{where}: unsupported field type {tp!r}")
@@ -245,6 +247,48 @@ def schema_of(cls: type) -> _Schema:
         raise LocalError(f"{cls.__name__} is not registered with wire") from None
 
 
+# Types whose nested encoding is remembered per object (`cached`): a NodeCert is encoded once,
+# however many FIND_NODE answers carry it (issue 11). Keyed by id(), which is sound because the
+# entry keeps its object alive; FIFO-bounded, since a miss costs only a re-encoding.
+_CACHED: set[type] = set()
+_NESTED: dict[int, tuple[Any, bytes]] = {}
+MAX_CACHED_ENCODINGS = 65_536
+
+
+class _Raw:
+    """Bytes already in canonical CBOR, written as they are into an enclosing encoding."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _write_raw(encoder: Any, value: Any) -> None:
+    if type(value) is not _Raw:
+        raise LocalError(f"cannot encode {type(value).__name__}")
+    encoder.write(value.data)
+
+
+def cached(cls: type[T]) -> type[T]:
+    """Remember the nested encoding of each object of this registered, immutable type (apply
+    after `message` / `struct`, before any type holding it is registered)."""
+    schema_of(cls)
+    _CACHED.add(cls)
+    return cls
+
+
+def _nested_bytes(obj: Any) -> bytes:
+    hit = _NESTED.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    data = _dumps(_encode_fields(schema_of(type(obj)), obj))
+    if len(_NESTED) >= MAX_CACHED_ENCODINGS:
+        del _NESTED[next(iter(_NESTED))]
+    _NESTED[id(obj)] = (obj, data)
+    return data
+
+
 def _encode_fields(schema: _Schema, obj: Any) -> list[Any]:
     return [enc(getattr(obj, n)) for n, enc in zip(schema.names, schema.encoders, strict=True)]
 
@@ -258,20 +302,25 @@ def _decode_fields(schema: _Schema, v: Any, where: str) -> Any:
 
 
 def _dumps(value: Any) -> bytes:
-    return bytes(cbor2.dumps(value, canonical=True))
+    return bytes(cbor2.dumps(value, canonical=True, default=_write_raw))
 
 
-def to_value(obj: Any) -> list[Any]:
-    """The CBOR data model value of a registered message (array with tag and version)."""
+def _value(obj: Any) -> list[Any]:
+    """What `encode` dumps: the value, with cached nested encodings as `_Raw`."""
     schema = schema_of(type(obj))
     if schema.tag is None:
         return _encode_fields(schema, obj)
     return [schema.tag, schema.version, *_encode_fields(schema, obj)]
 
 
+def to_value(obj: Any) -> list[Any]:
+    """The CBOR data model value of a registered message (array with tag and version)."""
+    return typing.cast(list[Any], cbor2.loads(encode(obj)))
+
+
 def encode(obj: Any) -> bytes:
     """Canonical bytes of a registered message or struct."""
-    return _dumps(to_value(obj))
+    return _dumps(_value(obj))
 
 
 def signing_bytes(obj: Any, exclude: str = "signature") -> bytes:
@@ -368,19 +417,22 @@ def _pick(data: bytes, table: dict[int, _Schema]) -> _Schema:
 
 
 def _parse(data: bytes, schema: _Schema) -> Any:
-    """Pre-scan within `schema`'s budget, then parse and check canonical form."""
+    """Pre-scan within `schema`'s budget, then parse.
+
+    The pre-scan is also the canonical-form check: it refuses every head that is not the
+    shortest form of its argument, indefinite lengths, maps, tags, floats, simple values other
+    than false/true/null and trailing bytes, and cbor2 refuses text that is not UTF-8; what is
+    left has exactly one encoding (RFC 8949 §4.2.1), so re-encoding the parsed value to compare
+    (what this did before issue 11, a third of the cost of decoding a FIND_NODE answer) cannot
+    fail. tests/test_wire_canonical.py holds that equivalence as a property."""
     wire_scan.scan(data, _budget_of(schema).limit(len(data)), MAX_DEPTH)
     try:
-        value = cbor2.loads(data, max_depth=MAX_DEPTH, allow_indefinite=False,
-                            allow_duplicate_keys=False)
-        canonical = _dumps(value)
+        return cbor2.loads(data, max_depth=MAX_DEPTH, allow_indefinite=False,
+                           allow_duplicate_keys=False)
     except RecursionError:
         _fail("wire", "nesting too deep")
     except Exception as e:  # cbor2 raises many types on hostile input; all are the peer's fault
         _fail("wire", f"malformed CBOR ({type(e).__name__})")
-    if canonical != data:
-        _fail("wire", "not canonical CBOR (or trailing bytes)")
-    return value
 
 
 def decode(data: bytes, expect: type[T], *, max_size: int = DEFAULT_MAX_SIZE) -> T:

@@ -137,29 +137,34 @@ def test_foreign_items_as_whole_input_and_as_a_field(item: bytes) -> None:
 
 
 _T32 = b"\x58\x20" + bytes(32)  # the target: a 32-byte byte string
+_E = b"\x40"  # `have`: the empty byte string
 FIND_NODE_CASES = {
-    "reference": b"\x84\x16\x01" + _T32 + b"\x03",  # FindNode(bytes(32), 3), valid
-    "tag-2-bytes": b"\x84\x18\x16\x01" + _T32 + b"\x03",
-    "version-2-bytes": b"\x84\x16\x18\x01" + _T32 + b"\x03",
-    "length-3-bytes": b"\x84\x16\x01\x59\x00\x20" + bytes(32) + b"\x03",
-    "count-2-bytes": b"\x84\x16\x01" + _T32 + b"\x18\x03",
-    "count-9-bytes": b"\x84\x16\x01" + _T32 + b"\x1b" + (3).to_bytes(8, "big"),
-    "array-head-2-bytes": b"\x98\x04\x16\x01" + _T32 + b"\x03",
-    "indefinite-array": b"\x9f\x16\x01" + _T32 + b"\x03\xff",
-    "indefinite-bytes": b"\x84\x16\x01\x5f" + _T32 + b"\xff\x03",
-    "chunked-bytes": b"\x84\x16\x01\x5f\x50" + bytes(16) + b"\x50" + bytes(16) + b"\xff\x03",
-    "trailing-byte": b"\x84\x16\x01" + _T32 + b"\x03\x00",
-    "count-as-double": b"\x84\x16\x01" + _T32 + b"\xfb\x40\x08" + bytes(6),
-    "count-as-half": b"\x84\x16\x01" + _T32 + b"\xf9\x42\x00",
-    "count-as-bignum": b"\x84\x16\x01" + _T32 + b"\xc2\x41\x03",
-    "target-as-text": b"\x84\x16\x01\x78\x20" + bytes(32) + b"\x03",
-    "count-as-true": b"\x84\x16\x01" + _T32 + b"\xf5",
-    "count-negative": b"\x84\x16\x01" + _T32 + b"\x22",
-    "target-31-bytes": b"\x84\x16\x01\x58\x1f" + bytes(31) + b"\x03",
-    "version-2": b"\x84\x16\x02" + _T32 + b"\x03",
-    "field-missing": b"\x83\x16\x01" + _T32,
-    "field-extra": b"\x85\x16\x01" + _T32 + b"\x03\x03",
-    "count-65-over-max": b"\x84\x16\x01" + _T32 + b"\x18\x41",
+    "reference": b"\x85\x16\x01" + _T32 + b"\x03" + _E,  # FindNode(bytes(32), 3), valid
+    "tag-2-bytes": b"\x85\x18\x16\x01" + _T32 + b"\x03" + _E,
+    "version-2-bytes": b"\x85\x16\x18\x01" + _T32 + b"\x03" + _E,
+    "length-3-bytes": b"\x85\x16\x01\x59\x00\x20" + bytes(32) + b"\x03" + _E,
+    "count-2-bytes": b"\x85\x16\x01" + _T32 + b"\x18\x03" + _E,
+    "count-9-bytes": b"\x85\x16\x01" + _T32 + b"\x1b" + (3).to_bytes(8, "big") + _E,
+    "array-head-2-bytes": b"\x98\x05\x16\x01" + _T32 + b"\x03" + _E,
+    "indefinite-array": b"\x9f\x16\x01" + _T32 + b"\x03" + _E + b"\xff",
+    "indefinite-bytes": b"\x85\x16\x01\x5f" + _T32 + b"\xff\x03" + _E,
+    "chunked-bytes": b"\x85\x16\x01\x5f\x50" + bytes(16) + b"\x50" + bytes(16) + b"\xff\x03"
+                     + _E,
+    "have-indefinite": b"\x85\x16\x01" + _T32 + b"\x03\x5f\xff",
+    "have-length-2-bytes": b"\x85\x16\x01" + _T32 + b"\x03\x58\x00",
+    "trailing-byte": b"\x85\x16\x01" + _T32 + b"\x03" + _E + b"\x00",
+    "count-as-double": b"\x85\x16\x01" + _T32 + b"\xfb\x40\x08" + bytes(6) + _E,
+    "count-as-half": b"\x85\x16\x01" + _T32 + b"\xf9\x42\x00" + _E,
+    "count-as-bignum": b"\x85\x16\x01" + _T32 + b"\xc2\x41\x03" + _E,
+    "target-as-text": b"\x85\x16\x01\x78\x20" + bytes(32) + b"\x03" + _E,
+    "count-as-true": b"\x85\x16\x01" + _T32 + b"\xf5" + _E,
+    "count-negative": b"\x85\x16\x01" + _T32 + b"\x22" + _E,
+    "target-31-bytes": b"\x85\x16\x01\x58\x1f" + bytes(31) + b"\x03" + _E,
+    "version-2": b"\x85\x16\x02" + _T32 + b"\x03" + _E,
+    "field-missing": b"\x84\x16\x01" + _T32 + b"\x03",
+    "field-extra": b"\x86\x16\x01" + _T32 + b"\x03" + _E + b"\x03",
+    "count-65-over-max": b"\x85\x16\x01" + _T32 + b"\x18\x41" + _E,
+    "have-as-text": b"\x85\x16\x01" + _T32 + b"\x03\x60",
 }
 
 

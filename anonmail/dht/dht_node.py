@@ -35,6 +35,7 @@ from anonmail.clock import Clock
 from anonmail.dht.lookup import DisjointLookup, LookupResult, drive
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
 from anonmail.dht.routing import AddResult, Contact, ContactCache, RoutingTable
+from anonmail.dht.tags import TAG_BYTES, Known, answer_parts
 from anonmail.errors import BadContact, LocalError, Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network, Peer
 from anonmail.net.services import Service, ServiceRegistry
@@ -111,7 +112,7 @@ class DhtNode:
         if type(msg) is FindNode:
             # Never name the requester to itself: it knows where it is.
             near = self.table.closest(msg.target, msg.count, exclude=(peer.node_id,))
-            return Nodes(tuple(c.cert for c in near))
+            return Nodes(*answer_parts(near, msg.have))
         if type(msg) is Ping:
             return Pong()
         raise RemoteProtocolError(f"not a DHT request: {type(msg).__name__}")
@@ -205,27 +206,29 @@ class DhtNode:
                 own = self.contacts_cache.contact(self.cert, now)
             except RemoteProtocolError:
                 own = None  # our cert lapsed: others will not accept us as a contact either
-        state = DisjointLookup(key, k, d, self.params.alpha, self.table.closest(key, k), own,
-                               self.node_id)
+        initial = self.table.closest(key, k)
+        state = DisjointLookup(key, k, d, self.params.alpha, initial, own, self.node_id)
         tally = _Tally()
         named_by: dict[bytes, bytes] = {}  # contact -> the node whose answer first named it
+        known = Known(key, initial)  # what answers need not resend (dht/tags.py)
 
         async def query(c: Contact, count: int) -> Sequence[Contact] | None:
-            return await self._find_node(c, key, count, tally, named_by)
+            return await self._find_node(c, key, count, tally, named_by, known)
 
         await drive(state, query)
         return LookupResult(key, tuple(c.cert for c in state.result()), state.hops,
                             tally.queried, tally.failures, tally.faults, tally.refused, d)
 
     async def _find_node(self, c: Contact, key: bytes, count: int, tally: _Tally,
-                         named_by: dict[bytes, bytes]) -> Sequence[Contact] | None:
+                         named_by: dict[bytes, bytes], known: Known) -> Sequence[Contact] | None:
         tally.queried += 1
         self.stats.requests += 1
+        have = known.have()
         try:
-            reply = await self.net.request(c.cert, FindNode(key, count),
+            reply = await self.net.request(c.cert, FindNode(key, count, have),
                                            timeout=self.params.rpc_timeout)
             now = self.clock.now()
-            learned = self._check_nodes(reply, count, now)
+            learned = self._check_nodes(reply, count, now, known, have)
         except BadContact:
             tally.failures += 1
             self._bad_contact(c.node_id, named_by.get(c.node_id))
@@ -254,13 +257,18 @@ class DhtNode:
             named_by.setdefault(x.node_id, c.node_id)
         return learned
 
-    def _check_nodes(self, reply: Any, count: int, now: float) -> list[Contact]:
+    def _check_nodes(self, reply: Any, count: int, now: float, known: Known,
+                     have: bytes) -> list[Contact]:
         if not isinstance(reply, Nodes):
             raise RemoteProtocolError(f"FIND_NODE answered with {type(reply).__name__}")
-        if len(reply.certs) > count:
-            raise RemoteProtocolError(f"{len(reply.certs)} certs for a request of {count}")
+        named = len(reply.certs) + len(reply.known) // TAG_BYTES
+        if named > count:
+            raise RemoteProtocolError(f"{named} contacts for a request of {count}")
         verify = self.contacts_cache.contact
         contacts = [verify(cert, now) for cert in reply.certs]  # raises on any invalid cert
+        known.add(contacts)
+        if reply.known:
+            contacts += known.resolve(reply.known, have)  # raises on a tag we did not list
         # Clients are useless as contacts but not hostile; duplicates the lookup ignores.
         return [c for c in contacts if c.cert.endpoints]
 

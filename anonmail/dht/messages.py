@@ -1,7 +1,8 @@
 """DHT RPC messages (tags 20-29).
 
 FIND_NODE answers with signed NodeCerts only: a contact is never learned from a bare (id, address)
-pair, so an id cannot be claimed without its key (S/Kademlia §4.1).
+pair, so an id cannot be claimed without its key (S/Kademlia §4.1). A certificate the asker listed
+in `have` comes back as its tag in `known` instead (dht/tags.py): one the asker verified itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from anonmail.records.certs import NodeCert
 from anonmail.wire import Range, Size
 
 MAX_NODES = 64
+TAG_BYTES = 4  # dht/tags.py
+MAX_HAVE = 64
 
 
 @rpc.request(tag=20)
@@ -34,12 +37,14 @@ class Pong:
 class FindNode:
     target: Annotated[bytes, Size(32)]
     count: Annotated[int, Range(1, MAX_NODES)]
+    have: Annotated[bytes, Size(0, MAX_HAVE * TAG_BYTES)] = b""  # tags of certs the asker holds
 
 
 @rpc.response(tag=23)
 @dataclass(frozen=True, slots=True)
 class Nodes:
     certs: Annotated[tuple[NodeCert, ...], Size(0, MAX_NODES)]
+    known: Annotated[bytes, Size(0, MAX_NODES * TAG_BYTES)] = b""  # tags from the asker's `have`
 
 
 @wire.message(tag=24)

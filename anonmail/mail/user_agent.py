@@ -43,6 +43,7 @@ from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import Receipt
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup, store_replicated
+from anonmail.store.lookups import OperationLookups
 from anonmail.store.messages import ObjectKind
 
 CERT_TTL = 30 * 86400  # nodes keep a certificate at most this long: republish before it ends
@@ -138,9 +139,10 @@ class MailAgent:
     async def _send_composed(self, msg: Composed,
                              only: Sequence[str] | None) -> send_mod.SendReport:
         targets = list(msg.recipients if only is None else only)
+        dht = OperationLookups(self.dht)  # one lookup per key in this send (store/lookups.py)
         try:
             certs = await send_mod.recipient_certs(
-                self.net, self.dht, targets, self.params.replication, self.trusted_cas,
+                self.net, dht, targets, self.params.replication, self.trusted_cas,
                 self.clock, self.params.clock_skew)
         except send_mod.SendFailed as e:
             raise send_mod.SendFailed(f"{e}; the message is kept in your Outbox",
@@ -157,7 +159,7 @@ class MailAgent:
         if sorted_.ready:
             try:
                 report = await send_mod.send(
-                    self.net, self.dht, self.identity, msg, params=self.params,
+                    self.net, dht, self.identity, msg, params=self.params,
                     trusted_cas=self.trusted_cas, clock=self.clock, rng=self.rng,
                     ttl=self.ttl, only=sorted_.ready, tickets=self.permits,
                     open_bits=sorted_.open_bits, keep=keep if later or earlier else None,
@@ -181,7 +183,7 @@ class MailAgent:
             if earlier:  # our own right kept the body alive for late recipients: let it go
                 body = fragments.encrypt_body(msg.data, send_mod.body_key_of(self.identity,
                                                                              msg.message_id))
-                await send_mod.forget(self.net, self.dht, body, ids.body_key(msg.message_id),
+                await send_mod.forget(self.net, dht, body, ids.body_key(msg.message_id),
                                       [keep], self.params.replication)
         return report
 
@@ -216,7 +218,8 @@ class MailAgent:
         """Collect new mail and permit notes (both inboxes); then send the grants that are due
         and the Outbox messages whose recipients have granted us permission since."""
         try:
-            report = await check_mod.check(self.net, self.dht, self.identity, self.local,
+            report = await check_mod.check(self.net, OperationLookups(self.dht), self.identity,
+                                           self.local,
                                            params=self.params, trusted_cas=self.trusted_cas,
                                            clock=self.clock, rng=self.rng,
                                            on_entry=self.permits.on_entry)
@@ -234,7 +237,8 @@ class MailAgent:
 
     async def retrieve(self, message_id: str) -> retrieve_mod.RetrieveReport:
         try:
-            return await retrieve_mod.retrieve(self.net, self.dht, self.local, message_id,
+            return await retrieve_mod.retrieve(self.net, OperationLookups(self.dht), self.local,
+                                               message_id,
                                                params=self.params, concurrency=self.concurrency)
         finally:
             await self._retire()
@@ -243,7 +247,7 @@ class MailAgent:
         return [await self.retrieve(n.header.message_id) for n in self.pending()]
 
     async def discard(self, message_id: str) -> None:
-        await retrieve_mod.discard(self.net, self.dht, self.local, message_id,
+        await retrieve_mod.discard(self.net, OperationLookups(self.dht), self.local, message_id,
                                    params=self.params, concurrency=self.concurrency)
 
 

@@ -84,6 +84,7 @@ def _check_endpoint(ep: Endpoint, allow_private: bool) -> None:
         raise RemoteProtocolError("endpoint is not a public address")
 
 
+@wire.cached  # encoded once, however many FIND_NODE answers carry it (issue 11)
 @wire.message(tag=1)
 @dataclass(frozen=True, slots=True)
 class NodeCert:

@@ -2,8 +2,10 @@
 per-node counters.
 
 `WireMeter` is a `SimWorld` policy that lets every message through and counts it per (category,
-type): category "mail" for messages to or from one of the `agents` (the clients whose traffic is
-the workload), "upkeep" for everything else (nodes republishing, repairing, joining). It encodes
+type): category "mail" for messages sent while a workload operation runs (`OPERATION` set: the
+simulated network runs a request's handler in its caller's task, so what a go-between or a
+storage node sends on the agent's behalf counts too) or, outside one, to or from one of the
+`agents`; "upkeep" for everything else (nodes republishing, repairing, joining). It encodes
 one message in `sample_every` of each (category, type) with `wire.encode` and estimates bytes as
 count x mean sampled size, so a run with `encode=False` still reports bytes on the wire.
 
@@ -16,6 +18,7 @@ its byte figures are exact; counts are independent of `sample_every`.
 
 from __future__ import annotations
 
+import contextvars
 from collections import Counter
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +30,9 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 Category = tuple[str, str]  # (category, message type name)
+# The category of what the current task sends: set by a workload around its operations.
+OPERATION: contextvars.ContextVar[str | None] = contextvars.ContextVar("sim_operation",
+                                                                       default=None)
 _Counts = TypeVar("_Counts", bound="DataclassInstance")
 
 
@@ -48,7 +54,9 @@ class WireMeter:
         self.sampled_bytes: Counter[Category] = Counter()
 
     def __call__(self, src: SimNetwork, dst: SimNetwork, msg: Any) -> bool:
-        cat = "mail" if src.node_id in self.agents or dst.node_id in self.agents else "upkeep"
+        cat = OPERATION.get()
+        if cat is None:
+            cat = "mail" if src.node_id in self.agents or dst.node_id in self.agents else "upkeep"
         kind = (cat, type(msg).__name__)
         n = self.counts[kind]
         self.counts[kind] = n + 1

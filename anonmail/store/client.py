@@ -151,7 +151,16 @@ async def _replicated(dht: Lookup, key: bytes, r: int, rounds: int,
                 out.refusals[nid] = o.error
             elif o.error is not None:
                 out.failures[nid] = o.error
+        if failed:
+            _stale(dht, key)  # the next round asks for a fresh set (store/lookups.py)
     return out
+
+
+def _stale(dht: Lookup, key: bytes) -> None:
+    """Tell a per-operation lookup memo (store/lookups.py) that nodes of `key`'s set failed."""
+    stale = getattr(dht, "stale", None)
+    if stale is not None:
+        stale(key)
 
 
 async def _receipted(net: Network, dht: Lookup, key: bytes, msg: sm.Store | sm.Append,

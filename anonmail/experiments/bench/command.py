@@ -25,23 +25,43 @@ def _cmd_rpc(args: argparse.Namespace) -> int:
     crypto_seconds = min(max(args.seconds / 5, 0.3), 2.0)
     size = rpc.frame_size()
     verify, aead = rpc.verify_rate(crypto_seconds), rpc.aead_rate(crypto_seconds, size)
+    absorb = rpc.absorb_rate(crypto_seconds)
     for i, name in enumerate(names):
-        result = trio.run(rpc.RPC_TRANSPORTS[name], args.seconds, args.clients)
-        print(("\n" if i else "") + rpc.report(result, verify, aead, size))
+        runs = [trio.run(rpc.RPC_TRANSPORTS[name], args.seconds, args.clients, warm)
+                for warm in (False, True)]
+        print(("\n" if i else "") + rpc.report(runs, verify, aead, size, absorb))
     return 0
 
 
 def _cmd_mail(args: argparse.Namespace) -> int:
     if not 1 <= args.messages <= 10_000 or not 100 <= args.size <= 50_000_000:
         raise UserError("--messages must be 1-10000 and --size 100-50000000 bytes")
+    if not 10 <= args.sim_nodes <= 20_000:
+        raise UserError("--sim-nodes must be 10-20000")
     if args.transport in ("tcp", "both"):
         result = trio.run(mail_tcp.bench_tcp, args.messages, args.size, args.nodes)
         print(mail_tcp.format_bench(result))
+        if not args.no_baseline:
+            _smtp_baseline(args.messages, result.size, result.per_second)
     if args.transport in ("sim", "both"):
-        # the simulated half: 200 honest nodes, every message encoded (mail_sim.py)
-        sim = mail_sim.bench_sim(messages=args.messages, size=args.size)
-        print(mail_sim.format_bench(sim))
+        # the simulated half: honest nodes, every message encoded (mail_sim.py)
+        for anonymous in (False, True) if args.anonymous else (False,):
+            sim = mail_sim.bench_sim(nodes=args.sim_nodes, messages=args.messages,
+                                     size=args.size, anonymous=anonymous)
+            print(mail_sim.format_bench(sim))
     return 0
+
+
+def _smtp_baseline(messages: int, size: int, anonmail_per_second: float) -> None:
+    """The same workload through aiosmtpd -> Maildir (smtp_baseline.py), and the ratio."""
+    from anonmail.experiments.bench import smtp_baseline
+
+    if not smtp_baseline.available():
+        print(smtp_baseline.MISSING)
+        return
+    baseline = smtp_baseline.bench_smtp(messages, size)  # anonmail's size as sent, exactly
+    print(smtp_baseline.format_smtp(baseline))
+    print(smtp_baseline.format_ratio(anonmail_per_second, baseline))
 
 
 def _cmd_anon(args: argparse.Namespace) -> int:
@@ -90,6 +110,12 @@ def register(subparsers: Any) -> None:
     mail_p.add_argument("--nodes", type=int, default=5, help="loopback nodes (default 5)")
     mail_p.add_argument("--transport", choices=["tcp", "sim", "both"], default="both",
                         help="loopback TCP, the simulated network, or both (default)")
+    mail_p.add_argument("--no-baseline", action="store_true",
+                        help="skip the SMTP baseline (aiosmtpd into a Maildir) beside TCP")
+    mail_p.add_argument("--sim-nodes", type=int, default=200,
+                        help="simulated nodes (default 200)")
+    mail_p.add_argument("--anonymous", action="store_true",
+                        help="simulated: also send through go-betweens, beside direct")
     mail_p.set_defaults(func=_cmd_mail)
     anon_p = sub.add_parser("anon", help="the price of anonymity: anonymous vs direct mail")
     anon_p.add_argument("--messages", type=int, default=20, help="messages (default 20)")

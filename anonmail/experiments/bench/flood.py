@@ -37,7 +37,7 @@ from anonmail import crypto, wire
 from anonmail.clock import SystemClock
 from anonmail.dht.messages import FindNode
 from anonmail.experiments.bench.pow import percentile
-from anonmail.experiments.bench.rpc import PARAMS, find_node_handler
+from anonmail.experiments.bench.rpc import PARAMS, Table, find_node_handler
 from anonmail.net.admission import AdmissionLimits, Verdict
 from anonmail.net.handshake import Handshake, Role
 from anonmail.net.tcp import TcpNetwork
@@ -131,7 +131,7 @@ async def _serve_async(conn: Connection, admission: AdmissionLimits) -> None:
     net = TcpNetwork(crypto.SigningKey.generate(rng), PARAMS, clock, rng, admission=admission)
     net.cert = NodeCert.issue(net.key, (await net.bind("127.0.0.1", 0),), clock.now(), PARAMS)
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.serve, find_node_handler())
+        await nursery.start(net.serve, find_node_handler(Table()))
         conn.send_bytes(wire.encode(net.local_cert))
         await trio.to_thread.run_sync(conn.recv_bytes)  # the report request
         refused = net.admission.refused[Verdict.RATE_LIMITED]

@@ -6,6 +6,12 @@ message encoded (so the byte count is exact, not sampled): sends over 1 virtual 
 0.1-0.5 h later. Deliveries per second are over the workload only, not building the network:
 the CPU cost of the mail layer on the simulator, which bounds the size of a simulation.
 
+Bytes are split (sim/metrics.py): the mail's are everything sent for the workload's sends,
+checks and retrievals, by the agents and by the go-betweens and storage nodes on their behalf;
+the rest is the network's upkeep (republishing what it holds, the agents' certificates,
+policies and inboxes among it), which does not grow with the mail and is printed per node-hour.
+The total per delivery is printed too: with few messages it is mostly upkeep.
+
 Invariants: a delivery counts only if the retrieved bytes equal the bytes sent; the run is
 reproducible from `seed` except for the wall-clock rate. Call outside trio (`run` starts its
 own, under MockClock).
@@ -28,12 +34,13 @@ class BenchResult:
     wall_seconds: float  # the workload only (not building the network)
     virtual_seconds: float
     wire_bytes: int  # every byte on the simulated wire during the workload (encoded)
-    mail_bytes: float  # of which to or from the agents
+    mail_bytes: float  # of which sent for the workload's operations (sim/metrics.py OPERATION)
     wire_messages: int  # requests and replies during the workload
     mean_size: float  # bytes of one RFC 5322 message
     replication: int
     send_latency: float = 0.0  # mean virtual seconds a send took
     anonymous: bool = False
+    mail_messages: int = 0  # of wire_messages, sent for the workload's operations
 
     @property
     def rate(self) -> float:
@@ -42,7 +49,18 @@ class BenchResult:
 
     @property
     def bytes_per_delivered(self) -> float:
+        """Everything on the wire, the network's upkeep included, per delivery."""
         return self.wire_bytes / max(self.delivered, 1)
+
+    @property
+    def mail_per_delivered(self) -> float:
+        """What the mail itself cost: the workload's operations, per delivery."""
+        return self.mail_bytes / max(self.delivered, 1)
+
+    @property
+    def upkeep_per_node_hour(self) -> float:
+        hours = self.virtual_seconds / 3600
+        return (self.wire_bytes - self.mail_bytes) / max(self.nodes * hours, 1e-9)
 
     @property
     def floor(self) -> float:
@@ -56,26 +74,31 @@ def bench_sim(*, nodes: int = 200, messages: int = 100, agents: int = 20, size: 
     agents go through go-betweens (all honest here)."""
     config = MailConfig(nodes=nodes, messages=messages, agents=agents, replication=replication,
                         droppers=0.0, churn=0.0, send_hours=1.0, delay_hours=(0.1, 0.5),
-                        size=(size, size), encode=True, seed=seed, anonymous=anonymous)
+                        size=(size, size), encode=True, seed=seed, anonymous=anonymous,
+                        sample_every=1)
     rep = run(config)
     took = [x.sent - x.send_at for x in rep.letters if x.sent is not None and x.attempts == 1]
     return BenchResult(nodes, messages, rep.delivered, rep.wall_run, rep.virtual_seconds,
                        rep.exact_bytes or 0, rep.meter.bytes("mail"),
                        rep.meter.messages("mail") + rep.meter.messages("upkeep"), rep.mean_size,
-                       replication, sum(took) / len(took) if took else 0.0, anonymous)
+                       replication, sum(took) / len(took) if took else 0.0, anonymous,
+                       rep.meter.messages("mail"))
 
 
 def format_bench(b: BenchResult) -> str:
+    per = max(b.delivered, 1)
+    how = "anonymous (through go-betweens)" if b.anonymous else "direct"
     return "\n".join([
         f"simulated: {b.nodes} nodes, {b.messages} messages of {human_size(b.mean_size)}, "
-        f"r={b.replication}, every message encoded",
+        f"r={b.replication}, {how}, every message encoded",
         f"  deliveries per second (wall clock)   {b.rate:>12.1f}   "
         f"({b.delivered} in {b.wall_seconds:.1f} s)",
-        f"  bytes on the wire per delivery       {human_size(b.bytes_per_delivered):>12}   "
-        f"({b.bytes_per_delivered / max(b.floor, 1):.1f}x the floor)",
-        f"  of which the agents' own             "
-        f"{human_size(b.mail_bytes / max(b.delivered, 1)):>12}",
+        f"  mail's bytes on the wire / delivery  {human_size(b.mail_per_delivered):>12}   "
+        f"({b.mail_per_delivered / max(b.floor, 1):.2f}x the floor)",
         f"  floor: message size x r              {human_size(b.floor):>12}",
-        f"  messages on the wire per delivery    "
-        f"{b.wire_messages / max(b.delivered, 1):>12.0f}",
+        f"  mail's messages on the wire / deliv. {b.mail_messages / per:>12.0f}",
+        f"  upkeep per node-hour (republish)     {human_size(b.upkeep_per_node_hour):>12}",
+        f"  everything / delivery, upkeep too    {human_size(b.bytes_per_delivered):>12}   "
+        f"({b.bytes_per_delivered / max(b.floor, 1):.2f}x the floor, "
+        f"{b.wire_messages / per:.0f} messages)",
     ])

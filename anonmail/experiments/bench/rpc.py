@@ -3,10 +3,15 @@
 It reads the real clock and the OS RNG (a benchmark measures this machine, not a seeded run).
 
 `anonmail bench rpc` starts, in this process, one server node on loopback TCP that answers
-FIND_NODE from a table of synthetic certificates (closest by a plain XOR sort), and drives it from
-several client connections, each asking one request at a time. It prints requests served per
-second and the mean latency, beside two bounds measured on this machine: Ed25519 verifications per
-second (a DHT client verifies every certificate it is told about) and AEAD frame encrypt+decrypt
+FIND_NODE as a DhtNode does (a real RoutingTable filled from synthetic certificates, answers made
+by dht/tags.py), and drives it from several client connections, each asking one request at a time
+and checking each answer as a lookup does (certificates through its verification cache, tags
+resolved). Two runs: cold askers that list nothing (every contact comes as a certificate, the
+only kind of answer before issue 11) and warm ones that list the certificates they hold nearest
+the target (answers of tags). It prints requests served and checked per second and the mean
+latency, beside bounds measured on this machine: Ed25519 verifications per second (a client
+that had to verify every certificate anew could check verify/k answers a second), the answers of
+k certificates a client absorbs with its verification cache warm, and AEAD frame encrypt+decrypt
 per second at the size of one FIND_NODE answer (the record layer's share of every request).
 
 Server and clients share one CPU core (one trio thread), so the RPC rate is a floor for a real
@@ -33,10 +38,13 @@ import trio
 from anonmail import crypto, wire
 from anonmail.clock import SystemClock
 from anonmail.dht.messages import FindNode, Nodes
+from anonmail.dht.routing import Contact, ContactCache, RoutingTable
+from anonmail.dht.tags import MAX_HAVE, Known, answer_parts
+from anonmail.net import rpc
 from anonmail.net.base import Handler, Network, Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
 from anonmail.net.tcp import AdmissionLimits, Response, TcpNetwork
-from anonmail.records import ids, params
+from anonmail.records import params
 from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SystemRng
 from anonmail.sim.network import SimWorld
@@ -52,6 +60,7 @@ class RpcResult:
     seconds: float
     requests: int
     latency_total: float  # seconds, summed over completed requests
+    warm: bool = False  # the askers listed what they hold (answers of tags)
 
     @property
     def rate(self) -> float:
@@ -70,37 +79,56 @@ def synthetic_table(n: int = TABLE_SIZE) -> tuple[NodeCert, ...]:
         for i in range(n))
 
 
-def closest(table: list[tuple[bytes, NodeCert]], target: bytes,
-            count: int) -> tuple[NodeCert, ...]:
-    """The `count` certs nearest `target`; `table` holds (node id, cert) as a routing table would,
-    so the ids are not re-hashed per request."""
-    ranked = sorted(table, key=lambda entry: ids.distance(entry[0], target))
-    return tuple(cert for _, cert in ranked[:count])
+class Table:
+    """The server's routing table (a real `RoutingTable`, so the handler does what a node's
+    does) filled from synthetic certificates, and a warm asker's knowledge of the same nodes."""
+
+    def __init__(self, n: int = TABLE_SIZE) -> None:
+        now = SystemClock().now()
+        self.contacts = [Contact.of(cert) for cert in synthetic_table(n)]
+        self.routing = RoutingTable(bytes(32), PARAMS, now)
+        for c in self.contacts:
+            self.routing.add(c, now)
+
+    def have(self, target: bytes) -> bytes:
+        """What an asker that already holds these nodes lists (dht/tags.py)."""
+        return Known(target, self.routing.closest(target, MAX_HAVE)).have()
 
 
-def find_node_handler() -> Handler:
-    """A server that answers FIND_NODE from a table of synthetic certificates."""
-    table = [(cert.node_id, cert) for cert in synthetic_table()]
+def find_node_handler(table: Table) -> Handler:
+    """A server that answers FIND_NODE as a DhtNode does (dht_node.DhtNode.answer)."""
 
     async def handler(peer: Peer, msg: Any) -> Any:
         if isinstance(msg, FindNode):
-            return Nodes(closest(table, msg.target, msg.count))
+            return Nodes(*answer_parts(table.routing.closest(msg.target, msg.count), msg.have))
         raise NotImplementedError
 
     return handler
 
 
 async def drive(nets: Sequence[Network], server: NodeCert, seconds: float,
-                transport: str) -> RpcResult:
-    """Each client asks FIND_NODE back to back for `seconds`."""
+                transport: str, table: Table, warm: bool) -> RpcResult:
+    """Each client asks FIND_NODE back to back for `seconds` and checks every answer as a
+    lookup does (certificates through its verification cache, tags resolved); `warm`: it lists
+    what it holds, so the answers carry tags, else every contact comes as a certificate."""
     rng = SystemRng()
     done, latency = 0, 0.0
+    now = SystemClock().now()
 
     async def client(net: Network) -> None:
         nonlocal done, latency
+        cache = ContactCache(PARAMS)
         while True:
             started = trio.current_time()
-            await net.request(server, FindNode(rng.bytes(32), PARAMS.k))
+            target = rng.bytes(32)
+            known = Known(target, table.routing.closest(target, MAX_HAVE)) if warm else None
+            have = known.have() if known is not None else b""
+            reply = await net.request(server, FindNode(target, PARAMS.k, have))
+            assert isinstance(reply, Nodes)
+            for cert in reply.certs:
+                cache.contact(cert, now)
+            if known is not None:
+                known.resolve(reply.known, have)
             latency += trio.current_time() - started
             done += 1
 
@@ -108,13 +136,14 @@ async def drive(nets: Sequence[Network], server: NodeCert, seconds: float,
         async with trio.open_nursery() as drivers:
             for net in nets:
                 drivers.start_soon(client, net)
-    return RpcResult(transport, len(nets), seconds, done, latency)
+    return RpcResult(transport, len(nets), seconds, done, latency, warm)
 
 
-async def rpc_over_tcp(seconds: float, clients: int) -> RpcResult:
+async def rpc_over_tcp(seconds: float, clients: int, warm: bool = False) -> RpcResult:
     """One server on 127.0.0.1, `clients` connections asking FIND_NODE back to back."""
     clock, rng = SystemClock(), SystemRng()
-    handler = find_node_handler()
+    table = Table()
+    handler = find_node_handler(table)
 
     # Every client is a local process's key on 127.0.0.1: room for all of them at once.
     admission = AdmissionLimits(max_connections=clients + 8, max_per_shared_source=clients + 1,
@@ -131,7 +160,7 @@ async def rpc_over_tcp(seconds: float, clients: int) -> RpcResult:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, handler)
-            result = await drive(nets, server.local_cert, seconds, "tcp")
+            result = await drive(nets, server.local_cert, seconds, "tcp", table, warm)
             nursery.cancel_scope.cancel()
     finally:
         for net in [*nets, server]:
@@ -139,7 +168,7 @@ async def rpc_over_tcp(seconds: float, clients: int) -> RpcResult:
     return result
 
 
-async def rpc_over_sim(seconds: float, clients: int) -> RpcResult:
+async def rpc_over_sim(seconds: float, clients: int, warm: bool = False) -> RpcResult:
     """The same workload through the simulated network with zero latency and every message
     encoded and decoded (as `anonmail sim` runs it with encode=True): what one simulated RPC
     costs in CPU, which bounds how many nodes and lookups a simulation can afford."""
@@ -148,14 +177,15 @@ async def rpc_over_sim(seconds: float, clients: int) -> RpcResult:
     server_key = crypto.SigningKey.generate(rng)
     server_cert = NodeCert.issue(server_key, (Endpoint("198.18.0.1", 7000),), clock.now(),
                                  PARAMS)
-    world.attach(server_cert).set_handler(find_node_handler())
+    table = Table()
+    world.attach(server_cert).set_handler(find_node_handler(table))
     nets = [world.attach(NodeCert.issue(crypto.SigningKey.generate(rng), (), clock.now(), PARAMS))
             for _ in range(clients)]
-    return await drive(nets, server_cert, seconds, "sim")
+    return await drive(nets, server_cert, seconds, "sim", table, warm)
 
 
 # Measurements of the same workload over each transport.
-RPC_TRANSPORTS: dict[str, Callable[[float, int], Awaitable[RpcResult]]] = {
+RPC_TRANSPORTS: dict[str, Callable[[float, int, bool], Awaitable[RpcResult]]] = {
     "tcp": rpc_over_tcp,
     "sim": rpc_over_sim,
 }
@@ -198,20 +228,54 @@ def aead_rate(seconds: float, size: int) -> float:
     return _per_second(seconds, round_trip)
 
 
-def report(rpc: RpcResult, verify: float, aead: float, size: int) -> str:
+def absorb_rate(seconds: float) -> float:
+    """Cold FIND_NODE answers (k certificates, as received) a client decodes and checks per
+    second, its verification cache warm (`ContactCache`: a certificate seen before costs a dict
+    lookup and the validity window, not a signature)."""
+    table = Table()
+    rng, now = SystemRng(), SystemClock().now()
+    cache = ContactCache(PARAMS)
+    answers = [wire.encode(Nodes(tuple(c.cert for c in table.routing.closest(rng.bytes(32),
+                                                                            PARAMS.k))))
+               for _ in range(64)]
+    for c in table.contacts:
+        cache.contact(c.cert, now)
+    i = 0
+
+    def absorb() -> None:
+        nonlocal i
+        i += 1
+        nodes = rpc.decode_response(answers[i % len(answers)], PARAMS.max_frame)
+        for cert in nodes.certs:
+            cache.contact(cert, now)
+
+    return _per_second(seconds, absorb)
+
+
+def report(runs: Sequence[RpcResult], verify: float, aead: float, size: int,
+           absorb: float) -> str:
+    """One table for a transport: the cold and warm runs, beside the client's bounds."""
     k = PARAMS.k
-    rows = [
-        (f"FIND_NODE answered ({k} of {TABLE_SIZE} certs)", rpc.rate),
+    base = runs[0].rate
+    rows = []
+    for run in runs:
+        what = "tags for what the asker holds" if run.warm else f"{k} certificates each"
+        rows.append((f"FIND_NODE answered and checked ({what})", run.rate))
+    rows += [
         ("Ed25519 verify (crypto.verify)", verify),
-        (f"  = FIND_NODE answers a client can check ({k} each)", verify / k),
+        (f"  = answers of {k} new certificates a client can check", verify / k),
+        (f"answers of {k} certificates a client absorbs (cache warm)", absorb),
         (f"AEAD frame seal+open ({size:,} B)", aead),
     ]
+    head = runs[0]
     lines = [
-        f"anonmail bench rpc: {rpc.transport}, {rpc.clients} client(s), {rpc.seconds:g} s, "
-        "server and clients in one process",
+        f"anonmail bench rpc: {head.transport}, {head.clients} client(s), {head.seconds:g} s "
+        "a run, server and clients in one process",
         "",
-        f"{'':52} {'per second':>12} {'x RPC':>8}",
+        f"{'':60} {'per second':>12} {'x RPC':>8}",
     ]
-    lines += [f"{name:52} {rate:>12,.0f} {rate / max(rpc.rate, 1e-9):>8.2f}" for name, rate in rows]
-    lines.append(f"{'mean RPC latency':52} {rpc.mean_latency * 1000:>9.2f} ms")
+    lines += [f"{name:60} {rate:>12,.0f} {rate / max(base, 1e-9):>8.2f}" for name, rate in rows]
+    for run in runs:
+        label = "mean RPC latency" + (" (tags)" if run.warm else "")
+        lines.append(f"{label:60} {run.mean_latency * 1000:>9.2f} ms")
     return "\n".join(lines)

@@ -38,6 +38,7 @@ from anonmail.net.base import Network
 from anonmail.permit.book import GRANT_BATCH
 from anonmail.records.certs import NodeCert
 from anonmail.rng import SeededRng
+from anonmail.sim.metrics import OPERATION
 from anonmail.sim.scenario import Scenario, make_key
 from anonmail.sim.storage import HOUR, StorageNetwork
 from anonmail.store.client import Lookup
@@ -128,13 +129,18 @@ class Workload:
         return trio.current_time() - self.t0
 
     async def run(self) -> None:
-        async with trio.open_nursery() as work:
-            for letter, body in zip(self.letters, self.texts, strict=True):
-                work.start_soon(self.send, letter, body)
-        # Whoever is still owed a message checks once more.
-        for i in sorted({x.recipient for x in self.letters if x.sent is not None
-                         and not x.intact}):
-            self.swept += await self.collect(self.seats[i], everything=True)
+        # Everything sent from here, by the agents or on their behalf, is the mail's cost.
+        token = OPERATION.set("mail")
+        try:
+            async with trio.open_nursery() as work:
+                for letter, body in zip(self.letters, self.texts, strict=True):
+                    work.start_soon(self.send, letter, body)
+            # Whoever is still owed a message checks once more.
+            for i in sorted({x.recipient for x in self.letters if x.sent is not None
+                             and not x.intact}):
+                self.swept += await self.collect(self.seats[i], everything=True)
+        finally:
+            OPERATION.reset(token)
 
     async def send(self, letter: Letter, body: str) -> None:
         cfg = self.config

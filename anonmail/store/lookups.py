@@ -1,0 +1,70 @@
+"""One lookup per key per operation: a `Lookup` that remembers its results for one operation.
+
+A send looked its body key up twice (once to size the fragment split, once to STORE), a check
+looked its inbox up for the READ and again for the ACK, a retrieval its body key for the FETCH
+and again for the DELETE (issue 11: about a third of a delivery's lookups). `OperationLookups`
+wraps the node's `Lookup` (a `DhtNode`, or lookups through an anonymizer) for the length of one
+user operation: the first lookup of a key is made, later ones reuse its result, and concurrent
+lookups of one key wait for the one in flight instead of making their own.
+
+Invariants (the liveness rules that keep a reused result correct):
+* a result lives only as long as the operation: the next send, check or retrieval looks up
+  afresh, so churn between operations is seen as before;
+* a caller that found nodes of a result dead or refusing (`stale(key)`: store/client.py does so
+  after every replication round that had failures) gets a fresh lookup next time, which is what
+  seed 002 §3.1 step 6 asks: "ask for a fresh set and retry";
+* a result for a larger k serves a request for a smaller one (the first n of the k closest are
+  the n closest), never the other way round.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from anonmail.dht.lookup import LookupResult
+from anonmail.store.client import Lookup
+
+
+class OperationLookups:
+    """`Lookup` for one operation (module docstring)."""
+
+    def __init__(self, dht: Lookup) -> None:
+        self.dht = dht
+        self.made = 0  # lookups actually made
+        self.reused = 0  # lookups answered from a result of this operation
+        self._results: dict[bytes, dict[int | None, LookupResult]] = {}  # key -> k -> result
+        self._pending: dict[tuple[bytes, int | None], trio.Event] = {}
+
+    async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
+        while True:
+            held = self._results.get(key, {})
+            hit = next((r for made, r in held.items() if _covers(made, k)), None)
+            if hit is not None:
+                self.reused += 1
+                return hit
+            waiting = self._pending.get((key, k))
+            if waiting is None:
+                break
+            await waiting.wait()  # someone is looking it up: use theirs (or make our own)
+        done = self._pending[(key, k)] = trio.Event()
+        try:
+            self.made += 1
+            result = await self.dht.lookup(key, k)
+            self._results.setdefault(key, {})[k] = result
+            return result
+        finally:
+            del self._pending[(key, k)]
+            done.set()
+
+    def stale(self, key: bytes) -> None:
+        """Nodes of the result for `key` failed: the next lookup of it is made afresh."""
+        self._results.pop(key, None)
+
+
+def _covers(have: int | None, want: int | None) -> bool:
+    """Does a result for k = `have` answer a request for k = `want` (None: the DHT's own k)?"""
+    if have == want:
+        return True
+    if have is None or want is None:
+        return False  # the DHT's k is not known here: only the same request is reused
+    return have >= want

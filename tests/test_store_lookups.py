@@ -1,0 +1,62 @@
+"""One lookup per key per operation (anonmail/store/lookups.py), and what it saves a delivery."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from anonmail.dht.lookup import LookupResult
+from anonmail.store.lookups import OperationLookups
+
+
+class Counting:
+    """A `Lookup` that takes one virtual second and counts what it is asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[bytes, int | None]] = []
+
+    async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
+        self.asked.append((key, k))
+        await trio.sleep(1)
+        return LookupResult(key, (), len(self.asked), 0, 0, 0, 0, 1)
+
+
+async def test_a_key_is_looked_up_once_per_operation(
+        autojump_clock: trio.testing.MockClock) -> None:
+    dht = Counting()
+    op = OperationLookups(dht)
+    first = await op.lookup(b"a" * 32)
+    assert await op.lookup(b"a" * 32) is first
+    await op.lookup(b"b" * 32)
+    assert dht.asked == [(b"a" * 32, None), (b"b" * 32, None)]
+    assert (op.made, op.reused) == (2, 1)
+    assert (await OperationLookups(dht).lookup(b"a" * 32)) is not first  # the next operation
+
+
+async def test_concurrent_lookups_of_a_key_share_one(
+        autojump_clock: trio.testing.MockClock) -> None:
+    dht = Counting()
+    op = OperationLookups(dht)
+    got: list[LookupResult] = []
+
+    async def one() -> None:
+        got.append(await op.lookup(b"k" * 32))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            for _ in range(5):
+                n.start_soon(one)
+    assert len(dht.asked) == 1 and all(r is got[0] for r in got)
+
+
+async def test_stale_results_are_looked_up_afresh_and_k_is_respected(
+        autojump_clock: trio.testing.MockClock) -> None:
+    dht = Counting()
+    op = OperationLookups(dht)
+    key = b"s" * 32
+    await op.lookup(key)
+    op.stale(key)  # a replica of that set failed: seed 002 §3.1 step 6 wants a fresh set
+    await op.lookup(key)
+    await op.lookup(key, 30)  # the DHT's own k is unknown here: a wider set is a new lookup
+    await op.lookup(key, 25)  # ... and a narrower one than made is served from it
+    assert dht.asked == [(key, None), (key, None), (key, 30)]
