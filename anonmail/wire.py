@@ -65,6 +65,18 @@ class Range:
 
 U64 = Range(0, (1 << 64) - 1)
 
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """Marks a struct field that travels as a byte string holding the struct's canonical
+    encoding, `size` bounding its length. Decoding goes through a memo keyed by those bytes, so
+    a struct seen before costs a dict lookup instead of a decode, and yields the very object
+    decoded before (issue 11: the certificates in FIND_NODE answers, where a client meets the
+    same few hundred again and again). The bytes are decoded as any message is, pre-scan within
+    the struct's own budget first, so the cost per byte stays bounded."""
+
+    size: Size
+
 _Decoder = Callable[[Any], Any]
 _Encoder = Callable[[Any], Any]
 
@@ -191,6 +203,9 @@ def _compile(tp: Any, where: str) -> tuple[_Decoder, _Encoder]:
         def dec_struct(v: Any) -> Any:
             return _decode_fields(schema_of(nested), v, where)
 
+        embedded = next((m for m in meta if isinstance(m, Embedded)), None)
+        if embedded is not None:
+            return _embedded_decoder(nested, embedded.size, where), _nested_bytes
         if nested in _CACHED:
             return dec_struct, lambda v: _Raw(_nested_bytes(v))
         return dec_struct, lambda v: _encode_fields(schema_of(nested), v)
@@ -289,6 +304,31 @@ def _nested_bytes(obj: Any) -> bytes:
     return data
 
 
+_EMBEDDED: dict[type, dict[bytes, Any]] = {}  # decoded embedded structs, by their bytes
+
+
+def _embedded_decoder(cls: type, size: Size, where: str) -> _Decoder:
+    lo, hi = size.min, size.hi
+    memo = _EMBEDDED.setdefault(cls, {})
+
+    def dec_embedded(v: Any) -> Any:
+        if type(v) is not bytes:
+            _fail(where, "expected an embedded encoding (bytes)")
+        hit = memo.get(v)
+        if hit is not None:
+            return hit
+        if not lo <= len(v) <= hi:
+            _fail(where, f"embedded length {len(v)} outside [{lo}, {hi}]")
+        schema = schema_of(cls)
+        obj = _decode_fields(schema, _parse(v, schema), where)
+        if len(memo) >= MAX_CACHED_ENCODINGS:
+            del memo[next(iter(memo))]
+        memo[v] = obj
+        return obj
+
+    return dec_embedded
+
+
 def _encode_fields(schema: _Schema, obj: Any) -> list[Any]:
     return [enc(getattr(obj, n)) for n, enc in zip(schema.names, schema.encoders, strict=True)]
 
@@ -383,6 +423,9 @@ def _type_budget(tp: Any, where: str, inside: tuple[type, ...]) -> Budget:
         item = _type_budget(typing.get_args(tp)[0], where + "[]", inside)
         return item.repeated(size.min, size.hi)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        embedded = next((m for m in meta if isinstance(m, Embedded)), None)
+        if embedded is not None:  # one byte string to the outer scan
+            return Budget.scalar(head_len(embedded.size.min) + embedded.size.min)
         return _budget_of(schema_of(tp), inside)
     raise LocalError(f"{where}: unsupported field type {tp!r}")
 

@@ -13,11 +13,12 @@ from typing import Annotated
 from anonmail import wire
 from anonmail.net import rpc
 from anonmail.records.certs import NodeCert
-from anonmail.wire import Range, Size
+from anonmail.wire import Embedded, Range, Size
 
 MAX_NODES = 64
 TAG_BYTES = 4  # dht/tags.py
 MAX_HAVE = 64
+CERT_BYTES = Size(105, 1024)  # a NodeCert's encoding: no endpoints .. MAX_ENDPOINTS long ones
 
 
 @rpc.request(tag=20)
@@ -43,7 +44,9 @@ class FindNode:
 @rpc.response(tag=23)
 @dataclass(frozen=True, slots=True)
 class Nodes:
-    certs: Annotated[tuple[NodeCert, ...], Size(0, MAX_NODES)]
+    # Each certificate as its encoded bytes (wire.Embedded): one a client has seen decodes to
+    # the object it already verified, at the cost of a dict lookup.
+    certs: Annotated[tuple[Annotated[NodeCert, Embedded(CERT_BYTES)], ...], Size(0, MAX_NODES)]
     known: Annotated[bytes, Size(0, MAX_NODES * TAG_BYTES)] = b""  # tags from the asker's `have`
 
 
