@@ -13,6 +13,7 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
+from test_lookup import NETWORK  # 300 verified synthetic contacts
 
 from anonmail.dht import tags
 from anonmail.dht.messages import FindNode, Nodes
@@ -22,8 +23,6 @@ from anonmail.net.base import Peer
 from anonmail.records import ids
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario, sim_params
-
-from test_lookup import NETWORK  # 300 verified synthetic contacts
 
 
 def _distance(key: bytes, c: Contact) -> int:

@@ -7,6 +7,11 @@ place of the one named is a `BadContact`, never a fault, and is remembered for
 `ENDPOINT_MEMORY` seconds so that more certificates naming another id there fail without a dial
 (a liar's FIND_NODE answer can name one victim's endpoint under many ids); an endpoint that
 says it is on another network is remembered (bounded) for the bootstrap's message.
+
+A redial of a node we talked to within `TcpLimits.ticket_lifetime` resumes that session
+(net/resumption.py: no signatures, the peer's certificate from the ticket) when the node still
+holds our ticket, and runs the full handshake, in the same round trip, when it does not. Every
+connection we make files the ticket for the next one (`TcpNetwork.dial_tickets`, by node id).
 """
 
 from __future__ import annotations
@@ -117,8 +122,12 @@ class Dialer:
             stream = await trio.open_tcp_stream(ep.host, ep.port)
         try:
             net = self.net
+            # Taken is spent, whatever happens next: a ticket is good for one attempt.
+            ticket = (None if expect is None else
+                      net.dial_tickets.take(expect, net.clock.now(), net.local_cert))
             hs = Handshake(Role.INITIATOR, net.key, net.local_cert, net.params, net.rng,
-                           expect=expect, cert_cache=net.cert_cache)
+                           expect=expect, cert_cache=net.cert_cache, resume=ticket,
+                           ticket_lifetime=net.limits.ticket_lifetime)
             with transport_errors("handshake"):
                 done = await run_handshake(stream, hs, self.net.clock, self.net.stats)
         except OtherNetwork as e:
@@ -140,9 +149,14 @@ class Dialer:
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-        self._remember(ep, done[0].peer.node_id)
-        self.net.stats.dials_full += 1
-        unit = self.net.admission.unit_of(source, done[0].peer.node_id)
+        est = done[0]
+        self._remember(ep, est.peer.node_id)
+        self.net.dial_tickets.put(est.peer.node_id, est.ticket)
+        if est.resumed:
+            self.net.stats.dials_resumed += 1
+        else:
+            self.net.stats.dials_full += 1
+        unit = self.net.admission.unit_of(source, est.peer.node_id)
         link = Link(stream, done, self.net.params.max_frame, unit, self.net.stats,
                     self.net.limits.send_timeout)
         return Outbound(link, self.net.count_fault)

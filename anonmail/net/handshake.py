@@ -27,6 +27,14 @@ message is a 4-byte big-endian length and one canonical wire message):
 `seal` is XChaCha20-Poly1305 with nonce 0 (each seal key is used once) and the transcript hash as
 associated data.
 
+Resumption (derivations, and why it is safe, in resumption.py): every established session also
+leaves a one-time `Ticket` (`Established.ticket`; the driver files it, resumption.Tickets). An
+initiator handed one (`resume=`) sends ResumeHello{network_id, tid, eI, nI} as message 1; a
+responder handed its tickets (`tickets=`) answers ResumeReply{eR, nR, cR} when it holds an
+unexpired tid, and ResumeAuth{cI} completes it: no signature, no certificate on the wire, a
+fresh X25519 exchange. A responder without that ticket goes on exactly as for a Hello (h1 then
+covers the ResumeHello's bytes), so a stale ticket costs no extra round trip.
+
 Invariants:
 * each side signs the whole transcript so far, including the other side's fresh ephemeral key and
   nonce, and its own certificate: a signature proves the signer holds the certificate's key *now*,
@@ -44,6 +52,10 @@ Invariants:
   and the unauthenticated reply can only turn a failed handshake into another failure;
 * session keys depend on the whole transcript and differ per direction, so frames cannot be
   reflected back to their sender or moved between connections; ephemeral keys give forward secrecy;
+* a resumed session's peer is the certificate proven in the full handshake its ticket descends
+  from; an initiator resumes only with a ticket for the node it expects, and a responder reports
+  `Established` only after the initiator's confirmation checks (never on its first frame: a
+  forgery must fail in the handshake, charged to its source, not to the ticket's owner);
 * every failure caused by the peer raises a `RemoteProtocolError` subclass and leaves the machine
   in `FAILED`; misuse by the caller raises `LocalProtocolError`.
 """
@@ -56,6 +68,8 @@ from typing import Annotated, Protocol
 
 from anonmail import crypto, wire
 from anonmail.errors import LocalProtocolError, OtherNetwork, RemoteProtocolError
+from anonmail.net import resumption
+from anonmail.net.resumption import ResumeAuth, ResumeHello, ResumeReply, Ticket, Tickets
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, NodeCert
 from anonmail.records.params import NetworkParams
@@ -139,8 +153,9 @@ class Role(enum.Enum):
 
 class State(enum.Enum):
     AWAIT_HELLO = enum.auto()  # responder: nothing received yet
-    AWAIT_REPLY = enum.auto()  # initiator: Hello queued, waiting for HelloReply
+    AWAIT_REPLY = enum.auto()  # initiator: Hello or ResumeHello queued, waiting for a reply
     AWAIT_AUTH = enum.auto()  # responder: HelloReply queued, waiting for HelloAuth
+    AWAIT_RESUME_AUTH = enum.auto()  # responder: ResumeReply queued, waiting for ResumeAuth
     ESTABLISHED = enum.auto()
     FAILED = enum.auto()
 
@@ -164,6 +179,8 @@ class Established:
 
     peer: NodeCert
     keys: SessionKeys
+    ticket: Ticket  # resumes the next connection between the two (resumption.py)
+    resumed: bool = False  # this session came from a ticket, not a full handshake
 
 
 NEED_DATA = NeedData()
@@ -175,17 +192,28 @@ class Handshake:
 
     def __init__(self, role: Role, key: Signer, cert: NodeCert, params: NetworkParams,
                  rng: Rng, *, expect: ids.NodeId | None = None,
-                 cert_cache: CertCache | None = None) -> None:
+                 cert_cache: CertCache | None = None, resume: Ticket | None = None,
+                 tickets: Tickets | None = None,
+                 ticket_lifetime: float = resumption.TICKET_LIFETIME) -> None:
         if cert.public_key != key.public:
             raise LocalProtocolError("our certificate is not for our key")
         if expect is not None and role is not Role.INITIATOR:
             raise LocalProtocolError("only an initiator knows whom it expects")
+        if resume is not None and (expect is None or resume.peer.node_id != expect
+                                   or resume.own != cert):
+            raise LocalProtocolError("a ticket resumes only with the node expected, as ourselves")
+        if tickets is not None and role is not Role.RESPONDER:
+            raise LocalProtocolError("only a responder looks tickets up")
         self.role = role
         self._key = key
         self._cert = cert
         self._params = params
         self._expect = expect
         self._cache = cert_cache
+        self._resume = resume  # initiator: the ticket sent
+        self._tickets = tickets
+        self._schedule: resumption.Schedule | None = None  # responder: a ticket found
+        self._lifetime = ticket_lifetime
         self._eph = crypto.KeyPair.generate(rng)
         self._nonce = rng.bytes(NONCE_SIZE)
         self._inbuf = bytearray()
@@ -196,7 +224,9 @@ class Handshake:
         self._k_init = b""
         self.peer: NodeCert | None = None
         if role is Role.INITIATOR:
-            self._hello = wire.encode(Hello(params.network_id, self._eph.public, self._nonce))
+            self._hello = wire.encode(
+                Hello(params.network_id, self._eph.public, self._nonce) if resume is None
+                else ResumeHello(params.network_id, resume.tid, self._eph.public, self._nonce))
             self._queue(self._hello)
             self.state = State.AWAIT_REPLY
         else:
@@ -227,10 +257,12 @@ class Handshake:
             if raw is None:
                 return NEED_DATA
             if self.state is State.AWAIT_HELLO:
-                self._on_hello(raw)
+                self._on_hello(raw, now)
                 return NEED_DATA
             if self.state is State.AWAIT_REPLY:
                 return self._on_reply(raw, now)
+            if self.state is State.AWAIT_RESUME_AUTH:
+                return self._on_resume_auth(raw, now)
             return self._on_auth(raw, now)
         except (RemoteProtocolError, OtherNetwork):
             self.state = State.FAILED
@@ -238,12 +270,18 @@ class Handshake:
 
     # -- the protocol -------------------------------------------------------------------------
 
-    def _on_hello(self, raw: bytes) -> None:
-        hello = wire.decode(raw, Hello, max_size=MAX_MESSAGE)
+    def _on_hello(self, raw: bytes, now: float) -> None:
+        hello = wire.decode_any(raw, (Hello, ResumeHello), max_size=MAX_MESSAGE)
         if hello.network_id != self._params.network_id:
             self._queue(wire.encode(OtherNetworkReply(self._params.network_id)))
             raise HandshakeError("peer is on another network")
         self._hello = raw
+        if isinstance(hello, ResumeHello) and self._tickets is not None:
+            # Taken (spent) here, before anything is checked: a tid is good for one attempt.
+            ticket = self._tickets.take(hello.ticket, now, self._cert)
+            if ticket is not None:
+                self._resume_reply(hello, ticket)
+                return
         h1 = self._h1(self._eph.public, self._nonce)
         self._dh = crypto.x25519(self._eph.secret, hello.ephemeral)
         k_resp, self._k_init = self._seal_keys(h1)
@@ -253,11 +291,14 @@ class Handshake:
         self.state = State.AWAIT_AUTH
 
     def _on_reply(self, raw: bytes, now: float) -> Established:
-        reply = wire.decode_any(raw, (HelloReply, OtherNetworkReply), max_size=MAX_MESSAGE)
+        reply = wire.decode_any(raw, (HelloReply, OtherNetworkReply, ResumeReply),
+                                max_size=MAX_MESSAGE)
         if isinstance(reply, OtherNetworkReply):
             if reply.network_id == self._params.network_id:
                 raise HandshakeError("responder refused our network as another network")
             raise OtherNetwork(reply.network_id)
+        if isinstance(reply, ResumeReply):
+            return self._on_resume_reply(reply, now)
         h1 = self._h1(reply.ephemeral, reply.nonce)
         self._dh = crypto.x25519(self._eph.secret, reply.ephemeral)
         k_resp, k_init = self._seal_keys(h1)
@@ -271,13 +312,42 @@ class Handshake:
         h2 = crypto.hash("handshake-2", h1, reply.sealed)
         sealed = self._seal(k_init, INITIATOR_DOMAIN, h2)
         self._queue(wire.encode(HelloAuth(sealed)))
-        return self._finish(crypto.hash("handshake-3", h2, sealed), auth.cert)
+        return self._finish(crypto.hash("handshake-3", h2, sealed), auth.cert, now)
 
     def _on_auth(self, raw: bytes, now: float) -> Established:
         msg = wire.decode(raw, HelloAuth, max_size=MAX_MESSAGE)
         auth = self._open(self._k_init, msg.sealed, self._h2)
         self._check(auth, INITIATOR_DOMAIN, self._h2, now)
-        return self._finish(crypto.hash("handshake-3", self._h2, msg.sealed), auth.cert)
+        return self._finish(crypto.hash("handshake-3", self._h2, msg.sealed), auth.cert, now)
+
+    # -- resumption (resumption.py) -----------------------------------------------------------
+
+    def _resume_reply(self, hello: ResumeHello, ticket: Ticket) -> None:
+        dh = crypto.x25519(self._eph.secret, hello.ephemeral)
+        self._schedule = resumption.Schedule(ticket, dh, self._hello, self._eph.public,
+                                             self._nonce)
+        self._queue(wire.encode(ResumeReply(self._eph.public, self._nonce,
+                                            self._schedule.responder_confirm)))
+        self.state = State.AWAIT_RESUME_AUTH
+
+    def _on_resume_reply(self, reply: ResumeReply, now: float) -> Established:
+        ticket = self._resume
+        if ticket is None:
+            raise HandshakeError("resumption reply to a handshake that offered no ticket")
+        dh = crypto.x25519(self._eph.secret, reply.ephemeral)
+        sched = resumption.Schedule(ticket, dh, self._hello, reply.ephemeral, reply.nonce)
+        if not crypto.constant_time_eq(reply.confirm, sched.responder_confirm):
+            raise HandshakeError("responder does not hold our resumption ticket")
+        self._queue(wire.encode(ResumeAuth(sched.initiator_confirm)))
+        return self._finish(sched.h3, ticket.peer, now, sched)
+
+    def _on_resume_auth(self, raw: bytes, now: float) -> Established:
+        msg = wire.decode(raw, ResumeAuth, max_size=MAX_MESSAGE)
+        sched = self._schedule
+        assert sched is not None
+        if not crypto.constant_time_eq(msg.confirm, sched.initiator_confirm):
+            raise HandshakeError("initiator does not hold the resumption ticket it named")
+        return self._finish(sched.h3, sched.ticket.peer, now, sched)
 
     def _h1(self, responder_eph: bytes, responder_nonce: bytes) -> bytes:
         return crypto.hash("handshake-1", self._hello, responder_eph, responder_nonce)
@@ -303,16 +373,24 @@ class Handshake:
         crypto.verify(auth.cert.public_key, domain, transcript + wire.encode(auth.cert),
                       auth.signature)
 
-    def _finish(self, h3: bytes, peer: NodeCert) -> Established:
-        i2r = crypto.kdf(self._dh, "session-initiator-to-responder", h3)
-        r2i = crypto.kdf(self._dh, "session-responder-to-initiator", h3)
+    def _finish(self, h3: bytes, peer: NodeCert, now: float,
+                resumed: resumption.Schedule | None = None) -> Established:
+        secret = self._dh if resumed is None else resumed.secret
+        i2r = crypto.kdf(secret, "session-initiator-to-responder", h3)
+        r2i = crypto.kdf(secret, "session-responder-to-initiator", h3)
         keys = SessionKeys(i2r, r2i) if self.role is Role.INITIATOR else SessionKeys(r2i, i2r)
+        # The next ticket descends from this session. Resuming keeps the expiry of the full
+        # handshake that began the chain: certificates are re-checked at least that often.
+        expires = (resumption.first_expiry(now, self._lifetime, peer, self._cert)
+                   if resumed is None else resumed.ticket.expires)
+        ticket = resumption.next_ticket(secret, h3, peer, self._cert, expires)
         # Drop what is no longer needed (Python cannot wipe memory; the driver also discards
         # this object once it has the session keys).
         self._dh = self._k_init = b""
+        self._resume = self._schedule = None
         self.peer = peer
         self.state = State.ESTABLISHED
-        return Established(peer, keys)
+        return Established(peer, keys, ticket, resumed is not None)
 
     # -- message framing ----------------------------------------------------------------------
 

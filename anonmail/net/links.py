@@ -36,6 +36,7 @@ from anonmail.net.base import Handler, Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
 from anonmail.net.handshake import Established, Handshake
 from anonmail.net.output import ConnectionOutput, NodeOutput
+from anonmail.net.resumption import MAX_TICKETS, TICKET_LIFETIME
 from anonmail.wire import Range, Size
 
 logger = logging.getLogger("anonmail.net.tcp")
@@ -64,6 +65,8 @@ class TcpLimits:
     """Resource limits of one node. The frame size limit is `NetworkParams.max_frame`."""
 
     max_connections: int = 256  # the outgoing pool size (inbound: admission.AdmissionLimits)
+    max_tickets: int = MAX_TICKETS  # resumption tickets kept, per side (0: never resume)
+    ticket_lifetime: float = TICKET_LIFETIME  # seconds a full handshake may be resumed for
     max_in_flight: int = 32  # requests being handled per connection; more are answered BUSY
     handshake_timeout: float = 5.0
     idle_timeout: float = 120.0  # close a connection with no request and no handler running

@@ -14,7 +14,12 @@ Invariants:
   on it reads and files every answer it sees, the others wait for that progress and look for
   theirs, so `request` works without `serve` and the network needs no nursery of its own;
 * whom we reached is decided by the handshake alone: a request to a NodeCert succeeds only if the
-  node at its endpoint proves it holds that certificate's key;
+  node at its endpoint proves it holds that certificate's key (in this handshake, or in the full
+  one a resumption descends from: net/resumption.py);
+* connections are cheap to redial: each side keeps one-time resumption tickets
+  (`dial_tickets` by node id, `accept_tickets` by ticket id; bounded, `TcpLimits.max_tickets`),
+  so a connection to a node met within `TcpLimits.ticket_lifetime` costs no signature. A
+  resumption takes a handshake token like any other connection: admission is unchanged;
 * a peer's fault (failed handshake, bad frame, malformed or refused request) is counted by
   `admission` (net/admission.py) against the unit that committed it: its source (the IPv4
   address, or the IPv6 /64, which one party controls as a whole), or on a shared source
@@ -68,6 +73,7 @@ from anonmail.net.links import (
     run_handshake,
 )
 from anonmail.net.output import NodeOutput
+from anonmail.net.resumption import Tickets
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.params import NetworkParams
@@ -105,6 +111,8 @@ class TcpNetwork:
         self.admission = Admission(admission or AdmissionLimits())
         self.stats = TcpStats()
         self.output = NodeOutput(limits.max_queued_total)  # answers queued on all inbound links
+        self.dial_tickets = Tickets(limits.max_tickets)  # by the responder's node id
+        self.accept_tickets = Tickets(limits.max_tickets)  # by ticket id
         self._cert: NodeCert | None = None
         self._listeners: list[trio.SocketListener] = []
         self._serve_scope: trio.CancelScope | None = None
@@ -222,7 +230,8 @@ class TcpNetwork:
     async def _serve_connection(self, stream: trio.SocketStream, ip: str, source: str,
                                 handler: Handler, scope: trio.CancelScope) -> None:
         hs = Handshake(Role.RESPONDER, self.key, self.local_cert, self.params, self.rng,
-                       cert_cache=self.cert_cache)
+                       cert_cache=self.cert_cache, tickets=self.accept_tickets,
+                       ticket_lifetime=self.limits.ticket_lifetime)
         self._pending[source] = self._pending.get(source, 0) + 1
         try:
             with trio.fail_after(self.limits.handshake_timeout):
@@ -234,12 +243,17 @@ class TcpNetwork:
             self._pending[source] -= 1
             if not self._pending[source]:
                 del self._pending[source]
-        self.stats.accepts_full += 1
-        unit = self.admission.unit_of(source, done[0].peer.node_id)
+        est = done[0]
+        if est.resumed:
+            self.stats.accepts_resumed += 1
+        else:
+            self.stats.accepts_full += 1
+        unit = self.admission.unit_of(source, est.peer.node_id)
         verdict = self.admission.admit_key(unit, trio.current_time(),
                                            from_key=len(self._by_unit.get(unit, ())))
         if verdict is not Verdict.ADMIT:
-            return  # banned, or the key holds its share: closed, no fault
+            return  # banned, or the key holds its share: closed, no fault (and no ticket)
+        self.accept_tickets.put(est.ticket.tid, est.ticket)
         _add(self._by_unit, unit, scope)
         try:
             link = Link(stream, done, self.params.max_frame, unit, self.stats,

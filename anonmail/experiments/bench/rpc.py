@@ -14,6 +14,10 @@ that had to verify every certificate anew could check verify/k answers a second)
 k certificates a client absorbs with its verification cache warm, and AEAD frame encrypt+decrypt
 per second at the size of one FIND_NODE answer (the record layer's share of every request).
 
+Over TCP it also times redials (issue 11): one client opening a new connection for each
+FIND_NODE, with a full handshake every time and then resuming its last session by ticket
+(net/resumption.py), admission opened wide so that only the handshake is measured.
+
 Server and clients share one CPU core (one trio thread), so the RPC rate is a floor for a real
 server, which does not pay for its clients.
 
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -43,13 +47,14 @@ from anonmail.dht.tags import MAX_HAVE, Known, answer_parts
 from anonmail.net import rpc
 from anonmail.net.base import Handler, Network, Peer
 from anonmail.net.frames import FrameDecoder, FrameEncoder
-from anonmail.net.tcp import AdmissionLimits, Response, TcpNetwork
+from anonmail.net.tcp import AdmissionLimits, Response, TcpLimits, TcpNetwork
 from anonmail.records import params
 from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.rng import SystemRng
 from anonmail.sim.network import SimWorld
 
 TABLE_SIZE = 200
+ASKS = 256  # distinct FIND_NODE requests the clients cycle through
 PARAMS = params.testnet(puzzle_bits=0)  # loopback endpoints allowed; keys are cheap to make
 
 
@@ -61,6 +66,8 @@ class RpcResult:
     requests: int
     latency_total: float  # seconds, summed over completed requests
     warm: bool = False  # the askers listed what they hold (answers of tags)
+    redial_full: float = 0.0  # new connections (+ one FIND_NODE) a second, full handshakes
+    redial_resumed: float = 0.0  # ... resumed by ticket (0.0: not measured)
 
     @property
     def rate(self) -> float:
@@ -115,15 +122,23 @@ async def drive(nets: Sequence[Network], server: NodeCert, seconds: float,
     done, latency = 0, 0.0
     now = SystemClock().now()
 
+    # The asks, made before timing: a lookup builds what it knows once, not per request.
+    asks = []
+    for _ in range(ASKS):
+        target = rng.bytes(32)
+        known = Known(target, table.routing.closest(target, MAX_HAVE)) if warm else None
+        asks.append((FindNode(target, PARAMS.k, known.have() if known else b""), known))
+
     async def client(net: Network) -> None:
         nonlocal done, latency
         cache = ContactCache(PARAMS)
+        i = rng.randbelow(ASKS)
         while True:
             started = trio.current_time()
-            target = rng.bytes(32)
-            known = Known(target, table.routing.closest(target, MAX_HAVE)) if warm else None
-            have = known.have() if known is not None else b""
-            reply = await net.request(server, FindNode(target, PARAMS.k, have))
+            i = (i + 1) % ASKS
+            ask, known = asks[i]
+            have = ask.have
+            reply = await net.request(server, ask)
             assert isinstance(reply, Nodes)
             for cert in reply.certs:
                 cache.contact(cert, now)
@@ -165,7 +180,46 @@ async def rpc_over_tcp(seconds: float, clients: int, warm: bool = False) -> RpcR
     finally:
         for net in [*nets, server]:
             await net.aclose()
-    return result
+    if warm:
+        return result
+    full, resumed = await redial_rates(min(max(seconds / 5, 0.3), 2.0), table)
+    return replace(result, redial_full=full, redial_resumed=resumed)
+
+
+async def redial_rates(seconds: float, table: Table) -> tuple[float, float]:
+    """New connections a second from one client, each carrying one FIND_NODE and closed after
+    it: with a full handshake every time (no tickets kept), then resuming by ticket."""
+    clock, rng = SystemClock(), SystemRng()
+    wide = AdmissionLimits(max_per_shared_source=10**6, max_per_key=10**6,
+                           max_pending_per_source=10**6, shared_handshake_rate=1e12,
+                           shared_handshake_burst=1e12, global_handshake_rate=1e12,
+                           global_handshake_burst=1e12)
+    server = TcpNetwork(crypto.SigningKey.generate(rng), PARAMS, clock, rng, admission=wide)
+    server.cert = NodeCert.issue(server.key, (await server.bind("127.0.0.1", 0),), clock.now(),
+                                 PARAMS)
+    ask = FindNode(rng.bytes(32), PARAMS.k)
+    rates = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, find_node_handler(table))
+            for tickets in (0, TcpLimits().max_tickets):
+                net = TcpNetwork(crypto.SigningKey.generate(rng), PARAMS, clock, rng,
+                                 limits=TcpLimits(max_tickets=tickets))
+                net.cert = NodeCert.issue(net.key, (), clock.now(), PARAMS)
+                await net.request(server.local_cert, ask)  # the first leaves a ticket
+                await net.dialer.aclose()
+                done, start = 0, time.perf_counter()
+                with trio.move_on_after(seconds):
+                    while True:
+                        await net.request(server.local_cert, ask)
+                        await net.dialer.aclose()
+                        done += 1
+                rates.append(done / (time.perf_counter() - start))
+                await net.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        await server.aclose()
+    return rates[0], rates[1]
 
 
 async def rpc_over_sim(seconds: float, clients: int, warm: bool = False) -> RpcResult:
@@ -268,6 +322,9 @@ def report(runs: Sequence[RpcResult], verify: float, aead: float, size: int,
         (f"AEAD frame seal+open ({size:,} B)", aead),
     ]
     head = runs[0]
+    if head.redial_full:
+        rows += [("new connection + FIND_NODE: full handshake", head.redial_full),
+                 ("new connection + FIND_NODE: resumed by ticket", head.redial_resumed)]
     lines = [
         f"anonmail bench rpc: {head.transport}, {head.clients} client(s), {head.seconds:g} s "
         "a run, server and clients in one process",
