@@ -40,6 +40,7 @@ MAX_OTHER_NETWORKS = 64  # endpoints remembered as answering for another network
 # Short, so that a node that changed its key at the same endpoint is unreachable only briefly.
 ENDPOINT_MEMORY = 60.0
 MAX_ENDPOINTS_REMEMBERED = 4096
+SWEEP_INTERVAL = 1.0  # seconds between walks of the pool for closed and idle connections
 
 
 @contextlib.contextmanager
@@ -60,6 +61,7 @@ class Dialer:
         self._outbound: dict[ids.NodeId, Outbound] = {}
         self._dialing: dict[ids.NodeId, trio.Lock] = {}
         self._answered_at: dict[str, tuple[bytes, float]] = {}  # endpoint -> (node id, when)
+        self._next_sweep = 0.0
 
     @property
     def open_connections(self) -> int:
@@ -81,10 +83,13 @@ class Dialer:
     async def connection(self, to: NodeCert) -> Outbound:
         """The live connection to `to`'s node, dialling it if there is none (once, not per
         concurrent caller)."""
-        await self._sweep()
+        now = trio.current_time()
+        if now >= self._next_sweep:  # not per request: a sweep walks the whole pool
+            self._next_sweep = now + SWEEP_INTERVAL
+            await self._sweep()
         nid = to.node_id
         conn = self._outbound.get(nid)
-        if conn is not None:
+        if conn is not None and not conn.closed:
             return conn
         lock = self._dialing.setdefault(nid, trio.Lock())
         try:

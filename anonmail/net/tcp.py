@@ -292,10 +292,9 @@ class TcpNetwork:
         if kind is None:
             raise LocalProtocolError(f"{type(msg).__name__} is not a registered request")
         body = wire.encode(msg)
-        who = ids.short(to.node_id)
         limit = self.params.rpc_timeout if timeout is None else timeout
         with trio.move_on_after(limit):
-            with transport_errors(f"request to {who}"):
+            with transport_errors("request"):
                 conn = await self.dialer.connection(to)
                 answer = await conn.call(kind, body)
             try:
@@ -306,7 +305,7 @@ class TcpNetwork:
             if isinstance(reply, rpc.ErrorReply):
                 raise Refused(reply.code, reply.detail)
             return reply
-        raise TransportError(f"no answer from {who} within {limit} s")
+        raise TransportError(f"no answer from {ids.short(to.node_id)} within {limit} s")
 
     async def introduce(self, endpoint: Endpoint, *, timeout: float | None = None) -> NodeCert:
         limit = self.params.rpc_timeout if timeout is None else timeout
