@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from anonmail.dht.lookup import LookupResult
-from anonmail.store.lookups import OperationLookups
+from anonmail.store.lookups import OperationLookups, RecentLookups
 
 
 class Counting:
@@ -60,3 +60,30 @@ async def test_stale_results_are_looked_up_afresh_and_k_is_respected(
     await op.lookup(key, 30)  # the DHT's own k is unknown here: a wider set is a new lookup
     await op.lookup(key, 25)  # ... and a narrower one than made is served from it
     assert dht.asked == [(key, None), (key, None), (key, 30)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+async def test_recent_lookups_keep_only_the_own_inboxes_for_a_while(
+        autojump_clock: trio.testing.MockClock) -> None:
+    dht, clock = Counting(), Clock()
+    own, other = b"i" * 32, b"o" * 32
+    recent = RecentLookups(dht, clock, [own], ttl=600)
+    first = await recent.lookup(own)
+    clock.t += 599
+    assert await OperationLookups(recent).lookup(own) is first  # the next check, within ttl
+    await recent.lookup(other)
+    await recent.lookup(other)  # not an own inbox: looked up every time
+    clock.t += 2
+    assert await recent.lookup(own) is not first  # ttl over
+    op = OperationLookups(recent)
+    await op.lookup(own)
+    op.stale(own)  # a replica failed in that check: the next check looks up afresh
+    await OperationLookups(recent).lookup(own)
+    assert [k for k, _ in dht.asked] == [own, other, other, own, own]

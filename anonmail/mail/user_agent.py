@@ -43,10 +43,13 @@ from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import Receipt
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup, store_replicated
-from anonmail.store.lookups import OperationLookups
+from anonmail.store.lookups import OperationLookups, RecentLookups
 from anonmail.store.messages import ObjectKind
 
 CERT_TTL = 30 * 86400  # nodes keep a certificate at most this long: republish before it ends
+# How long a check reuses its own inboxes' replica set (fresh at once after any failure): a
+# node that joins nearer the key is read from within this long.
+INBOX_LOOKUP_TTL = 600.0
 
 
 class MailAgent:
@@ -65,6 +68,10 @@ class MailAgent:
         self.ttl = ttl
         self.concurrency = concurrency
         self.checked = False  # has this agent checked (and flushed) in this session?
+        # Our own inboxes' replicas, kept between checks (store/lookups.py RecentLookups).
+        self.inbox_lookups = RecentLookups(
+            dht, clock, (ids.inbox_key(identity.address), ids.requests_key(identity.address)),
+            INBOX_LOOKUP_TTL)
         book = PermitBook.load(self.local.root / permits_mod.BOOK_FILE, params.stamp_bits)
         self.permits = Permits(net, dht, identity, book, params, clock, rng, trusted_cas)
 
@@ -218,7 +225,8 @@ class MailAgent:
         """Collect new mail and permit notes (both inboxes); then send the grants that are due
         and the Outbox messages whose recipients have granted us permission since."""
         try:
-            report = await check_mod.check(self.net, OperationLookups(self.dht), self.identity,
+            report = await check_mod.check(self.net, OperationLookups(self.inbox_lookups),
+                                           self.identity,
                                            self.local,
                                            params=self.params, trusted_cas=self.trusted_cas,
                                            clock=self.clock, rng=self.rng,

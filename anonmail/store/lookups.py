@@ -19,8 +19,11 @@ Invariants (the liveness rules that keep a reused result correct):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import trio
 
+from anonmail.clock import Clock
 from anonmail.dht.lookup import LookupResult
 from anonmail.store.client import Lookup
 
@@ -59,6 +62,9 @@ class OperationLookups:
     def stale(self, key: bytes) -> None:
         """Nodes of the result for `key` failed: the next lookup of it is made afresh."""
         self._results.pop(key, None)
+        below = getattr(self.dht, "stale", None)  # a RecentLookups underneath forgets it too
+        if below is not None:
+            below(key)
 
 
 def _covers(have: int | None, want: int | None) -> bool:
@@ -68,3 +74,35 @@ def _covers(have: int | None, want: int | None) -> bool:
     if have is None or want is None:
         return False  # the DHT's k is not known here: only the same request is reused
     return have >= want
+
+
+class RecentLookups:
+    """A `Lookup` that keeps, for the keys it is told to keep, a result for `ttl` seconds
+    across operations: the agent's own inboxes, which every check looks up again (issue 11).
+
+    Liveness: a result is dropped when any node of it failed (`stale`, as `OperationLookups`),
+    and after `ttl`, so a node that joined nearer the key is read from within `ttl` of joining;
+    until then an entry appended only to it waits for the next lookup (the other replicas hold
+    it too unless r of them changed at once)."""
+
+    def __init__(self, dht: Lookup, clock: Clock, keep: Iterable[bytes], ttl: float) -> None:
+        self.dht = dht
+        self.clock = clock
+        self.keep = frozenset(keep)
+        self.ttl = ttl
+        self._results: dict[tuple[bytes, int | None], tuple[float, LookupResult]] = {}
+
+    async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
+        if key not in self.keep:
+            return await self.dht.lookup(key, k)
+        now = self.clock.now()
+        hit = self._results.get((key, k))
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        result = await self.dht.lookup(key, k)
+        self._results[(key, k)] = (now, result)
+        return result
+
+    def stale(self, key: bytes) -> None:
+        for held in [h for h in self._results if h[0] == key]:
+            del self._results[held]
