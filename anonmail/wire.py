@@ -28,6 +28,7 @@ import dataclasses
 import enum
 import types
 import typing
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -266,7 +267,9 @@ def schema_of(cls: type) -> _Schema:
 # however many FIND_NODE answers carry it (issue 11). Keyed by id(), which is sound because the
 # entry keeps its object alive; FIFO-bounded, since a miss costs only a re-encoding.
 _CACHED: set[type] = set()
-_NESTED: dict[int, tuple[Any, bytes]] = {}
+# OrderedDicts: popping a plain dict's first key again and again is O(n) in CPython (the
+# deleted slots at the front are scanned each time).
+_NESTED: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
 MAX_CACHED_ENCODINGS = 65_536
 
 
@@ -299,17 +302,18 @@ def _nested_bytes(obj: Any) -> bytes:
         return hit[1]
     data = _dumps(_encode_fields(schema_of(type(obj)), obj))
     if len(_NESTED) >= MAX_CACHED_ENCODINGS:
-        del _NESTED[next(iter(_NESTED))]
+        _NESTED.popitem(last=False)
     _NESTED[id(obj)] = (obj, data)
     return data
 
 
-_EMBEDDED: dict[type, dict[bytes, Any]] = {}  # decoded embedded structs, by their bytes
+_EMBEDDED: dict[type, OrderedDict[bytes, Any]] = {}  # decoded embedded structs, by their bytes
+MAX_EMBEDDED = 32_768  # per type: a 10,000-node network's certificates, with room (~20 MB)
 
 
 def _embedded_decoder(cls: type, size: Size, where: str) -> _Decoder:
     lo, hi = size.min, size.hi
-    memo = _EMBEDDED.setdefault(cls, {})
+    memo = _EMBEDDED.setdefault(cls, OrderedDict())
 
     def dec_embedded(v: Any) -> Any:
         if type(v) is not bytes:
@@ -321,8 +325,8 @@ def _embedded_decoder(cls: type, size: Size, where: str) -> _Decoder:
             _fail(where, f"embedded length {len(v)} outside [{lo}, {hi}]")
         schema = schema_of(cls)
         obj = _decode_fields(schema, _parse(v, schema), where)
-        if len(memo) >= MAX_CACHED_ENCODINGS:
-            del memo[next(iter(memo))]
+        if len(memo) >= MAX_EMBEDDED:
+            memo.popitem(last=False)
         memo[v] = obj
         return obj
 

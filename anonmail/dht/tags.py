@@ -30,6 +30,7 @@ process, as wire's cached encodings do.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from anonmail import crypto, wire
@@ -42,7 +43,7 @@ __all__ = ["MAX_HAVE", "TAG_BYTES", "Known", "answer_parts", "split", "tag_of"]
 
 MAX_TAGS_REMEMBERED = 262_144
 
-_TAGS: dict[int, tuple[NodeCert, bytes]] = {}
+_TAGS: OrderedDict[int, tuple[NodeCert, bytes]] = OrderedDict()  # O(1) eviction of the oldest
 
 
 def tag_of(cert: NodeCert) -> bytes:
@@ -52,7 +53,7 @@ def tag_of(cert: NodeCert) -> bytes:
         return hit[1]
     tag = crypto.hash("node-cert-tag", wire.encode(cert))[:TAG_BYTES]
     if len(_TAGS) >= MAX_TAGS_REMEMBERED:
-        del _TAGS[next(iter(_TAGS))]
+        _TAGS.popitem(last=False)
     _TAGS[id(cert)] = (cert, tag)
     return tag
 

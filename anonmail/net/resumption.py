@@ -55,6 +55,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -144,7 +145,9 @@ class Tickets:
 
     def __init__(self, capacity: int = MAX_TICKETS) -> None:
         self.capacity = capacity
-        self._tickets: dict[bytes, Ticket] = {}  # insertion order: oldest first
+        # Oldest first; an OrderedDict, as dropping a plain dict's first key again and again
+        # is O(n) in CPython.
+        self._tickets: OrderedDict[bytes, Ticket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._tickets)
@@ -157,7 +160,7 @@ class Tickets:
             return
         self._tickets.pop(key, None)  # re-filed last
         while len(self._tickets) >= self.capacity:
-            del self._tickets[next(iter(self._tickets))]
+            self._tickets.popitem(last=False)
         self._tickets[key] = ticket
 
     def take(self, key: bytes, now: float, own: NodeCert) -> Ticket | None:
