@@ -1,4 +1,4 @@
-"""`anonmail bench rpc|mail|anon|pow|decode|flood`: the benchmarks from the command line
+"""`anonmail bench rpc|mail|anon|pow|lookup|decode|flood`: the benchmarks from the command line
 (rpc.py, mail_tcp.py, mail_sim.py, anon.py, pow.py, decode.py, flood.py).
 `register(subparsers)` adds the `bench` group. Arguments are checked here, so a bad one is one
 clear `UserError` line before anything runs; each measurement prints its own table.
@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from anonmail.errors import UserError
-from anonmail.experiments.bench import anon, decode, flood, mail_sim, mail_tcp, pow, rpc
+from anonmail.experiments.bench import anon, decode, flood, lookup, mail_sim, mail_tcp, pow, rpc
 
 
 def _cmd_rpc(args: argparse.Namespace) -> int:
@@ -126,6 +126,7 @@ def register(subparsers: Any) -> None:
                         help="the simulated network, loopback TCP, or both (default)")
     anon_p.set_defaults(func=_cmd_anon)
     pow.add_parser(sub)
+    lookup.add_parser(sub)  # lookup.py
     decode_p = sub.add_parser("decode", help="decode CPU per byte: hostile requests vs honest "
                                              "(exit 1 beyond 10x)")
     decode_p.set_defaults(func=_cmd_decode)
