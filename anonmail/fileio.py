@@ -41,3 +41,12 @@ def create_private(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries durable (a file created, renamed or removed in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

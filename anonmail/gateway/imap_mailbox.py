@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from anonmail.fileio import write_private
+from anonmail.fileio import fsync_dir, write_private
 
 UID_FILE = "anonmail-uids"
 READ_ONLY = frozenset({"Outbox"})
@@ -74,14 +74,6 @@ class Msg:
     @property
     def letters(self) -> str:
         return self.info[2:] if self.info.startswith("2,") else ""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _ensure_maildir(path: Path) -> None:
@@ -200,9 +192,9 @@ class Folder:
             os.rename(src, dst)
         except FileNotFoundError:
             return False  # renamed or removed by another program: the next rescan sees it
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         if src.parent != dst.parent:
-            _fsync_dir(src.parent)
+            fsync_dir(src.parent)
         m.sub, m.info = "cur", info
         return True
 
@@ -243,7 +235,7 @@ class Folder:
             del self.messages[uid]
             gone.append(uid)
         if gone:
-            _fsync_dir(self.path / "cur")
+            fsync_dir(self.path / "cur")
             self._save()
         return gone
 
@@ -256,7 +248,7 @@ class Folder:
             os.utime(tmp, (when, when))
         info = "2," + "".join(sorted(set(letters)))
         os.replace(tmp, self.path / "cur" / f"{base}:{info}")
-        _fsync_dir(self.path / "cur")
+        fsync_dir(self.path / "cur")
         uid = self.uidnext
         self.uidnext += 1
         self.messages[uid] = Msg(uid, base, "cur", info, when if when is not None else time.time())

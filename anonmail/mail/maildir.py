@@ -43,7 +43,7 @@ from typing import Annotated
 
 from anonmail import crypto, wire
 from anonmail.errors import RemoteProtocolError, UserError
-from anonmail.fileio import write_private
+from anonmail.fileio import fsync_dir, write_private
 from anonmail.mail.envelope import MailHeader
 
 PENDING = "pending"
@@ -114,14 +114,6 @@ class PendingNotice:
     entry_expires: Annotated[int, wire.U64]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _message_id_of(data: bytes) -> str | None:
     value = BytesHeaderParser().parsebytes(data).get("Message-ID")
     return None if value is None else str(value).strip()
@@ -169,7 +161,7 @@ class LocalMail:
         tmp = base / "tmp" / name
         write_private(tmp, data)
         os.replace(tmp, base / "new" / name)
-        _fsync_dir(base / "new")
+        fsync_dir(base / "new")
 
     def _files(self, folder: str | None) -> dict[str, StoredMessage]:
         """Every message file of a folder by base name (new/ first; symbolic links and other
@@ -257,9 +249,9 @@ class LocalMail:
                 os.rename(found.path, target)
             except FileNotFoundError:
                 continue  # renamed or deleted by another program meanwhile: look again
-            _fsync_dir(cur)
+            fsync_dir(cur)
             if found.path.parent != cur:
-                _fsync_dir(found.path.parent)
+                fsync_dir(found.path.parent)
             return True
         return False
 
@@ -285,8 +277,8 @@ class LocalMail:
         if not src.exists():
             return
         os.replace(src, dst)
-        _fsync_dir(dst.parent)
-        _fsync_dir(src.parent)
+        fsync_dir(dst.parent)
+        fsync_dir(src.parent)
         self.set_waiting(message_id, ())
 
     def drop_outgoing(self, message_id: str) -> bool:
@@ -297,7 +289,7 @@ class LocalMail:
             p = self._folder_path(OUTBOX) / sub / name
             if p.exists():
                 p.unlink()
-                _fsync_dir(p.parent)
+                fsync_dir(p.parent)
                 gone = True
         self.set_waiting(message_id, ())
         return gone
@@ -374,7 +366,7 @@ class LocalMail:
         path = self._pending_path(message_id)
         if path.exists():
             path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     # -- entries already handled -----------------------------------------------------------------
 

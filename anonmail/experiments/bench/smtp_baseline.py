@@ -50,6 +50,8 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
 
+from anonmail.fileio import fsync_dir
+
 MISSING = ("SMTP baseline skipped: aiosmtpd is not installed "
            "(pip install 'anonmail[bench]')")
 SENDER, RECIPIENT = "alice@bench.invalid", "bob@bench.invalid"
@@ -138,7 +140,7 @@ class _MaildirHandler:
                 os.fsync(f.fileno())
         os.replace(tmp, self.root / "new" / name)
         if self.fsync:
-            _fsync_dir(self.root / "new")
+            fsync_dir(self.root / "new")
         return "250 Message accepted for delivery"
 
 
@@ -149,14 +151,6 @@ class _Running:
     loop: asyncio.AbstractEventLoop | None = None
     done: asyncio.Event | None = None
     failed: list[BaseException] = field(default_factory=list)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -258,7 +252,7 @@ def _read_back(root: Path, sent: dict[str, bytes], fsync: bool) -> int:
             delivered += 1
         box.remove(key)
     if fsync:
-        _fsync_dir(root / "new")
+        fsync_dir(root / "new")
     return delivered
 
 
