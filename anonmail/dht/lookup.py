@@ -11,7 +11,8 @@ function. The algorithm:
    reply names to its own shortlist only. A node that fails to answer is dropped from
    consideration (§2.3);
 3. disjointness: a node is queried by at most one path. A path claims a node when it queries it;
-   a node another path has claimed is skipped, so one hostile node can poison at most one path;
+   a node another path has claimed is taken off every other path's shortlist, so one hostile
+   node can poison at most one path;
 4. a path converges when the k closest live nodes on its shortlist (failed nodes and other
    paths' nodes excluded) have all answered; the lookup ends when every path has converged, and
    any still-outstanding request is abandoned;
@@ -36,10 +37,16 @@ nodes closest to the key).
 `hops` is the lookup's depth in rounds: a node taken from our table is at hop 1, a node first
 named by a reply from a node at hop h is at hop h+1; `hops` is the largest hop of any node that
 answered (0 if none did).
+
+Cost (issue 11): a path's picks come from one pass over its shortlist, and claimed nodes leave
+other shortlists at once instead of being skipped on every later pass.
+tests/test_lookup_equivalence.py checks that the requests, their order and the results are
+exactly those of the straightforward version (tests/lookup_reference.py).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -102,6 +109,8 @@ class DisjointLookup:
         self._answered: list[Contact] = []
         self._replied: set[bytes] = set()
         self._failures = 0
+        self._done = False  # every path finished (kept by next_queries and on_failure)
+        self._finished = 0  # paths with `finished` set
         for i, c in enumerate(initial):
             if c.node_id == own_id or c.node_id in self._state:
                 continue
@@ -116,39 +125,43 @@ class DisjointLookup:
 
     def _insert(self, path: _Path, c: Contact) -> None:
         path.members.add(c.node_id)
-        entry = (c.int_id ^ self._t, c)
+        # Distances are distinct (ids are, and XOR with the key is a bijection), so tuples
+        # compare on the distance alone and never reach the Contact.
+        insort(path.shortlist, (c.int_id ^ self._t, c))
+
+    def _unlist(self, path: _Path, c: Contact) -> None:
+        """Take `c` off `path`'s shortlist (another path claimed it), if it is there."""
         sl = path.shortlist
-        lo, hi = 0, len(sl)
-        while lo < hi:  # bisect on distance (ids are distinct, so distances are too)
-            mid = (lo + hi) // 2
-            if sl[mid][0] < entry[0]:
-                lo = mid + 1
-            else:
-                hi = mid
-        sl.insert(lo, entry)
+        d = c.int_id ^ self._t
+        i = bisect_left(sl, (d,))  # (d,) sorts just before (d, contact)
+        if i < len(sl) and sl[i][0] == d:
+            del sl[i]
 
     def _want(self) -> int:
         # All paths converge on the same neighbourhood, so every dead node met counts.
         return min(MAX_NODES, self.k + self._failures)
 
-    def _scan(self, p: int) -> tuple[Contact | None, bool]:
-        """(the node path p should ask next, whether path p has converged). Drops nodes another
-        path has claimed from p's shortlist."""
+    def _scan(self, p: int, room: int) -> tuple[list[Contact], bool]:
+        """(the nodes path p should ask next, at most `room` of them, closest first; whether
+        path p has converged).
+
+        One pass serves all of a path's picks: claiming a node turns it from owned to pending
+        on this path and changes nothing else about this path's k closest live nodes, so the
+        pass that found the first pick would find the next ones in the same order."""
         path = self._paths[p]
-        state = self._state
+        get = self._state.get
+        k = self.k
         live = 0
         converged = True
-        pick: Contact | None = None
+        picks: list[Contact] = []
         closest_answered: Contact | None = None
-        stolen = False
         for _, c in path.shortlist:
-            v = state.get(c.node_id)
+            v = get(c.node_id)
             if v is None:
                 status = _OWNED
-            elif v >> 2 != p:
-                stolen = True
-                continue
             else:
+                # Another path's node never stays on this shortlist (`next_queries` takes
+                # it off when that path claims it), so v >> 2 == p here.
                 status = v & 3
                 if status == _FAILED:
                     continue
@@ -158,41 +171,44 @@ class DisjointLookup:
                     closest_answered = c
             else:
                 converged = False
-                if status == _OWNED and pick is None:
-                    pick = c
-            if live >= self.k:
+                if status == _OWNED and len(picks) < room:
+                    picks.append(c)
+                if len(picks) >= room:
+                    break  # nothing further can change the answer
+            if live >= k:
                 break
-        if stolen:
-            path.shortlist = [e for e in path.shortlist
-                              if state.get(e[1].node_id, p << 2) >> 2 == p]
         if (converged and closest_answered is not None
                 and self._asked[closest_answered.node_id] < self._want()):
-            return closest_answered, False  # re-ask it for more (module docstring)
-        return pick, converged
+            # Re-ask it for more (module docstring); once asked, it is pending, and the
+            # others in the window have all answered: this is the path's only request.
+            return ([closest_answered] if room > 0 else []), False
+        return picks, converged
 
     def next_queries(self) -> list[tuple[int, Contact, int]]:
         """Claim and return the (path, node, count) requests to send now; updates `done`."""
         out: list[tuple[int, Contact, int]] = []
+        state = self._state
         for p, path in enumerate(self._paths):
             if path.finished or not path.dirty:
                 continue  # converged paths stay so; unchanged ones have nothing new to send
             path.dirty = False
-            while True:
-                pick, converged = self._scan(p)
-                if converged or (pick is None and path.inflight == 0):
-                    path.finished = True
-                    break
-                if pick is None or path.inflight >= self.alpha:
-                    break
+            picks, converged = self._scan(p, self.alpha - path.inflight)
+            if converged or (not picks and path.inflight == 0):
+                path.finished = True
+                self._finished += 1
+                continue
+            for pick in picks:
                 nid = pick.node_id
-                if nid not in self._state:  # claim it: no other path may query it now
+                if nid not in state:  # claim it: no other path may query it now
                     for q, other in enumerate(self._paths):
                         if q != p and nid in other.members:
+                            self._unlist(other, pick)
                             other.dirty = True  # it just lost a candidate to us
-                self._state[nid] = p << 2 | _PENDING
+                state[nid] = p << 2 | _PENDING
                 self._asked[nid] = count = self._want()
                 path.inflight += 1
                 out.append((p, pick, count))
+        self._done = self._finished == len(self._paths)
         return out
 
     def on_reply(self, p: int, contact: Contact, learned: Sequence[Contact]) -> None:
@@ -205,15 +221,18 @@ class DisjointLookup:
             self._replied.add(nid)
             self._answered.append(contact)
         hop = self._hop.get(nid, 1) + 1
+        own_id, members, get, hops = self._own_id, path.members, self._state.get, self._hop
+        shortlist, t = path.shortlist, self._t
         for c in learned:
             cid = c.node_id
-            if cid == self._own_id or cid in path.members:
+            if cid == own_id or cid in members:
                 continue
-            v = self._state.get(cid)
+            v = get(cid)
             if v is not None and v >> 2 != p:
                 continue  # another path's node (queried by or dealt to it)
-            self._hop.setdefault(cid, hop)
-            self._insert(path, c)
+            hops.setdefault(cid, hop)
+            members.add(cid)  # `_insert`, inlined
+            insort(shortlist, (c.int_id ^ t, c))
 
     def on_failure(self, p: int, contact: Contact) -> None:
         path = self._paths[p]
@@ -230,6 +249,8 @@ class DisjointLookup:
         # `_want` just grew: a path that converged earlier may now have to re-ask its closest
         # node for more contacts (the dead one may have pushed a live node out of that node's
         # answer), so every path looks again.
+        self._done = False
+        self._finished = 0
         for other in self._paths:
             other.finished = False
             other.dirty = True
@@ -237,7 +258,7 @@ class DisjointLookup:
     @property
     def done(self) -> bool:
         """Every path has converged (as of the last `next_queries`)."""
-        return all(path.finished for path in self._paths)
+        return self._done
 
     def result(self) -> list[Contact]:
         cands = list(self._answered)

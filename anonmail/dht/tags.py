@@ -70,13 +70,14 @@ class Known:
     """The verified contacts one lookup holds, nearest its key first, and the `have` list they
     make (module docstring)."""
 
-    __slots__ = ("_by_tag", "_have", "_near", "_t")
+    __slots__ = ("_by_tag", "_have", "_listed", "_near", "_t")
 
     def __init__(self, key: bytes, contacts: Iterable[Contact] = ()) -> None:
         self._t = int.from_bytes(key, "big")
         self._near: list[tuple[int, bytes]] = []  # (distance to the key, tag), nearest first
         self._by_tag: dict[bytes, Contact] = {}
         self._have: bytes | None = b""
+        self._listed: tuple[bytes, frozenset[bytes]] = (b"", frozenset())  # have, its tags
         self.add(contacts)
 
     def add(self, contacts: Iterable[Contact]) -> None:
@@ -108,8 +109,12 @@ class Known:
     def resolve(self, known: bytes, listed: bytes) -> list[Contact]:
         """The contacts an answer named by tag; every tag must be one of `listed` (the `have`
         sent with that request), else RemoteProtocolError."""
-        out = []
-        allowed = set(split(listed)) if known else set()
+        out: list[Contact] = []
+        if not known:
+            return out
+        if self._listed[0] != listed:  # parsed once per list, not per answer
+            self._listed = (listed, frozenset(split(listed)))
+        allowed = self._listed[1]
         for tag in split(known):
             if tag not in allowed:
                 raise RemoteProtocolError("an answer named a certificate tag we did not list")
@@ -122,7 +127,7 @@ def answer_parts(near: Iterable[Contact], have: bytes) -> tuple[tuple[NodeCert, 
     whose tag the asker listed in `have`."""
     if not have:
         return tuple(c.cert for c in near), b""
-    listed = set(split(have))
+    listed = _parsed(have)
     certs: list[NodeCert] = []
     tags: list[bytes] = []
     for c in near:
@@ -132,3 +137,17 @@ def answer_parts(near: Iterable[Contact], have: bytes) -> tuple[tuple[NodeCert, 
         else:
             certs.append(c.cert)
     return tuple(certs), b"".join(tags)
+
+
+_PARSED: OrderedDict[bytes, frozenset[bytes]] = OrderedDict()
+MAX_PARSED = 1024  # `have` lists remembered parsed: a lookup sends the same one again and again
+
+
+def _parsed(have: bytes) -> frozenset[bytes]:
+    hit = _PARSED.get(have)
+    if hit is None:
+        hit = frozenset(split(have))  # raises on a malformed list before anything is kept
+        if len(_PARSED) >= MAX_PARSED:
+            _PARSED.popitem(last=False)
+        _PARSED[have] = hit
+    return hit

@@ -26,10 +26,17 @@ class Collusion:
         self.members = list(members)
         self.ids = frozenset(node.node_id for node in self.members)
         self.index = IdIndex(node.contact for node in self.members)
+        self._last: tuple[bytes, int, Nodes] | None = None
 
     def reply(self, target: bytes, count: int) -> Nodes:
-        """The lie: the `count` colluders closest to `target`."""
-        return Nodes(tuple(c.cert for c in self.index.closest(target, count)))
+        """The lie: the `count` colluders closest to `target`. The same for every colluder, so
+        the last one is kept: the colluders a lookup meets are asked the same question."""
+        last = self._last
+        if last is not None and last[0] == target and last[1] == count:
+            return last[2]
+        lie = Nodes(tuple(c.cert for c in self.index.closest(target, count)))
+        self._last = (target, count, lie)
+        return lie
 
     def handler(self, honest: Handler) -> Handler:
         async def hostile(peer: Peer, msg: Any) -> Any:

@@ -32,10 +32,11 @@ ErrorReply and a fault counted against the requester; the receiving node never c
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -52,6 +53,13 @@ from anonmail.net.base import Handler, Peer
 from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
+
+_TWO_U64 = struct.Struct(">QQ")
+
+
+def _abort(_: object) -> trio.lowlevel.Abort:
+    """trio.sleep_forever's abort function: a cancelled sleep just ends."""
+    return trio.lowlevel.Abort.SUCCEEDED
 
 # A policy sees (sender, receiver, message) and returns False to drop the message.
 Policy = Callable[["SimNetwork", "SimNetwork", Any], bool]
@@ -70,8 +78,7 @@ class SimStats:
     faults: Counter[bytes] = field(default_factory=Counter)  # by requester node id
 
 
-@dataclass(frozen=True, slots=True)
-class _Delivery:
+class _Delivery(NamedTuple):  # a tuple: cheaper to make than a frozen dataclass, per request
     reply: Any  # the handler's reply object
     body: bytes | None  # its encoding (None with encode=False)
 
@@ -86,10 +93,19 @@ class SimNetwork:
         self.address = address
         self.handler: Handler | None = None
         self.up = True
+        self._peer = Peer(cert, address)
 
     @property
     def local_cert(self) -> NodeCert:
         return self._cert
+
+    @property
+    def peer(self) -> Peer:
+        """How this node appears to the nodes it sends requests to. Made once, not per
+        request: a frozen dataclass costs a microsecond to build (issue 11)."""
+        if self._peer.address != self.address:  # `address` is a plain attribute: follow it
+            self._peer = Peer(self._cert, self.address)
+        return self._peer
 
     def set_handler(self, handler: Handler | None) -> None:
         """Answer with `handler` from now on (what `serve` does, without a task per node)."""
@@ -122,7 +138,10 @@ class SimNetwork:
             delivery = await w.exchange(self, dest, msg)
             if delivery is not None:
                 scope.deadline = min(give_up, trio.current_time() + 2 * latency + jitter)
-            await trio.sleep_forever()
+            # trio.sleep_forever() without its frame: a request is woken by a Cancelled
+            # thrown through every frame of the awaiting chain.
+            await trio.lowlevel.wait_task_rescheduled(_abort)
+            raise LocalError("a request's sleep was rescheduled")
         if delivery is None or trio.current_time() >= give_up:
             w.stats.timeouts += 1
             raise TransportError(f"no answer within {timeout:g} s")
@@ -155,6 +174,8 @@ class SimWorld:
         self.loss = loss
         self.encode = encode
         self._seed = rng.bytes(32)
+        # Keyed BLAKE2b spends one compression on the key: `link` copies this state instead.
+        self._link_hash = hashlib.blake2b(digest_size=16, key=self._seed)
         self.stats = SimStats()
         self.policies: list[Policy] = []
         self._by_key: dict[bytes, SimNetwork] = {}
@@ -242,9 +263,11 @@ class SimWorld:
         lo, hi = self.latency_range
         other = b.node_id if b is not None else b""
         x, y = (a.node_id, other) if a.node_id < other else (other, a.node_id)
-        h = hashlib.blake2b(x + y, digest_size=16, key=self._seed).digest()
-        u = int.from_bytes(h[:8], "big") / 2.0**64
-        v = int.from_bytes(h[8:], "big") / 2.0**65 + (0.0 if x is a.node_id else 0.5)
+        hasher = self._link_hash.copy()
+        hasher.update(x + y)
+        hu, hv = _TWO_U64.unpack(hasher.digest())  # the digest's halves, big-endian
+        u = hu / 2.0**64
+        v = hv / 2.0**65 + (0.0 if x is a.node_id else 0.5)
         return lo + (hi - lo) * u, 1e-6 * v
 
     def latency(self, a: SimNetwork, b: SimNetwork) -> float:
@@ -254,14 +277,17 @@ class SimWorld:
         """Does a message from `src` get to `dst` now?"""
         if not (src.up and dst.up):
             return False
-        if self._group.get(src.node_id, 0) != self._group.get(dst.node_id, 0):
+        if self._group and self._group.get(src.node_id, 0) != self._group.get(dst.node_id, 0):
             return False
         if self.loss > 0.0:
             now = repr(trio.current_time()).encode()
             if self._unit(b"loss", direction.encode(), src.node_id, dst.node_id,
                           now) < self.loss:
                 return False
-        return all(policy(src, dst, msg) for policy in self.policies)
+        for policy in self.policies:  # noqa: SIM110 - no generator per message when empty
+            if not policy(src, dst, msg):
+                return False
+        return True
 
     async def exchange(self, src: SimNetwork, dst: SimNetwork | None,
                        msg: Any) -> _Delivery | None:
@@ -282,7 +308,7 @@ class SimWorld:
             reply: Any = rpc.ErrorReply(rpc.ErrorCode.MALFORMED, str(e)[:200])
         else:
             try:
-                reply = await dst.handler(Peer(src.local_cert, src.address), request)
+                reply = await dst.handler(src.peer, request)
             except RemoteProtocolError as e:
                 self.stats.faults[src.node_id] += 1
                 reply = rpc.ErrorReply(rpc.ErrorCode.REFUSED, str(e)[:200])
