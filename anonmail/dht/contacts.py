@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from anonmail import crypto, wire
+from anonmail.dht.messages import TAG_BYTES
 from anonmail.errors import RemoteProtocolError
 from anonmail.records.certs import CertCache, NodeCert
 from anonmail.records.params import NetworkParams
@@ -24,6 +26,12 @@ def _subnets(cert: NodeCert) -> frozenset[str]:
                      if not ipaddress.ip_address(ep.host).is_loopback)
 
 
+def cert_tag(cert: NodeCert) -> bytes:
+    """The short tag naming this exact certificate in FIND_NODE (dht/tags.py): the first
+    TAG_BYTES of H("node-cert-tag", its canonical bytes)."""
+    return crypto.hash("node-cert-tag", wire.encode(cert))[:TAG_BYTES]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Contact:
     """A verified NodeCert with what routing needs precomputed. Build with `Contact.of`."""
@@ -32,11 +40,12 @@ class Contact:
     node_id: bytes
     int_id: int
     subnets: frozenset[str]
+    tag: bytes  # cert_tag(cert): made once, read on every FIND_NODE answered and received
 
     @classmethod
     def of(cls, cert: NodeCert) -> Contact:
         nid = cert.node_id
-        return cls(cert, nid, int.from_bytes(nid, "big"), _subnets(cert))
+        return cls(cert, nid, int.from_bytes(nid, "big"), _subnets(cert), cert_tag(cert))
 
 
 class ContactCache:

@@ -23,9 +23,7 @@ Invariants (S/Kademlia §4.1, signed contacts only):
   already names. Lookups made for an anonymous sender run at the anonymizer (anon/), so they
   list the anonymizer's contacts, never the sender's.
 
-`tag_of` memoizes per certificate object (keyed by id, the entry keeping the object alive;
-FIFO-bounded): tags are a pure function of the bytes, so one table serves every node of a
-process, as wire's cached encodings do.
+A contact's tag is made once, with the contact (`Contact.tag`, dht/contacts.py).
 """
 
 from __future__ import annotations
@@ -33,29 +31,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from anonmail import crypto, wire
+from anonmail.dht.contacts import Contact, cert_tag
 from anonmail.dht.messages import MAX_HAVE, TAG_BYTES
-from anonmail.dht.routing import Contact
 from anonmail.errors import RemoteProtocolError
 from anonmail.records.certs import NodeCert
 
 __all__ = ["MAX_HAVE", "TAG_BYTES", "Known", "answer_parts", "split", "tag_of"]
 
-MAX_TAGS_REMEMBERED = 262_144
-
-_TAGS: OrderedDict[int, tuple[NodeCert, bytes]] = OrderedDict()  # O(1) eviction of the oldest
-
-
-def tag_of(cert: NodeCert) -> bytes:
-    """The tag of this exact certificate."""
-    hit = _TAGS.get(id(cert))
-    if hit is not None and hit[0] is cert:
-        return hit[1]
-    tag = crypto.hash("node-cert-tag", wire.encode(cert))[:TAG_BYTES]
-    if len(_TAGS) >= MAX_TAGS_REMEMBERED:
-        _TAGS.popitem(last=False)
-    _TAGS[id(cert)] = (cert, tag)
-    return tag
+tag_of = cert_tag  # the tag of one exact certificate (a Contact carries its own: Contact.tag)
 
 
 def split(packed: bytes) -> list[bytes]:
@@ -84,7 +67,7 @@ class Known:
         by_tag, t = self._by_tag, self._t
         new = []
         for c in contacts:
-            tag = tag_of(c.cert)
+            tag = c.tag
             if tag not in by_tag:
                 by_tag[tag] = c
                 new.append((c.int_id ^ t, tag))
@@ -131,7 +114,7 @@ def answer_parts(near: Iterable[Contact], have: bytes) -> tuple[tuple[NodeCert, 
     certs: list[NodeCert] = []
     tags: list[bytes] = []
     for c in near:
-        tag = tag_of(c.cert)
+        tag = c.tag
         if tag in listed:
             tags.append(tag)
         else:
