@@ -180,7 +180,10 @@ class DhtNode:
         """How many bad contacts `node_id` named, halved every MISDIRECTION_HALF_LIFE: an honest
         node that passed on a few stale certificates is trusted again later (issue 7: scores
         decay), a liar that keeps naming them stays over the limit."""
-        score, at = self._misdirected.get(node_id, (0.0, now))
+        held = self._misdirected.get(node_id)
+        if held is None:
+            return 0.0  # the usual case, asked on every answer
+        score, at = held
         return score * math.exp2(-max(0.0, now - at) / MISDIRECTION_HALF_LIFE)
 
     def _fault(self, node_id: bytes) -> None:
