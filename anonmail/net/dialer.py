@@ -44,12 +44,14 @@ SWEEP_INTERVAL = 1.0  # seconds between walks of the pool for closed and idle co
 
 
 @contextlib.contextmanager
-def transport_errors(what: str) -> Iterator[None]:
-    """Socket trouble is not the peer's fault: report it as TransportError."""
+def transport_errors(what: str, peer: NodeCert | None = None) -> Iterator[None]:
+    """Socket trouble is not the peer's fault: report it as TransportError (naming `peer`'s
+    short id, formatted only then: this wraps every request)."""
     try:
         yield
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        raise TransportError(f"{what}: {type(e).__name__}") from e
+        to = f" to {ids.short(peer.node_id)}" if peer is not None else ""
+        raise TransportError(f"{what}{to}: {type(e).__name__}") from e
 
 
 class Dialer:

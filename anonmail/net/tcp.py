@@ -294,7 +294,7 @@ class TcpNetwork:
         body = wire.encode(msg)
         limit = self.params.rpc_timeout if timeout is None else timeout
         with trio.move_on_after(limit):
-            with transport_errors("request"):
+            with transport_errors("request", to):
                 conn = await self.dialer.connection(to)
                 answer = await conn.call(kind, body)
             try:
