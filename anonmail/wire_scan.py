@@ -106,7 +106,7 @@ class Budget:
     """What the encodings of one type can cost, in units. For every encoding, with u units in
     b bytes: u <= `units`, and d*u - b <= `slack[i]` for each d = DENSITIES[i]. So an encoding
     of `size` bytes has at most `limit(size)` units: each density gives a line bounding units
-    by size, and the lowest line is taken. Built bottom-up from a schema (wire._type_budget),
+    by size, and the lowest line is taken. Built bottom-up from a schema (wire_schema._type_budget),
     every bound exact or an over-estimate, never an under-estimate."""
 
     units: int
