@@ -144,6 +144,7 @@ class AnonymousStore:
 
     async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
         n = min(am.MAX_FOUND, k or self.params.k)
+        ask_for = n  # one more once our own node was among them: `_merge` drops it
         now = self.clock.now()
         hit = self._cache.get((key, n))
         if hit is not None and now - hit[0] <= self.cache_ttl:
@@ -153,10 +154,10 @@ class AnonymousStore:
             z = await self._end("z")  # still fresh after W was built (else a new one)
             found: dict[str, list[NodeCert]] = {}
 
-            async def ask(which: str, circuit: Circuit,
-                          found: dict[str, list[NodeCert]] = found) -> None:
+            async def ask(which: str, circuit: Circuit, found: dict[str, list[NodeCert]] = found,
+                          count: int = ask_for) -> None:
                 try:
-                    answer = await circuit.call(am.FindNodes(key, n))
+                    answer = await circuit.call(am.FindNodes(key, count))
                 except ChannelError as e:
                     self._fail(circuit, e)
                     return
@@ -171,6 +172,10 @@ class AnonymousStore:
             if len(found) < 2:
                 continue
             result = self._merge(key, n, found["z"], found["w"], z, w)
+            if len(result.nodes) < n and ask_for == n and any(
+                    c.node_id == self.local_cert.node_id for c in (*found["z"], *found["w"])):
+                ask_for = min(am.MAX_FOUND, n + 1)  # we were among them: ask for one more
+                continue
             if self._too_sparse(key, result):
                 # Both ends answered with nodes far sparser than the network is: both are
                 # likely hostile and returned only their coalition (Castro et al. 2002's

@@ -35,7 +35,7 @@ from anonmail.clock import Clock
 from anonmail.dht.lookup import DisjointLookup, LookupResult, drive
 from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
 from anonmail.dht.routing import AddResult, Contact, ContactCache, RoutingTable
-from anonmail.dht.tags import TAG_BYTES, Known, answer_parts
+from anonmail.dht.tags import HAVE_PER_RESULT, MAX_HAVE, TAG_BYTES, Known, answer_parts
 from anonmail.errors import BadContact, LocalError, Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network, Peer
 from anonmail.net.services import Service, ServiceRegistry
@@ -213,7 +213,9 @@ class DhtNode:
         state = DisjointLookup(key, k, d, self.params.alpha, initial, own, self.node_id)
         tally = _Tally()
         named_by: dict[bytes, bytes] = {}  # contact -> the node whose answer first named it
-        known = Known(key, initial)  # what answers need not resend (dht/tags.py)
+        # What answers need not resend (dht/tags.py): a have list of ~3k tags, enough for
+        # what k-contact answers near the key name (measured at k = 8 and 20, issue 11).
+        known = Known(key, initial, min(MAX_HAVE, HAVE_PER_RESULT * k))
 
         async def query(c: Contact, count: int) -> Sequence[Contact] | None:
             return await self._find_node(c, key, count, tally, named_by, known)

@@ -4,8 +4,9 @@ A FIND_NODE answer used to carry a full certificate for every contact it named, 
 meets the same few nodes near its key again and again: ~95% of the bytes of a send were
 certificates the asker already held (issue 11). Now the asker lists, in `FindNode.have`, the tags
 of the verified certificates it holds nearest the target (its routing table's and what this
-lookup has learned, at most `MAX_HAVE`); the answer carries a full certificate only for contacts
-whose tag is not listed, and just the tag for the others (`Nodes.known`).
+lookup has learned, at most `MAX_HAVE`, and 3 per node the lookup asks for); the answer carries
+a full certificate only for contacts whose tag is not listed, and just the tag for the others
+(`Nodes.known`).
 
 A tag is the first `TAG_BYTES` of H("node-cert-tag", the certificate's canonical bytes): it names
 one version of one certificate, so a renewed certificate (new endpoints, new expiry) is sent in
@@ -36,7 +37,13 @@ from anonmail.dht.messages import MAX_HAVE, TAG_BYTES
 from anonmail.errors import RemoteProtocolError
 from anonmail.records.certs import NodeCert
 
-__all__ = ["MAX_HAVE", "TAG_BYTES", "Known", "answer_parts", "split", "tag_of"]
+__all__ = ["HAVE_PER_RESULT", "MAX_HAVE", "TAG_BYTES", "Known", "answer_parts", "split", "tag_of"]
+
+# A lookup for k nodes lists at most HAVE_PER_RESULT * k tags (and never more than MAX_HAVE):
+# answers name k contacts near the key, and a longer list costs more request bytes than the
+# certificates it spares. At k = 8, 1,000 nodes: 2k 2.27x the floor, 3k 2.27x, 4k 2.30x, 8k
+# 2.36x (`anonmail bench mail --sim-nodes 1000`); at k = 20, 64 was the best (docs/performance.md).
+HAVE_PER_RESULT = 3
 
 tag_of = cert_tag  # the tag of one exact certificate (a Contact carries its own: Contact.tag)
 
@@ -53,10 +60,12 @@ class Known:
     """The verified contacts one lookup holds, nearest its key first, and the `have` list they
     make (module docstring)."""
 
-    __slots__ = ("_by_tag", "_have", "_listed", "_near", "_t")
+    __slots__ = ("_by_tag", "_have", "_limit", "_listed", "_near", "_t")
 
-    def __init__(self, key: bytes, contacts: Iterable[Contact] = ()) -> None:
+    def __init__(self, key: bytes, contacts: Iterable[Contact] = (), limit: int = MAX_HAVE
+                 ) -> None:
         self._t = int.from_bytes(key, "big")
+        self._limit = max(0, min(MAX_HAVE, limit))
         self._near: list[tuple[int, bytes]] = []  # (distance to the key, tag), nearest first
         self._by_tag: dict[bytes, Contact] = {}
         self._have: bytes | None = b""
@@ -74,13 +83,16 @@ class Known:
         if not new:
             return
         near = self._near
-        if len(near) >= MAX_HAVE:
+        limit = self._limit
+        if len(near) >= limit:
+            if not near:
+                return
             new = [e for e in new if e < near[-1]]  # farther than all we list: not listed
             if not new:
                 return
         near.extend(new)
         near.sort()
-        del near[MAX_HAVE:]
+        del near[limit:]
         self._have = None
 
     def have(self) -> bytes:
