@@ -52,7 +52,7 @@ class DoubleSpender:
                       Extras((), 15, self.token.token.id))
 
     async def place(self, address: str, inbox: bytes, entry: bytes, ttl: int,
-                    proof: AppendProof, rounds: int = 4) -> Placement:
+                    proof: AppendProof, rounds: int = 4, *, dht: object = None) -> Placement:
         out = Placement()
         for o in await request_all(self.net, self.nodes, Append(inbox, entry, ttl, proof)):
             out.tried[o.item.node_id] = o.item

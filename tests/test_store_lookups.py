@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from anonmail.dht.lookup import LookupResult
-from anonmail.store.lookups import OperationLookups, RecentLookups
+from anonmail.errors import TransportError, UserError
+from anonmail.store.lookups import OperationLookups, RecentLookups, looking_ahead
 
 
 class Counting:
@@ -87,3 +89,57 @@ async def test_recent_lookups_keep_only_the_own_inboxes_for_a_while(
     op.stale(own)  # a replica failed in that check: the next check looks up afresh
     await OperationLookups(recent).lookup(own)
     assert [k for k, _ in dht.asked] == [own, other, other, own, own]
+
+
+# -- a send's independent keys at once (looking_ahead) ---------------------------------------------
+
+
+class Failing(Counting):
+    """Fails the lookup of one key (an unreachable network, say)."""
+
+    def __init__(self, bad: bytes) -> None:
+        super().__init__()
+        self.bad = bad
+
+    async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
+        if key == self.bad:
+            await trio.sleep(0.5)
+            raise TransportError("nobody answered")
+        return await super().lookup(key, k)
+
+
+async def test_looking_ahead_runs_the_keys_at_once_and_the_steps_reuse_them(
+        autojump_clock: trio.testing.MockClock) -> None:
+    dht = Counting()
+    op = OperationLookups(dht)
+    keys = [bytes([i]) * 32 for i in range(3)]
+
+    async def steps() -> float:
+        for key in keys:  # one after the other, as a send's steps are
+            await op.lookup(key, 8)
+        return trio.current_time()
+
+    with trio.fail_after(10):
+        start = trio.current_time()
+        ended = await looking_ahead(op, keys, 8, steps)
+    assert ended - start == 1  # three one-second lookups side by side, not 3 s
+    assert sorted(dht.asked) == [(key, 8) for key in keys] and op.made == 3
+
+
+async def test_looking_ahead_keeps_the_steps_error_and_ignores_a_failed_prefetch(
+        autojump_clock: trio.testing.MockClock) -> None:
+    bad = b"x" * 32
+    op = OperationLookups(Failing(bad))
+
+    async def fails() -> None:
+        await trio.sleep(2)  # the prefetch of `bad` has failed by now: the step is unaffected
+        raise UserError("no certificate found")
+
+    with trio.fail_after(10), pytest.raises(UserError):  # itself, not an exception group
+        await looking_ahead(op, [bad, b"y" * 32], 8, fails)
+
+    async def needs_bad() -> LookupResult:
+        return await op.lookup(bad, 8)  # made again by the step, which sees the error
+
+    with trio.fail_after(10), pytest.raises(TransportError):
+        await looking_ahead(op, [bad], 8, needs_bad)

@@ -113,14 +113,17 @@ class Policies:
     # -- appending -------------------------------------------------------------------------------
 
     async def place(self, address: str, inbox: bytes, entry: bytes, ttl: int,
-                    proof: AppendProof, rounds: int = 4) -> Placement:
+                    proof: AppendProof, rounds: int = 4, *,
+                    dht: Lookup | None = None) -> Placement:
         """APPEND on the inbox's r replicas. One round first: a full inbox refuses on every
         replica, and trying farther nodes would park the entry where its owner never reads.
         Replicas that answer NO_POLICY (new among the closest) are given the owner's policy
         and asked again; the set widens (up to `rounds`) only past nodes that failed, or that
-        still lack the policy after taking it (a node that drops what it stores)."""
+        still lack the policy after taking it (a node that drops what it stores). `dht`: the
+        send's own lookups (store/lookups.py), else ours."""
         r, skew = self.params.replication, self.params.clock_skew
-        placed = await append_replicated(self.net, self.dht, inbox, entry, ttl, proof, r,
+        dht = self.dht if dht is None else dht
+        placed = await append_replicated(self.net, dht, inbox, entry, ttl, proof, r,
                                          clock=self.clock, skew=skew, rounds=1)
         pushed: set[bytes] = set()
         dead: set[bytes] = set()  # took the policy and still lack it: no replica at all
@@ -138,11 +141,11 @@ class Policies:
                     policy = await self.fetch_policy(address, inbox, newest=True)
                     if policy is None:
                         break
-                want = [c for c in await closest(self.dht, inbox, r + widen)
+                want = [c for c in await closest(dht, inbox, r + widen)
                         if c.node_id not in placed.receipts_by_node and c.node_id not in dead
                         and c.node_id not in pushed]
                 pushed |= await self.push_policy(inbox, want, policy)
-            again = await append_replicated(self.net, self.dht, inbox, entry, ttl, proof, r,
+            again = await append_replicated(self.net, dht, inbox, entry, ttl, proof, r,
                                             clock=self.clock, skew=skew,
                                             rounds=min(rounds, 2) if widen else 1)
             placed.receipts_by_node.update(again.receipts_by_node)

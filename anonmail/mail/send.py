@@ -73,7 +73,8 @@ class Tickets(Protocol):
                grant: int = 0) -> Ticket: ...
 
     async def place(self, address: str, inbox: bytes, entry: bytes, ttl: int,
-                    proof: AppendProof, rounds: int = ...) -> Placement: ...
+                    proof: AppendProof, rounds: int = ..., *,
+                    dht: Lookup | None = None) -> Placement: ...
 
 
 @dataclass
@@ -309,7 +310,7 @@ async def send(net: Network, dht: Lookup, identity: AddressIdentity, msg: Compos
         # retries are for nodes that failed, not for an inbox that is full).
         if tickets is not None and proof is not None:
             # (replicas lacking the owner's policy get it, mail/permits.py `place`)
-            step.take(await tickets.place(address, inbox, entry, ttl, proof, rounds))
+            step.take(await tickets.place(address, inbox, entry, ttl, proof, rounds, dht=dht))
         else:
             step.take(await append_replicated(net, dht, inbox, entry, ttl, proof, r,
                                               clock=clock, skew=skew, rounds=1))

@@ -43,7 +43,7 @@ from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import Receipt
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup, store_replicated
-from anonmail.store.lookups import OperationLookups, RecentLookups
+from anonmail.store.lookups import OperationLookups, RecentLookups, looking_ahead
 from anonmail.store.messages import ObjectKind
 
 CERT_TTL = 30 * 86400  # nodes keep a certificate at most this long: republish before it ends
@@ -56,7 +56,8 @@ class MailAgent:
     def __init__(self, identity: AddressIdentity, net: Network, dht: Lookup,
                  local: LocalMail | Path, params: NetworkParams, clock: Clock, rng: Rng, *,
                  trusted_cas: frozenset[bytes] = frozenset(), ttl: int = send_mod.DEFAULT_TTL,
-                 concurrency: int = fragments.DEFAULT_CONCURRENCY) -> None:
+                 concurrency: int = fragments.DEFAULT_CONCURRENCY,
+                 look_ahead: bool = True) -> None:
         self.identity = identity
         self.net = net
         self.dht = dht
@@ -67,6 +68,9 @@ class MailAgent:
         self.trusted_cas = trusted_cas
         self.ttl = ttl
         self.concurrency = concurrency
+        # Look a send's independent keys up at once (`store.lookups.looking_ahead`); off only
+        # to measure the difference (`anonmail bench mail --no-look-ahead`).
+        self.look_ahead = look_ahead
         self.checked = False  # has this agent checked (and flushed) in this session?
         # Our own inboxes' replicas, kept between checks (store/lookups.py RecentLookups).
         self.inbox_lookups = RecentLookups(
@@ -147,6 +151,16 @@ class MailAgent:
                              only: Sequence[str] | None) -> send_mod.SendReport:
         targets = list(msg.recipients if only is None else only)
         dht = OperationLookups(self.dht)  # one lookup per key in this send (store/lookups.py)
+        if not self.look_ahead:
+            return await self._send_with(dht, msg, targets)
+        # The send's independent keys are looked up at once, not one after the other.
+        keys = [*(ids.cert_key(a) for a in targets), ids.body_key(msg.message_id),
+                *(ids.inbox_key(a) for a in targets)]
+        return await looking_ahead(dht, keys, self.params.replication,
+                                   lambda: self._send_with(dht, msg, targets))
+
+    async def _send_with(self, dht: OperationLookups, msg: Composed,
+                         targets: list[str]) -> send_mod.SendReport:
         try:
             certs = await send_mod.recipient_certs(
                 self.net, dht, targets, self.params.replication, self.trusted_cas,

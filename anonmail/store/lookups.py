@@ -19,13 +19,24 @@ Invariants (the liveness rules that keep a reused result correct):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import trio
 
 from anonmail.clock import Clock
 from anonmail.dht.lookup import LookupResult
+from anonmail.errors import (
+    Refusal,
+    Refused,
+    RemoteProtocolError,
+    TransportError,
+    UserError,
+)
 from anonmail.store.client import Lookup
+
+T = TypeVar("T")
 
 
 class OperationLookups:
@@ -65,6 +76,36 @@ class OperationLookups:
         below = getattr(self.dht, "stale", None)  # a RecentLookups underneath forgets it too
         if below is not None:
             below(key)
+
+
+async def looking_ahead(lookups: OperationLookups, keys: Iterable[bytes], k: int,
+                        work: Callable[[], Awaitable[T]]) -> T:
+    """`work()`, while `lookups` looks the independent `keys` of the operation up at once (a
+    send: the recipients' certificates, the body, the inboxes; issue 11). The steps of `work`
+    that need a key take its result, or wait for the lookup in flight, instead of looking it
+    up one after the other. Lookups still running when `work` ends are abandoned; one that
+    fails is simply made again by the step that needs it. `work`'s own exception propagates
+    as itself (not in an exception group)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    async def ahead(key: bytes) -> None:
+        # A failure here is not reported: the step that needs the key looks it up again.
+        with contextlib.suppress(RemoteProtocolError, Refusal, Refused, TransportError,
+                                 UserError):
+            await lookups.lookup(key, k)
+
+    async with trio.open_nursery() as nursery:
+        for key in dict.fromkeys(keys):
+            nursery.start_soon(ahead, key)
+        try:
+            outcome.append(await work())
+        except Exception as e:  # re-raised below, outside the nursery
+            failure.append(e)
+        nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _covers(have: int | None, want: int | None) -> bool:

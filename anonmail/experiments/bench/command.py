@@ -47,7 +47,8 @@ def _cmd_mail(args: argparse.Namespace) -> int:
         # the simulated half: honest nodes, every message encoded (mail_sim.py)
         for anonymous in (False, True) if args.anonymous else (False,):
             sim = mail_sim.bench_sim(nodes=args.sim_nodes, messages=args.messages,
-                                     size=args.size, anonymous=anonymous)
+                                     size=args.size, anonymous=anonymous,
+                                     look_ahead=not args.no_look_ahead)
             print(mail_sim.format_bench(sim))
     return 0
 
@@ -116,6 +117,9 @@ def register(subparsers: Any) -> None:
                         help="simulated nodes (default 200)")
     mail_p.add_argument("--anonymous", action="store_true",
                         help="simulated: also send through go-betweens, beside direct")
+    mail_p.add_argument("--no-look-ahead", action="store_true",
+                        help="simulated: look a send's keys up one after the other, as before "
+                             "issue 11 (compare the send latency)")
     mail_p.set_defaults(func=_cmd_mail)
     anon_p = sub.add_parser("anon", help="the price of anonymity: anonymous vs direct mail")
     anon_p.add_argument("--messages", type=int, default=20, help="messages (default 20)")

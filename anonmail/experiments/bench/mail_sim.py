@@ -69,13 +69,15 @@ class BenchResult:
 
 
 def bench_sim(*, nodes: int = 200, messages: int = 100, agents: int = 20, size: int = 5_000,
-              replication: int = 8, seed: int = 1, anonymous: bool = False) -> BenchResult:
+              replication: int = 8, seed: int = 1, anonymous: bool = False,
+              look_ahead: bool = True) -> BenchResult:
     """The simulated half of `anonmail bench mail` (module docstring); with `anonymous` the
-    agents go through go-betweens (all honest here)."""
+    agents go through go-betweens (all honest here); without `look_ahead` a send looks its
+    keys up one after the other (MailAgent's `look_ahead`)."""
     config = MailConfig(nodes=nodes, messages=messages, agents=agents, replication=replication,
                         droppers=0.0, churn=0.0, send_hours=1.0, delay_hours=(0.1, 0.5),
                         size=(size, size), encode=True, seed=seed, anonymous=anonymous,
-                        sample_every=1)
+                        sample_every=1, look_ahead=look_ahead)
     rep = run(config)
     took = [x.sent - x.send_at for x in rep.letters if x.sent is not None and x.attempts == 1]
     return BenchResult(nodes, messages, rep.delivered, rep.wall_run, rep.virtual_seconds,
@@ -97,6 +99,7 @@ def format_bench(b: BenchResult) -> str:
         f"({b.mail_per_delivered / max(b.floor, 1):.2f}x the floor)",
         f"  floor: message size x r              {human_size(b.floor):>12}",
         f"  mail's messages on the wire / deliv. {b.mail_messages / per:>12.0f}",
+        f"  mean send latency (virtual seconds)  {b.send_latency:>12.2f}",
         f"  upkeep per node-hour (republish)     {human_size(b.upkeep_per_node_hour):>12}",
         f"  everything / delivery, upkeep too    {human_size(b.bytes_per_delivered):>12}   "
         f"({b.bytes_per_delivered / max(b.floor, 1):.2f}x the floor, "

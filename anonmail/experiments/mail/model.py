@@ -69,6 +69,7 @@ class MailConfig:
     seed: int = 1
     anonymous: bool = False  # agents send, check and retrieve through go-betweens (anon/);
     # the droppers are then also hostile go-betweens (sim/anon_adversary.py)
+    look_ahead: bool = True  # a send looks its independent keys up at once (MailAgent)
 
     def storage(self) -> StorageConfig:
         """What the storage nodes of this run do (sim/storage.py)."""

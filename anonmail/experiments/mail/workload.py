@@ -90,7 +90,7 @@ async def make_seats(s: Scenario, net: StorageNetwork, config: MailConfig, tmp: 
                                              rng.fork(f"agent-anon-{i}")))
             store = lookup = anon
         agent = MailAgent(ident, store, lookup, tmp / f"user{i}", s.params, s.clock,
-                          rng.fork(f"agent-{i}"))
+                          rng.fork(f"agent-{i}"), look_ahead=config.look_ahead)
         seats.append(Seat(agent, anon))
         introducer = net.pick(rng, net.honest_live())
         await dht.bootstrap(introducer.node.cert.endpoints, paths=1)
