@@ -33,6 +33,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import math
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 __all__ = ["Admission", "AdmissionLimits", "Verdict", "source_of"]
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every accept and dial; pure
 def source_of(ip: str) -> str:
     """The unit faults and per-source limits count: an IPv4 address or an IPv6 /64."""
     try:
@@ -55,6 +57,7 @@ def source_of(ip: str) -> str:
     return str(addr)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(source: str) -> bool:
     try:
         return ipaddress.ip_network(source, strict=False).is_loopback

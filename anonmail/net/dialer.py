@@ -26,6 +26,7 @@ from anonmail.errors import BadContact, OtherNetwork, RemoteProtocolError, Trans
 from anonmail.net.admission import source_of
 from anonmail.net.handshake import Handshake, Role, UnexpectedPeer
 from anonmail.net.links import Link, Outbound, run_handshake
+from anonmail.net.sockio import SocketIO, connect
 from anonmail.records import ids
 from anonmail.records.certs import Endpoint, NodeCert
 
@@ -43,15 +44,20 @@ MAX_ENDPOINTS_REMEMBERED = 4096
 SWEEP_INTERVAL = 1.0  # seconds between walks of the pool for closed and idle connections
 
 
+def transport_error(what: str, peer: NodeCert | None, e: Exception) -> TransportError:
+    """Socket trouble is not the peer's fault: report it as TransportError (naming `peer`'s
+    short id, formatted only then)."""
+    to = f" to {ids.short(peer.node_id)}" if peer is not None else ""
+    return TransportError(f"{what}{to}: {type(e).__name__}")
+
+
 @contextlib.contextmanager
 def transport_errors(what: str, peer: NodeCert | None = None) -> Iterator[None]:
-    """Socket trouble is not the peer's fault: report it as TransportError (naming `peer`'s
-    short id, formatted only then: this wraps every request)."""
+    """`transport_error` around a block."""
     try:
         yield
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        to = f" to {ids.short(peer.node_id)}" if peer is not None else ""
-        raise TransportError(f"{what}{to}: {type(e).__name__}") from e
+        raise transport_error(what, peer, e) from e
 
 
 class Dialer:
@@ -124,11 +130,11 @@ class Dialer:
         raise last
 
     async def _open(self, ep: Endpoint, expect: ids.NodeId | None) -> Outbound:
+        net = self.net
         source = source_of(ep.host)
         with transport_errors("connect"):
-            stream = await trio.open_tcp_stream(ep.host, ep.port)
+            io = SocketIO(await connect(ep.host, ep.port), net.limits.send_timeout, net.stats)
         try:
-            net = self.net
             # Taken is spent, whatever happens next: a ticket is good for one attempt.
             ticket = (None if expect is None else
                       net.dial_tickets.take(expect, net.clock.now(), net.local_cert))
@@ -136,9 +142,9 @@ class Dialer:
                            expect=expect, cert_cache=net.cert_cache, resume=ticket,
                            ticket_lifetime=net.limits.ticket_lifetime)
             with transport_errors("handshake"):
-                done = await run_handshake(stream, hs, self.net.clock, self.net.stats)
+                done = await run_handshake(io, hs, net.clock)
         except OtherNetwork as e:
-            await trio.aclose_forcefully(stream)
+            io.close()
             if len(self.other_networks) >= MAX_OTHER_NETWORKS:
                 self.other_networks.pop(next(iter(self.other_networks)))
             self.other_networks[str(ep)] = e.network_id
@@ -146,27 +152,25 @@ class Dialer:
         except UnexpectedPeer as e:
             # Whoever answered proved a valid identity; the certificate that sent us here may
             # come from anyone. Charging the address would let a liar get its owner banned.
-            await trio.aclose_forcefully(stream)
+            io.close()
             self._remember(ep, e.node_id)
             raise BadContact("another node answers at the endpoint dialled") from e
         except RemoteProtocolError as e:
-            self.net.count_fault(source, e)
-            await trio.aclose_forcefully(stream)
+            net.count_fault(source, e)
+            io.close()
             raise
         except BaseException:
-            await trio.aclose_forcefully(stream)
+            io.close()
             raise
         est = done[0]
         self._remember(ep, est.peer.node_id)
-        self.net.dial_tickets.put(est.peer.node_id, est.ticket)
+        net.dial_tickets.put(est.peer.node_id, est.ticket)
         if est.resumed:
-            self.net.stats.dials_resumed += 1
+            net.stats.dials_resumed += 1
         else:
-            self.net.stats.dials_full += 1
-        unit = self.net.admission.unit_of(source, est.peer.node_id)
-        link = Link(stream, done, self.net.params.max_frame, unit, self.net.stats,
-                    self.net.limits.send_timeout)
-        return Outbound(link, self.net.count_fault)
+            net.stats.dials_full += 1
+        unit = net.admission.unit_of(source, est.peer.node_id)
+        return Outbound(Link(io, done, net.params.max_frame, unit), net.count_fault)
 
     def _remember(self, ep: Endpoint, node_id: bytes) -> None:
         key = str(ep)

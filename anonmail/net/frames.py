@@ -67,6 +67,13 @@ class FrameDecoder(_Direction):
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 
+    def ready(self) -> bool:
+        """Whether a whole frame (or a header that `next_frame` refuses) is buffered."""
+        buf = self._buf
+        return len(buf) >= HEADER_SIZE and (
+            len(buf) >= HEADER_SIZE + int.from_bytes(buf[:HEADER_SIZE], "big")
+            or int.from_bytes(buf[:HEADER_SIZE], "big") > self.max_frame + TAG_SIZE)
+
     def next_frame(self) -> bytes | None:
         """The next plaintext, or None until more bytes arrive. Raises on a bad frame."""
         if self.failed:

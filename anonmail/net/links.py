@@ -1,63 +1,46 @@
-"""One authenticated TCP connection: its envelopes, the handshake driver, and both ends.
+"""One authenticated TCP connection: its envelopes, the handshake driver, and our dialling end.
 
 `tcp.TcpNetwork` (see its module docstring for the transport's invariants) dials and accepts;
-what happens on one connection lives here: `run_handshake` drives the sans-I/O handshake
-(handshake.py) over the stream, a `Link` holds the stream and the frame codecs (frames.py) of an
-established connection, `Outbound` is our side of a connection we dialled (requests out, answers
-matched by `req_id`, no task of its own) and `Inbound` our side of one we accepted (each request
-answered in its own task, at most `TcpLimits.max_in_flight` handlers running at once, `BUSY`
-beyond; answers waiting to be written are charged to the connection's and the node's output
-budgets, output.py).
+what happens on one connection lives here and in inbound.py: `run_handshake` drives the sans-I/O
+handshake (handshake.py) over the stream, a `Link` takes the socket of an established connection
+(sockio.py: frames written with one `send` when the kernel takes them, no trio stream) and holds
+the frame codecs (frames.py), `Outbound` is our side of a connection we dialled (requests out,
+answers matched by `req_id`, no task of its own) and `inbound.Inbound` our side of one we
+accepted.
 
 Invariants: a frame is written whole or the link is closed (a half-written frame would desync
-the counter nonces); a peer's fault on a connection is reported through `count_fault` against
-that connection's source and ends the connection, never another; an answer to a request never
-sent is a fault, a late answer to one abandoned (timeout) is not; a frame not written within
-`send_timeout` closes the link (a peer that does not read cannot hold us); memory held for a
+the counter nonces), and frames are written in counter order: a frame is encoded and handed to
+the socket with no checkpoint between (sockio.py queues it whole if the kernel does not take it
+at once); a peer's fault on a connection is reported through `count_fault` against that
+connection's source and ends the connection, never another; an answer to a request never sent is
+a fault, a late answer to one abandoned (timeout) is not; a connection whose peer takes no frame
+within `send_timeout` is closed (a peer that does not read cannot hold us); memory held for a
 connection is bounded by its output share plus one frame queued, one frame being decoded and one
 receive buffer (docs/transport.md "Memory per connection").
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
 
 import trio
 
-from anonmail import wire
 from anonmail.clock import Clock
-from anonmail.errors import LocalProtocolError, RemoteProtocolError, TransportError
-from anonmail.net import rpc
-from anonmail.net.base import Handler, Peer
+from anonmail.errors import RemoteProtocolError, TransportError
+from anonmail.net import envelope
+from anonmail.net.envelope import Request, Response
 from anonmail.net.frames import FrameDecoder, FrameEncoder
 from anonmail.net.handshake import Established, Handshake
-from anonmail.net.output import ConnectionOutput, NodeOutput
 from anonmail.net.resumption import MAX_TICKETS, TICKET_LIFETIME
-from anonmail.wire import Range, Size
+from anonmail.net.sockio import SocketIO
 
-logger = logging.getLogger("anonmail.net.tcp")
+__all__ = ["FaultCounter", "Link", "Outbound", "Request", "Response", "TcpLimits", "TcpStats",
+           "run_handshake"]
 
 FaultCounter = Callable[[str, RemoteProtocolError], None]  # (source, the fault)
 
 RECEIVE_SIZE = 65536
-MAX_BODY = 16 << 20  # the largest max_frame NetworkParams allows
-@wire.message(tag=13)
-@dataclass(frozen=True, slots=True)
-class Request:
-    req_id: Annotated[int, wire.U64]
-    kind: Annotated[int, Range(0, 65535)]  # the wire tag of `body`
-    body: Annotated[bytes, Size(0, MAX_BODY)]
-
-
-@wire.message(tag=14)
-@dataclass(frozen=True, slots=True)
-class Response:
-    req_id: Annotated[int, wire.U64]
-    body: Annotated[bytes, Size(0, MAX_BODY)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,68 +74,58 @@ class TcpStats:
     accepts_resumed: int = 0  # ... that resumed an earlier session instead
 
 
-async def run_handshake(stream: trio.SocketStream, hs: Handshake, clock: Clock,
-                         stats: TcpStats) -> tuple[Established, bytes]:
+async def run_handshake(io: SocketIO, hs: Handshake, clock: Clock) -> tuple[Established, bytes]:
     """Drive `hs` to completion; returns the result and the bytes that came after it (the
     initiator sends its first request right behind its last handshake message)."""
     while True:
         event = hs.next_event(clock.now())
         out = hs.data_to_send()
         if out:
-            await stream.send_all(out)
-            stats.sent += len(out)
+            await io.send(out)
         if isinstance(event, Established):
             return event, hs.trailing_data
-        data = await stream.receive_some(RECEIVE_SIZE)
+        data = await io.receive(RECEIVE_SIZE)
         if not data:
             raise TransportError("connection closed during the handshake")
-        stats.received += len(data)
         hs.receive_data(data)
 
 
 class Link:
-    """An established connection: the stream, who is on the other end, and the frame codecs."""
+    """An established connection: its socket (sockio.py, taken over from the handshake), who
+    is on the other end, and the frame codecs. Whoever made the socket closes it."""
 
-    def __init__(self, stream: trio.SocketStream, handshake: tuple[Established, bytes],
-                 max_frame: int, source: str, stats: TcpStats, send_timeout: float) -> None:
+    def __init__(self, io: SocketIO, handshake: tuple[Established, bytes], max_frame: int,
+                 source: str) -> None:
         est, trailing = handshake
-        self.stream = stream
-        self.stats = stats
+        self.io = io
         self.peer = est.peer
         self.source = source
         self.max_frame = max_frame
         self._encoder = FrameEncoder(est.keys.send, max_frame)
         self.decoder = FrameDecoder(est.keys.recv, max_frame)
         self.decoder.receive_data(trailing)
-        self._send_lock = trio.Lock()  # one writer at a time, frames in counter order
-        self.send_timeout = send_timeout
-        self.closed = False
 
-    async def send(self, envelope: Request | Response) -> None:
-        """Raises LocalProtocolError (stream intact) if the envelope does not fit a frame, and
-        trio.BrokenResourceError (link closed) if the peer does not take it within
-        `send_timeout`."""
-        async with self._send_lock:
-            frame = self._encoder.encode(wire.encode(envelope))
-            try:
-                with trio.move_on_after(self.send_timeout) as writing:
-                    await self.stream.send_all(frame)
-                if writing.cancelled_caught:
-                    raise trio.BrokenResourceError("the peer does not take what we send")
-                self.stats.sent += len(frame)
-            except BaseException:
-                # Interrupted mid-frame (cancelled, reset): the stream is unusable from here.
-                await self.close()
-                raise
+    @property
+    def closed(self) -> bool:
+        return self.io.closed
+
+    def frame(self, plaintext: bytes) -> bytes:
+        """The next frame (an encoded envelope, envelope.py), for `io.send` right away: no
+        checkpoint between the two, so frames go out in counter order with no lock. Raises
+        LocalProtocolError (stream intact) if it does not fit a frame."""
+        return self._encoder.encode(plaintext)
+
+    async def send(self, plaintext: bytes) -> None:
+        """`frame` and `io.send`: raises LocalProtocolError (stream intact) if `plaintext`
+        does not fit a frame, and trio.BrokenResourceError (link closed) if the peer does not
+        take it within `send_timeout`."""
+        await self.io.send(self._encoder.encode(plaintext))
 
     async def receive(self) -> bytes:
-        data = await self.stream.receive_some(RECEIVE_SIZE)
-        self.stats.received += len(data)
-        return data
+        return await self.io.receive(RECEIVE_SIZE)
 
     async def close(self) -> None:
-        self.closed = True
-        await trio.aclose_forcefully(self.stream)
+        self.io.close()
 
 
 class Outbound:
@@ -182,9 +155,10 @@ class Outbound:
         rid = self._next_id
         self._next_id += 1
         self._waiting.add(rid)
+        answers = self._answers
         try:
-            await self.link.send(Request(rid, kind, body))
-            while rid not in self._answers:
+            await self.link.send(envelope.encode_request(rid, kind, body))
+            while rid not in answers:
                 if self._reading:
                     await self._progress.wait()
                     continue
@@ -195,12 +169,12 @@ class Outbound:
                     await self._read()
                 finally:
                     self._reading = False
-                    self._progress.set()
-                    self._progress = trio.Event()
-            return self._answers.pop(rid)
+                    progress, self._progress = self._progress, trio.Event()
+                    progress.set()
+            return answers.pop(rid)
         finally:
             self._waiting.discard(rid)
-            self._answers.pop(rid, None)
+            answers.pop(rid, None)
             self.last_used = trio.current_time()
 
     async def _read(self) -> None:
@@ -210,141 +184,20 @@ class Outbound:
         if not data:
             await self.close()
             raise TransportError("connection closed by the peer")
-        self.link.decoder.receive_data(data)
+        link = self.link
+        link.decoder.receive_data(data)
         try:
-            while (plain := self.link.decoder.next_frame()) is not None:
-                answer = wire.decode(plain, Response, max_size=self.link.max_frame)
+            while (plain := link.decoder.next_frame()) is not None:
+                answer = envelope.decode_response(plain, link.max_frame)
                 if answer.req_id in self._waiting:
                     self._answers[answer.req_id] = answer.body
                 elif answer.req_id >= self._next_id:
                     raise RemoteProtocolError("answer to a request never sent")
                 # else: its asker gave up (timeout); a late answer is no fault
         except RemoteProtocolError as e:
-            self._count_fault(self.link.source, e)
+            self._count_fault(link.source, e)
             await self.close()
             raise
 
     async def close(self) -> None:
         await self.link.close()
-
-
-class Inbound:
-    """Our side of a connection we accepted: read requests, answer each in its own task."""
-
-    def __init__(self, link: Link, peer: Peer, handler: Handler, limits: TcpLimits,
-                 count_fault: FaultCounter, output: NodeOutput) -> None:
-        self.link = link
-        self.peer = peer
-        self.handler = handler
-        self.limits = limits
-        self._count_fault = count_fault
-        self.in_flight = 0  # handlers running (an answer waiting to be written is not one)
-        self.output = ConnectionOutput(output, limits.max_queued_bytes)
-
-    async def run(self) -> RemoteProtocolError | None:
-        """Serve until the peer leaves, idles out or misbehaves (returns the fault)."""
-        fault = None
-        async with trio.open_nursery() as nursery:
-            try:
-                await self._read_requests(nursery)
-            except RemoteProtocolError as e:
-                fault = e
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            nursery.cancel_scope.cancel()  # nobody is left to answer
-        return fault
-
-    async def _read_requests(self, nursery: trio.Nursery) -> None:
-        limits = self.limits
-        while True:
-            # Frames first: the first request may have arrived with the last handshake message.
-            while (plain := self.link.decoder.next_frame()) is not None:
-                req = wire.decode(plain, Request, max_size=self.link.max_frame)
-                if self.output.full:
-                    # The peer is not reading its answers: read nothing more until it does,
-                    # rather than do work whose answers would be dropped (output.py).
-                    with trio.move_on_after(limits.send_timeout):
-                        await self.output.wait_room()
-                    if self.output.full:
-                        return
-                if self.in_flight >= limits.max_in_flight:
-                    # written here, not in a task: a peer flooding requests meets back-pressure
-                    await self._send(req.req_id, wire.encode(_busy("too many requests in flight")))
-                    continue
-                self.in_flight += 1
-                nursery.start_soon(self._answer, req)
-            with trio.move_on_after(limits.idle_timeout) as idle:
-                data = await self.link.receive()
-            if idle.cancelled_caught:
-                if self.in_flight:
-                    continue  # a handler still working; answers merely unsent do not count
-                return
-            if not data:
-                return
-            self.link.decoder.receive_data(data)
-
-    async def _answer(self, req: Request) -> None:
-        try:
-            reply = await self._dispatch(req)
-        finally:
-            # The handler is done: from here the answer counts against the output budget, not
-            # the in-flight limit (counting it until written made a reading peer meet BUSY).
-            self.in_flight -= 1
-        await self._send(req.req_id, wire.encode(reply), kind=req.kind)
-
-    async def _send(self, req_id: int, body: bytes, kind: int | None = None) -> None:
-        """Write one answer within the output budgets; BUSY in its place if it does not fit."""
-        if not self.output.reserve(len(body)):
-            body = wire.encode(_busy("answers not read: output budget full"))
-            self.output.force(len(body))
-        size = len(body)
-        try:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                try:
-                    await self.link.send(Response(req_id, body))
-                except LocalProtocolError:
-                    logger.error("answer to %s does not fit in a frame", _kind_name(kind))
-                    too_big = rpc.ErrorReply(rpc.ErrorCode.INTERNAL, "answer too large")
-                    await self.link.send(Response(req_id, wire.encode(too_big)))
-        finally:
-            self.output.release(size)
-
-    async def _dispatch(self, req: Request) -> Any:
-        error = rpc.ErrorCode
-        if req.kind not in rpc.REQUEST_TYPES.values():
-            return rpc.ErrorReply(error.UNSUPPORTED, f"unknown request type {req.kind}")
-        try:
-            msg = rpc.decode_request(req.body, self.link.max_frame)
-            if rpc.REQUEST_TYPES[type(msg)] != req.kind:
-                raise RemoteProtocolError("request kind does not match its body")
-        except RemoteProtocolError as e:
-            self._count_fault(self.link.source, e)
-            return rpc.ErrorReply(error.MALFORMED, _detail(e))
-        try:
-            reply = await self.handler(self.peer, msg)
-        except RemoteProtocolError as e:
-            self._count_fault(self.link.source, e)
-            return rpc.ErrorReply(error.REFUSED, _detail(e))
-        except NotImplementedError:
-            return rpc.ErrorReply(error.UNSUPPORTED, f"{type(msg).__name__} not served here")
-        except Exception:
-            # Our bug, not the peer's: log it (no message contents), answer, keep serving.
-            logger.exception("handler failed on %s", type(msg).__name__)
-            return rpc.ErrorReply(error.INTERNAL, "internal error")
-        if type(reply) not in rpc.RESPONSE_TYPES:
-            logger.error("handler answered %s with non-response %s", type(msg).__name__,
-                         type(reply).__name__)
-            return rpc.ErrorReply(error.INTERNAL, "internal error")
-        return reply
-
-
-def _busy(why: str) -> rpc.ErrorReply:
-    return rpc.ErrorReply(rpc.ErrorCode.BUSY, why)
-
-
-def _detail(e: Exception) -> str:
-    return str(e)[:200]
-
-
-def _kind_name(kind: int | None) -> str:
-    return next((t.__name__ for t, k in rpc.REQUEST_TYPES.items() if k == kind), str(kind))

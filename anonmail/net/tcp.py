@@ -61,10 +61,10 @@ from anonmail.errors import (
 from anonmail.net import rpc
 from anonmail.net.admission import Admission, AdmissionLimits, Verdict, source_of
 from anonmail.net.base import Handler, Peer
-from anonmail.net.dialer import Dialer, transport_errors
+from anonmail.net.dialer import Dialer, transport_error
 from anonmail.net.handshake import Handshake, HandshakeError, Role
+from anonmail.net.inbound import Inbound
 from anonmail.net.links import (
-    Inbound,
     Link,
     Request,
     Response,
@@ -74,6 +74,7 @@ from anonmail.net.links import (
 )
 from anonmail.net.output import NodeOutput
 from anonmail.net.resumption import Tickets
+from anonmail.net.sockio import SocketIO, take_socket
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.params import NetworkParams
@@ -215,9 +216,10 @@ class TcpNetwork:
 
     async def _accept(self, handler: Handler, stream: trio.SocketStream, ip: str, source: str,
                       scope: trio.CancelScope) -> None:
+        io = SocketIO(take_socket(stream), self.limits.send_timeout, self.stats)
         try:
             with scope:
-                await self._serve_connection(stream, ip, source, handler, scope)
+                await self._serve_connection(io, ip, source, handler, scope)
         except RemoteProtocolError as e:
             self.count_fault(source, e)  # before the handshake proved a key: the source's
         except (TransportError, trio.TooSlowError, OSError, trio.BrokenResourceError,
@@ -225,19 +227,19 @@ class TcpNetwork:
             pass  # gone, slow or unreachable: not evidence of hostility
         finally:
             _discard(self._inbound, source, scope)
-            await trio.aclose_forcefully(stream)
+            io.close()
 
-    async def _serve_connection(self, stream: trio.SocketStream, ip: str, source: str,
-                                handler: Handler, scope: trio.CancelScope) -> None:
+    async def _serve_connection(self, io: SocketIO, ip: str, source: str, handler: Handler,
+                                scope: trio.CancelScope) -> None:
         hs = Handshake(Role.RESPONDER, self.key, self.local_cert, self.params, self.rng,
                        cert_cache=self.cert_cache, tickets=self.accept_tickets,
                        ticket_lifetime=self.limits.ticket_lifetime)
         self._pending[source] = self._pending.get(source, 0) + 1
         try:
             with trio.fail_after(self.limits.handshake_timeout):
-                done = await run_handshake(stream, hs, self.clock, self.stats)
+                done = await run_handshake(io, hs, self.clock)
         except HandshakeError:
-            await self._send_refusal(stream, hs)  # which network we are on, if that was it
+            await self._send_refusal(io, hs)  # which network we are on, if that was it
             raise
         finally:
             self._pending[source] -= 1
@@ -256,8 +258,7 @@ class TcpNetwork:
         self.accept_tickets.put(est.ticket.tid, est.ticket)
         _add(self._by_unit, unit, scope)
         try:
-            link = Link(stream, done, self.params.max_frame, unit, self.stats,
-                        self.limits.send_timeout)
+            link = Link(io, done, self.params.max_frame, unit)
             inbound = Inbound(link, Peer(link.peer, ip), handler, self.limits, self.count_fault,
                               self.output)
             fault = await inbound.run()
@@ -266,7 +267,7 @@ class TcpNetwork:
         finally:
             _discard(self._by_unit, unit, scope)
 
-    async def _send_refusal(self, stream: trio.SocketStream, hs: Handshake) -> None:
+    async def _send_refusal(self, io: SocketIO, hs: Handshake) -> None:
         """Send what a failed handshake queued last (handshake.py's OtherNetworkReply), within
         a short time and never raising: the connection closes either way."""
         out = hs.data_to_send()
@@ -274,8 +275,7 @@ class TcpNetwork:
             return
         with trio.move_on_after(REFUSAL_SEND_TIMEOUT), \
                 contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(out)
-            self.stats.sent += len(out)
+            await io.send(out)
 
     def count_fault(self, unit: str, error: RemoteProtocolError) -> None:
         """Count a peer's fault against its judged unit (a source, or a key on a shared
@@ -294,9 +294,11 @@ class TcpNetwork:
         body = wire.encode(msg)
         limit = self.params.rpc_timeout if timeout is None else timeout
         with trio.move_on_after(limit):
-            with transport_errors("request", to):
+            try:
                 conn = await self.dialer.connection(to)
                 answer = await conn.call(kind, body)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                raise transport_error("request", to, e) from e
             try:
                 reply = rpc.decode_response(answer, self.params.max_frame)
             except RemoteProtocolError as e:
