@@ -85,7 +85,7 @@ async def closest(dht: Lookup, key: bytes, n: int) -> tuple[NodeCert, ...]:
     docs/performance.md). A lookup widens its answers by the nodes that failed to answer it
     (dht/lookup.py, "Dead entries"), so crashed nodes among the closest do not shorten the
     result: at 30% of nodes crashed unannounced the r found are still exactly the r closest
-    live ones (tests/test_store_client.py)."""
+    live ones (tests/test_store_closest.py)."""
     found = await dht.lookup(key, min(MAX_NODES, max(1, n)))
     return found.nodes[:n]
 
