@@ -58,7 +58,11 @@ async def test_lookups_succeed_and_connections_stay_within_the_limits() -> None:
         assert ph.dials_full >= 0 and ph.dials_resumed >= 0
     assert len(run.warm_conns) == NODES and min(run.warm_conns) > 0
     assert run.tables["anonmail"] == NODES - 1  # after warm-up every node knows every other
+    # warm: rounds went on until one dialled at most one full handshake per lookup
+    assert 1 <= run.rounds <= lookup.WARM_MAX
+    assert run.rounds == lookup.WARM_MAX or run.warm_handshakes <= lookup.WARM_HANDSHAKES
     text = lookup.report(run)
+    assert f"warm-up, both systems: 1 + {run.rounds} lookups per node" in text
     assert "anonmail d=1" in text and "anonmail d=8" in text and "FAILED" not in text
     if kademlia_baseline.available():  # the same workload, run twice (before and after)
         kad = run.phases[2]
@@ -99,6 +103,8 @@ def test_bad_arguments_are_one_clear_line(capsys: pytest.CaptureFixture[str]) ->
     assert "--nodes takes network sizes separated by commas" in capsys.readouterr().err
     assert main(["bench", "lookup", "--nodes", "1"]) == 2
     assert "each size must be 2-1000" in capsys.readouterr().err
+    assert main(["bench", "lookup", "--warm-max", "101"]) == 2
+    assert "--warmup and --warm-max must be 0-100" in capsys.readouterr().err
 
 
 async def test_the_command_says_how_to_get_the_baseline(

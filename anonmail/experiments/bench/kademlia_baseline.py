@@ -39,6 +39,7 @@ from anonmail.experiments.bench.lookup_procs import (
     POLL_INTERVAL,
     Reply,
     run_worker,
+    settle_heap,
 )
 
 K, ALPHA = 20, 3  # as anonmail's network parameters (records/params.py)
@@ -135,6 +136,7 @@ async def _measure(servers: list[Any], cmd: dict[str, Any], counter: _TimeoutCou
             tally["short"] += len(found) < K
             tally["empty"] += not found
 
+    settle_heap()
     t0, cpu0 = time.monotonic(), time.process_time()
     tasks = [asyncio.ensure_future(runner()) for _ in range(max(1, min(concurrency, count)))]
     _, pending = await asyncio.wait(tasks, timeout=float(cmd["seconds"]))

@@ -6,7 +6,9 @@ For each N (100 and 200 by default) and each system, a fresh network of N nodes 
 split over P worker processes (lookup_procs.py; anonmail's nodes in lookup_tcp.py, the
 package's in kademlia_baseline.py) and run through the same steps: every node joins through the
 seed with the system's own bootstrap, then a second pass (each node looks itself up again with
-what it knows), then a warm-up (`warmup` lookups of random keys from every node). Both networks
+what it knows), then a warm-up (`warmup` lookups of random keys from every node, then rounds of
+one per node until a round dials at most one full handshake per lookup: "once warm" in issue
+11's words; the baseline gets as many). Both networks
 then stand side by side, idle but for the phase being measured: `lookups` lookups of random keys
 from random nodes, spread over the workers in proportion to their nodes, `concurrency` at a
 time in all, capped at `seconds`. The phases run in the order kademlia, anonmail d = 1, anonmail
@@ -55,6 +57,8 @@ from anonmail.experiments.bench.lookup_procs import (
 PATHS = (1, 8)  # anonmail's d, measured in this order on the same network
 JOIN_CONCURRENCY = 4  # nodes of one worker joining at once
 START_TIMEOUT = 60.0  # seconds: spawn, import, nodes listening (plus per node, below)
+WARM_HANDSHAKES = 1.0  # "warm": a warm-up round dialled at most this many full handshakes a lookup
+WARM_MAX = 30  # warm-up rounds (one lookup per node each) at most, by default
 PER_NODE_TIMEOUT = 1.0  # seconds per node added to the join and warm-up deadlines
 GRACE = 30.0  # seconds a measured phase may overrun its cap before its workers are killed
 MIN_NODES, MAX_NODES = 2, 1000  # network sizes --nodes accepts
@@ -101,6 +105,9 @@ class SizeRun:
     lookups: int
     concurrency: int
     warmup: int
+    warm_max: int = WARM_MAX
+    rounds: int = 0  # warm-up rounds taken after the first `warmup` lookups per node
+    warm_handshakes: float = 0.0  # full handshakes per lookup in anonmail's last warm-up round
     phases: list[Phase] = field(default_factory=list)
     warm_conns: tuple[int, ...] = ()
     tables: dict[str, float] = field(default_factory=dict)  # system -> mean contacts known
@@ -137,24 +144,47 @@ def _mean_table(replies: Sequence[Reply]) -> float:
     return sum(sizes) / max(len(sizes), 1)
 
 
-def build(run: SizeRun, system: str, main: WorkerMain, stack: contextlib.ExitStack
-          ) -> Workers | None:
+def _warm(workers: Workers, run: SizeRun, per_node: int, timeout: float) -> list[Reply]:
+    return workers.ask({"cmd": "warm", "per_node": per_node, "paths": max(PATHS),
+                        "concurrency": max(1, run.concurrency // run.processes)},
+                       timeout + PER_NODE_TIMEOUT * run.nodes * per_node)
+
+
+def _full_dials(replies: Sequence[Reply]) -> int:
+    return sum(int(r.get("dials_full", 0)) for r in replies)
+
+
+def build(run: SizeRun, system: str, main: WorkerMain, stack: contextlib.ExitStack,
+          rounds: int | None = None) -> Workers | None:
     """Start a network of `run.nodes` nodes of one system, join it and warm it up; None if it
-    failed (the error is in `run.errors`)."""
-    n, p = run.nodes, run.processes
+    failed (the error is in `run.errors`).
+
+    Warm-up: `run.warmup` lookups per node, then rounds of one lookup per node until a round
+    dialled at most WARM_HANDSHAKES full handshakes per lookup ("once warm", issue 11), at most
+    `run.warm_max` rounds; `rounds` given (the baseline), exactly that many, so both systems
+    get the same warm-up. The rounds taken are in `run.rounds`."""
+    n = run.nodes
     setup = START_TIMEOUT + PER_NODE_TIMEOUT * n
     started = time.monotonic()
     try:
-        workers = stack.enter_context(Workers(main, n, p, {}, start_timeout=setup))
+        workers = stack.enter_context(Workers(main, n, run.processes, {}, start_timeout=setup))
         seed = workers.first[0]["seed"]
         workers.ask({"cmd": "join", "seed": seed, "concurrency": JOIN_CONCURRENCY}, setup)
         workers.ask({"cmd": "rejoin", "concurrency": JOIN_CONCURRENCY}, setup)
-        warm = workers.ask({"cmd": "warm", "per_node": run.warmup, "paths": max(PATHS),
-                            "concurrency": max(1, run.concurrency // p)},
-                           setup + PER_NODE_TIMEOUT * n * run.warmup)
+        warm = _warm(workers, run, run.warmup, setup)
+        taken = 0
+        while taken < (run.warm_max if rounds is None else rounds):
+            dials = _full_dials(warm)
+            warm = _warm(workers, run, 1, setup)
+            taken += 1
+            if rounds is None and "dials_full" in warm[0]:
+                run.warm_handshakes = (_full_dials(warm) - dials) / n
+                if run.warm_handshakes <= WARM_HANDSHAKES:
+                    break
     except WorkerFailure as e:
         run.errors.append(f"{system}: {e}")
         return None
+    run.rounds = taken if rounds is None else run.rounds
     run.built[system] = time.monotonic() - started
     run.tables[system] = _mean_table(warm)
     if "conns" in warm[0]:
@@ -173,19 +203,22 @@ def measure(run: SizeRun, workers: Workers, label: str, d: int | None,
 
 
 def bench_size(nodes: int, processes: int, lookups: int, concurrency: int, warmup: int,
-               seconds: float, *, baseline: bool = True) -> SizeRun:
+               seconds: float, *, baseline: bool = True, warm_max: int = WARM_MAX) -> SizeRun:
     """Measure anonmail (d = 1, d = 8) and, if `baseline`, the kademlia package (the caller
     checks `kademlia_baseline.available()`) on networks of `nodes` nodes (module docstring)."""
     p = processes_for(nodes, processes, raise_nofile_limit())  # the workers inherit it
-    run = SizeRun(nodes, p, lookups, max(concurrency, p), warmup)
+    run = SizeRun(nodes, p, lookups, max(concurrency, p), warmup, warm_max)
     load_before = os.getloadavg()[0]
     mains: dict[str, WorkerMain] = {"anonmail": lookup_tcp.worker}
     if baseline:
         mains["kademlia"] = kademlia_baseline.worker
     schedule = [("kademlia", None), *(("anonmail", d) for d in PATHS), ("kademlia", None)]
     with contextlib.ExitStack() as stack:
-        live = {name: w for name, main in mains.items()
-                if (w := build(run, name, main, stack)) is not None}
+        live: dict[str, Workers] = {}
+        for name, main in mains.items():  # anonmail first: the baseline warms as much
+            w = build(run, name, main, stack, None if name == "anonmail" else run.rounds)
+            if w is not None:
+                live[name] = w
         done: dict[str, Phase] = {}
         for system, d in schedule:
             if system not in live:
@@ -226,9 +259,12 @@ def report(run: SizeRun) -> str:
     """The table of one size: one row per system and d, ratios to the kademlia package."""
     lines = [f"anonmail bench lookup: {run.nodes} nodes on 127.0.0.1 in {run.processes} "
              f"processes; k = 20, alpha = 3; {run.lookups} lookups of random keys per run, "
-             f"{run.concurrency} concurrent; warm-up {run.warmup} lookups per node; "
-             "kademlia run before and after anonmail, pooled; load average "
-             f"{run.load[0]:.1f} -> {run.load[1]:.1f} on {os.cpu_count()} CPUs"]
+             f"{run.concurrency} concurrent; kademlia run before and after anonmail, pooled; "
+             f"load average {run.load[0]:.1f} -> {run.load[1]:.1f} on {os.cpu_count()} CPUs",
+             f"warm-up, both systems: {run.warmup} + {run.rounds} lookups per node (d = "
+             f"{max(PATHS)}; rounds of one per node until a round dialled <= "
+             f"{WARM_HANDSHAKES:g} full handshake per lookup, at most {run.warm_max}): "
+             f"anonmail's last round {run.warm_handshakes:.2f}"]
     if run.warm_conns:
         lines.append(f"anonmail open connections per node after warm-up (in + out): mean "
                      f"{sum(run.warm_conns) / len(run.warm_conns):.1f}, max "
@@ -282,8 +318,10 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
         raise UserError("--processes must be 1-64")
     if not 1 <= args.lookups <= 100_000 or not 1 <= args.concurrency <= 1000:
         raise UserError("--lookups must be 1-100000 and --concurrency 1-1000")
-    if not 0 <= args.warmup <= 100 or not 0 < args.seconds <= 3600:
-        raise UserError("--warmup must be 0-100 and --seconds more than 0, at most 3600")
+    if not 0 <= args.warmup <= 100 or not 0 <= args.warm_max <= 100:
+        raise UserError("--warmup and --warm-max must be 0-100")
+    if not 0 < args.seconds <= 3600:
+        raise UserError("--seconds must be more than 0, at most 3600")
     baseline = not args.no_baseline
     if baseline and not kademlia_baseline.available():
         print(kademlia_baseline.MISSING, flush=True)
@@ -291,7 +329,7 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     ok = True
     for i, n in enumerate(sizes):
         run = bench_size(n, args.processes, args.lookups, args.concurrency, args.warmup,
-                         args.seconds, baseline=baseline)
+                         args.seconds, baseline=baseline, warm_max=args.warm_max)
         print(("\n" if i else "") + report(run), flush=True)
         ok = ok and not run.errors
     return 0 if ok else 1
@@ -312,6 +350,10 @@ def add_parser(sub: Any) -> None:
                    help="lookups in flight over the whole network (default 16)")
     p.add_argument("--warmup", type=int, default=2,
                    help="warm-up lookups per node before measuring (default 2)")
+    p.add_argument("--warm-max", type=int, default=WARM_MAX,
+                   help="then at most this many rounds of one lookup per node, until a round "
+                        f"dials <= {WARM_HANDSHAKES:g} full handshake per lookup (default "
+                        f"{WARM_MAX}; 0: none)")
     p.add_argument("--seconds", type=float, default=120.0,
                    help="cap on each measured phase, in seconds (default 120)")
     p.add_argument("--no-baseline", action="store_true",

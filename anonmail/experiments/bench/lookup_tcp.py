@@ -40,6 +40,7 @@ from anonmail.experiments.bench.lookup_procs import (
     POLL_INTERVAL,
     Reply,
     run_worker,
+    settle_heap,
 )
 from anonmail.net.tcp import DEFAULT_LIMITS, AdmissionLimits, TcpNetwork
 from anonmail.records import ids
@@ -130,6 +131,7 @@ async def lookups(nodes: list[BenchNode], count: int, concurrency: int, paths: i
             tally["failures"] += result.failures
             tally["queried"] += result.queried
 
+    settle_heap()
     t0, cpu0 = time.monotonic(), time.process_time()
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
