@@ -72,8 +72,9 @@ async def server(n: int, handler: Handler = find_node, limits: TcpLimits = DEFAU
 
 
 @asynccontextmanager
-async def client(n: int, p: params.NetworkParams = PARAMS) -> AsyncIterator[TcpNetwork]:
-    net = TcpNetwork(key(n), p, CLOCK, SeededRng(n))
+async def client(n: int, p: params.NetworkParams = PARAMS,
+                 limits: TcpLimits = DEFAULT_LIMITS) -> AsyncIterator[TcpNetwork]:
+    net = TcpNetwork(key(n), p, CLOCK, SeededRng(n), limits=limits)
     net.cert = issue(net.key, p=p)  # client only: no endpoints
     try:
         yield net
