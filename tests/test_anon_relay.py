@@ -22,6 +22,7 @@ from anonmail.anon.options import SIZE_CLASSES
 from anonmail.anon.relay import RelayLimits, RelayService
 from anonmail.errors import ErrorCode, Refused
 from anonmail.net.base import Peer
+from anonmail.records.certs import CertCache
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario, SimNode
 from anonmail.store import messages as sm
@@ -99,6 +100,29 @@ async def test_an_altered_cell_is_refused_not_charged_and_the_circuit_dies(
             await a.net.request(x.cert, am.Cell(circuit.circuit_id, box))
         assert e.value.code is ErrorCode.GONE
         assert grid.world.stats.faults[a.node_id] == 0  # a refusal, not a fault
+
+
+async def test_a_relay_verifies_each_certificate_once(
+        grid: Scenario, autojump_clock: MockClock) -> None:
+    """Issue 11: the next hop's certificate (at X) and a Forward's targets (at Z) go through the
+    relay's CertCache, so circuits and forwards naming the same nodes again cost no Ed25519."""
+    with trio.fail_after(600):
+        a, x, z = grid.nodes[0], grid.nodes[1], grid.nodes[2]
+        caches = {n.node_id: CertCache() for n in (x, z)}
+        for node in (x, z):
+            node.services.add(RelayService(node.net, node.dht, node.key, grid.params,
+                                           grid.clock, SeededRng(8),
+                                           cert_cache=caches[node.node_id]), replace=True)
+        targets = tuple(n.cert for n in grid.nodes[3:7])
+        store = wire.encode(sm.Store(bytes(32), sm.ObjectKind.BODY, b"x", 60, ()))
+        rng = SeededRng(4)
+        for _ in range(2):
+            circuit = await Circuit.open(a.net, [x.cert, z.cert], rng)
+            for _ in range(2):
+                assert isinstance(await circuit.call(am.Forward(targets, store, 0, 0)),
+                                  am.Forwarded)
+        assert caches[x.node_id].verifications == 1  # Z's certificate, for two circuits
+        assert caches[z.node_id].verifications == len(targets)  # for four forwards
 
 
 @pytest.mark.threat("T-ANON-AMPLIFY")

@@ -85,9 +85,10 @@ async def session(identity: AddressIdentity, config: AgentConfig, clock: Clock,
     only X sees (the DHT lookups use the first). Otherwise the agent talks to them directly."""
     params = config.params
     key = ids.grind_node_key(params.puzzle_bits, rng)
-    net = TcpNetwork(key, params, clock, rng, cert_cache=CertCache())
+    certs = CertCache()  # one per session: a certificate is verified once (issue 11)
+    net = TcpNetwork(key, params, clock, rng, cert_cache=certs)
     net.cert = NodeCert.issue(key, (), clock.now(), params)
-    dht = DhtNode(net, key, params, clock, rng, CertCache())
+    dht = DhtNode(net, key, params, clock, rng, certs)
     try:
         with trio.move_on_after(BOOTSTRAP_TIMEOUT):
             with suppress(TransportError):
@@ -102,9 +103,10 @@ async def session(identity: AddressIdentity, config: AgentConfig, clock: Clock,
         # drawn from) use `key`; the circuits use `sender`, which only the guard X ever sees.
         # So the nodes a lookup queried cannot tie it to anything the session sends.
         sender = ids.grind_node_key(params.puzzle_bits, rng)
-        circuits = TcpNetwork(sender, params, clock, rng, cert_cache=CertCache())
+        circuits = TcpNetwork(sender, params, clock, rng, cert_cache=certs)
         circuits.cert = NodeCert.issue(sender, (), clock.now(), params)
-        gb = GoBetweens(circuits, dht, params, clock, rng, options=config.options)
+        gb = GoBetweens(circuits, dht, params, clock, rng, options=config.options,
+                        cert_cache=certs)
         if config.guard_file is not None:
             load_state(config.guard_file, gb)
         store = AnonymousStore(gb)

@@ -201,7 +201,7 @@ class AnonymousStore:
         good = []
         for cert in certs:
             try:
-                cert.verify(self.params, self.clock.now())
+                self.gb.cert_cache.verify(cert, self.params, self.clock.now())
             except RemoteProtocolError:
                 self._blame_end(circuit)  # an end passing on invalid certificates
                 continue

@@ -45,7 +45,7 @@ from anonmail.errors import ErrorCode, Refused, RemoteProtocolError, TransportEr
 from anonmail.fileio import write_private
 from anonmail.net.base import Network
 from anonmail.records import ids
-from anonmail.records.certs import NodeCert
+from anonmail.records.certs import CertCache, NodeCert
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup, closest
@@ -168,8 +168,11 @@ class GoBetweens:
 
     def __init__(self, net: Network, dht: Lookup, params: NetworkParams, clock: Clock,
                  rng: Rng, *, options: AnonOptions = DEFAULT, blame: Blame | None = None,
-                 guard: Guard | None = None) -> None:
+                 guard: Guard | None = None, cert_cache: CertCache | None = None) -> None:
         self.net = net
+        # Verified NodeCerts (issue 11): Zs' answers and Locate statements name the same
+        # nodes again and again. The session's own cache when given, else a private one.
+        self.cert_cache = cert_cache if cert_cache is not None else CertCache()
         self.dht = dht
         self.params = params
         self.clock = clock
@@ -266,7 +269,7 @@ class GoBetweens:
             raise ChannelError("wrong answer to Locate", signer.node_id)
         try:
             answer.verify(signer)
-            answer.statement.cert.verify(self.params, self.clock.now())
+            self.cert_cache.verify(answer.statement.cert, self.params, self.clock.now())
         except RemoteProtocolError:
             raise ChannelError("Locate answer did not verify", signer.node_id) from None
         return answer.statement.cert

@@ -48,7 +48,7 @@ from anonmail.errors import (
     TransportError,
 )
 from anonmail.net.base import Network, Peer
-from anonmail.records.certs import NodeCert
+from anonmail.records.certs import CertCache, NodeCert
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup
@@ -95,7 +95,8 @@ class RelayService:
 
     def __init__(self, net: Network, dht: Lookup, key: crypto.SigningKey, params: NetworkParams,
                  clock: Clock, rng: Rng, *, limits: RelayLimits = RelayLimits(),
-                 observe: Callable[[Sighting], object] | None = None) -> None:
+                 observe: Callable[[Sighting], object] | None = None,
+                 cert_cache: CertCache | None = None) -> None:
         self.net = net
         self.dht = dht
         self.key = key
@@ -106,7 +107,8 @@ class RelayService:
         self.observe = observe
         self.circuits: dict[tuple[bytes, bytes], _Circuit] = {}
         self._lookups: dict[bytes, deque[float]] = {}
-        self.end = Anonymizer(net, dht, key, params, clock, self._saw)
+        self.cert_cache = cert_cache if cert_cache is not None else CertCache()
+        self.end = Anonymizer(net, dht, key, params, clock, self._saw, self.cert_cache)
 
     def _saw(self, s: Sighting) -> None:
         if self.observe is not None:
@@ -161,7 +163,7 @@ class RelayService:
         try:
             layer = onion.open_onion(self.key, msg.onion)
             if layer.next is not None:
-                layer.next.verify(self.params, now)
+                self.cert_cache.verify(layer.next, self.params, now)
         except RemoteProtocolError:
             raise Refusal("not an onion for this node", ErrorCode.DENIED) from None
         keys = onion.HopKeys.from_session(layer.key)

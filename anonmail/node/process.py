@@ -82,7 +82,8 @@ class Node:
                                  trusted_cas=trusted_cas, offload=on_disk)
         # Every node relays and anonymizes for others (DESIGN.md §7): X, Y, Z and W are
         # drawn from all nodes, so every node must be able to play each role.
-        self.relay = RelayService(self.net, self.dht, key, params, clock, rng)
+        self.relay = RelayService(self.net, self.dht, key, params, clock, rng,
+                                  cert_cache=self.cert_cache)
         # One way in: the DHT, the store and the relay behind one registry that observes every
         # requester.
         self.services = self.dht.registry(self.store, self.relay)

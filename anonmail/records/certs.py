@@ -141,11 +141,13 @@ class CertCache:
     def __init__(self, capacity: int = 100_000) -> None:
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self.capacity = capacity
-        self.verifications = 0
+        self.verifications = 0  # signatures checked (misses)
+        self.hits = 0  # certificates seen again: no signature checked
 
     def verify(self, cert: NodeCert, params: NetworkParams, now: float) -> None:
         digest = crypto.hash("cert-cache", wire.encode(cert))
         if digest in self._seen:
+            self.hits += 1
             self._seen.move_to_end(digest)
             cert.check_unsigned(params, now)
             return

@@ -35,7 +35,7 @@ from anonmail.clock import Clock
 from anonmail.errors import ErrorCode, Refusal, Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network, Peer
 from anonmail.records import ids
-from anonmail.records.certs import NodeCert
+from anonmail.records.certs import CertCache, NodeCert
 from anonmail.records.params import NetworkParams
 from anonmail.records.receipts import Receipt, StoreOp
 from anonmail.rng import Rng
@@ -80,8 +80,9 @@ def _closest(certs: Sequence[NodeCert], key: bytes, n: int) -> tuple[NodeCert, .
 class HostileAnonymizer(Anonymizer):
     def __init__(self, net: Network, dht: Lookup, key: crypto.SigningKey, params: NetworkParams,
                  clock: Clock, observe: Callable[[Sighting], None], deeds: Misdeed,
-                 coalition: Coalition, stats: HostileStats) -> None:
-        super().__init__(net, dht, key, params, clock, observe)
+                 coalition: Coalition, stats: HostileStats,
+                 cert_cache: CertCache | None = None) -> None:
+        super().__init__(net, dht, key, params, clock, observe, cert_cache)
         self.deeds = deeds
         self.coalition = coalition
         self.hstats = stats
@@ -175,13 +176,14 @@ class HostileRelay(RelayService):
 
     def __init__(self, net: Network, dht: Lookup, key: crypto.SigningKey, params: NetworkParams,
                  clock: Clock, rng: Rng, *, deeds: Misdeed, coalition: Coalition,
-                 stats: HostileStats | None = None) -> None:
-        super().__init__(net, dht, key, params, clock, rng)
+                 stats: HostileStats | None = None, cert_cache: CertCache | None = None
+                 ) -> None:
+        super().__init__(net, dht, key, params, clock, rng, cert_cache=cert_cache)
         self.deeds = deeds
         self.coalition = coalition
         self.hstats = stats or HostileStats()
         self.end = HostileAnonymizer(net, dht, key, params, clock, self._saw, deeds, coalition,
-                                     self.hstats)
+                                     self.hstats, self.cert_cache)
 
     async def handle(self, peer: Peer, msg: Any) -> Any:
         if isinstance(msg, am.Open) and Misdeed.REFUSE in self.deeds:

@@ -137,12 +137,14 @@ class StorageNetwork:
         each tamperer one way (FORGE, ALTER, WITHHOLD, SUBSTITUTE in turn)."""
         s, rng = self.s, self.rng.fork(f"relay-{label}")
         if not (hostile and self.config.hostile_relays):
-            return RelayService(node.net, node.dht, node.key, s.params, s.clock, rng)
+            return RelayService(node.net, node.dht, node.key, s.params, s.clock, rng,
+                                cert_cache=node.dht.contacts_cache.cert_cache)
         deeds = Misdeed.LIE | Misdeed.REFUSE | RECEIPT_DEEDS[self.hostile_relays %
                                                             len(RECEIPT_DEEDS)]
         self.hostile_relays += 1
         return HostileRelay(node.net, node.dht, node.key, s.params, s.clock, rng, deeds=deeds,
-                            coalition=self.coalition, stats=self.hostile_stats)
+                            coalition=self.coalition, stats=self.hostile_stats,
+                            cert_cache=node.dht.contacts_cache.cert_cache)
 
     def coalition(self) -> list[NodeCert]:
         return [sn.node.cert for sn in self.live if sn.dropper is not None]

@@ -120,7 +120,8 @@ async def make_agent(s: Scenario, net: StorageNetwork, mode: Mode, name: str, tm
     store: Network = cnet
     lookup: Lookup = dht
     if mode is Mode.ANONYMOUS:
-        anon = AnonymousStore(GoBetweens(cnet, dht, s.params, s.clock, rng.fork(f"anon-{name}")))
+        anon = AnonymousStore(GoBetweens(cnet, dht, s.params, s.clock, rng.fork(f"anon-{name}"),
+                                         cert_cache=s.contacts.cert_cache))
         store = lookup = anon
     ident = AddressIdentity.create_anon(name, rng.fork(f"id-{name}"), now)
     agent = MailAgent(ident, store, lookup, tmp / name, s.params, s.clock,

@@ -87,7 +87,8 @@ async def make_seats(s: Scenario, net: StorageNetwork, config: MailConfig, tmp: 
         anon = None
         if config.anonymous:
             anon = AnonymousStore(GoBetweens(cnet, dht, s.params, s.clock,
-                                             rng.fork(f"agent-anon-{i}")))
+                                             rng.fork(f"agent-anon-{i}"),
+                                             cert_cache=s.contacts.cert_cache))
             store = lookup = anon
         agent = MailAgent(ident, store, lookup, tmp / f"user{i}", s.params, s.clock,
                           rng.fork(f"agent-{i}"), look_ahead=config.look_ahead)
