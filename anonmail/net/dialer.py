@@ -42,9 +42,9 @@ MAX_OTHER_NETWORKS = 64  # endpoints remembered as answering for another network
 ENDPOINT_MEMORY = 60.0
 MAX_ENDPOINTS_REMEMBERED = 4096
 # Seconds between walks of the pool for closed and idle connections: a twentieth of the idle
-# limit (15 s at the default 10 minutes), at most SWEEP_INTERVAL. A walk visits every pooled
+# limit (15 s at the default 10 minutes), at most MAX_SWEEP_INTERVAL. A walk visits every pooled
 # connection; walking a full pool every second was 1.6% of a node's CPU in `bench lookup`.
-SWEEP_INTERVAL = 15.0
+MAX_SWEEP_INTERVAL = 15.0
 SWEEP_FRACTION = 1 / 20
 
 
@@ -97,7 +97,7 @@ class Dialer:
         concurrent caller)."""
         now = trio.current_time()
         if now >= self._next_sweep:  # not per request: a sweep walks the whole pool
-            self._next_sweep = now + min(SWEEP_INTERVAL,
+            self._next_sweep = now + min(MAX_SWEEP_INTERVAL,
                                          self.net.limits.idle_timeout * SWEEP_FRACTION)
             await self._sweep()
         nid = to.node_id

@@ -184,7 +184,8 @@ def build(run: SizeRun, system: str, main: WorkerMain, stack: contextlib.ExitSta
     except WorkerFailure as e:
         run.errors.append(f"{system}: {e}")
         return None
-    run.rounds = taken if rounds is None else run.rounds
+    if rounds is None:
+        run.rounds = taken
     run.built[system] = time.monotonic() - started
     run.tables[system] = _mean_table(warm)
     if "conns" in warm[0]:
