@@ -104,7 +104,9 @@ def proof(op: OwnerOp, args: bytes, *, now: float = NOW, node_id: bytes = NODE_I
 def read(ctx: StoreContext, after: int = 0, now: float = NOW,
          rng: SeededRng | None = None) -> Entries:
     p = proof(OwnerOp.READ, args_digest_read(after), now=now, rng=rng)
-    return handle_read(ctx, Read(INBOX, after, p), now)
+    reply = handle_read(ctx, Read(INBOX, after, p), now)
+    assert isinstance(reply, Entries)  # a whole read (not brief)
+    return reply
 
 
 def append(ctx: StoreContext, entry: bytes, ttl: int = 3600, now: float = NOW,

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from procnet import PUZZLE_BITS, LocalNet, anonmail, local_net, status
 
+from anonmail.experiments.demo.model import ROUTING
 from anonmail.paths import Home
 from anonmail.records import ids
 from anonmail.store.messages import ObjectKind
@@ -109,7 +110,7 @@ def test_storage_inbox_and_z_never_see_the_sender(net: LocalNet, tmp_path: Path)
     assert {kind for _, kind, _ in storage} >= {"Store", "Append"}
     # the lookup identity only looked things up
     lookups = clients - senders
-    assert all(kind in {"FindNode", "Ping"} for log in seen.values() for kind, who in log
+    assert all(kind in ROUTING for log in seen.values() for kind, who in log
                if who in lookups)
     # X's log: types and ids, never a recipient, the subject or a key; what it got from the
     # sender are channel requests only (checked above: no operation shows)

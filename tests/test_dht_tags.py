@@ -1,8 +1,10 @@
-"""FIND_NODE answers that name what the asker already holds by tag (anonmail/dht/tags.py).
+"""FIND_NODE answers that name contacts by tag (anonmail/dht/tags.py).
 
-Unit checks of the tag list and its resolution, then DhtNodes on a small simulated network
-with full encoding: the same lookups find the same nodes with and without tags, for a fraction
-of the bytes, and an answer naming a tag the asker did not list is the answerer's fault."""
+Unit checks of the `have` list and its resolution, the tag index and the in-flight set, then
+DhtNodes on a small simulated network with full encoding: lookups by tags find the same nodes as
+lookups that fetch every certificate, for a fraction of the bytes, and fetch each certificate
+once; hostile answers (made-up tags, certificates not asked for, certificates withheld) cost
+the liar, never the lookup."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from test_lookup import NETWORK  # 300 verified synthetic contacts
 
 from anonmail.dht import tags
-from anonmail.dht.messages import FindNode, Nodes
+from anonmail.dht.messages import MAX_NODES, FindNode, FindTags, GetCerts, Nodes, Tags
 from anonmail.dht.routing import Contact
 from anonmail.errors import RemoteProtocolError
 from anonmail.net.base import Peer
@@ -63,6 +65,32 @@ def test_resolve_refuses_what_was_not_listed() -> None:
         known.resolve(b"\x00\x00\x00", known.have())
 
 
+def test_the_index_keeps_the_most_recently_used() -> None:
+    index = tags.TagIndex(capacity=3)
+    for c in NETWORK[:3]:
+        index.add(c)
+    assert index.get(NETWORK[0].tag) is NETWORK[0]  # used: now the most recent
+    index.add(NETWORK[3])
+    assert NETWORK[1].tag not in index and len(index) == 3
+    assert all(c.tag in index for c in (NETWORK[0], NETWORK[2], NETWORK[3]))
+    index.drop(NETWORK[0].tag)
+    assert index.get(NETWORK[0].tag) is None
+
+
+async def test_in_flight_hands_each_tag_to_one_fetcher() -> None:
+    fetching = tags.InFlight()
+    a, b, c = (x.tag for x in NETWORK[:3])
+    mine, others, _ = fetching.claim([a, b])
+    assert mine == [a, b] and others == []
+    mine2, others2, ticket = fetching.claim([b, c])
+    assert mine2 == [c] and len(others2) == 1 and not others2[0].is_set()
+    fetching.done([a, b])
+    assert others2[0].is_set()
+    assert fetching.claim([b])[:2] == ([b], [])  # done without the cert: the next asker fetches
+    _, waiting, later = fetching.claim([c])
+    assert later > ticket and len(waiting) == 1  # tickets in the order of claims
+
+
 async def _scenario(n: int = 120, seed: int = 5) -> Scenario:
     sc = Scenario(n, seed=seed, params=sim_params(), encode=True)
     await sc.build("oracle")
@@ -81,47 +109,148 @@ async def _lookups(sc: Scenario, count: int) -> list[tuple[bytes, ...]]:
 
 async def test_tags_find_the_same_nodes_for_a_fraction_of_the_bytes(
         autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 11: the same 30 lookups, on two identical networks, one whose askers list nothing
-    (every contact sent as a certificate, as before tags)."""
+    """Issue 11: the same 30 lookups, on two identical networks, one whose askers hold nothing
+    in their index (every contact named is fetched as a certificate)."""
     with_tags = await _scenario()
     found = await _lookups(with_tags, 30)
-    tagged_bytes = with_tags.world.stats.wire_bytes
+    tagged = with_tags.world.stats.wire_bytes
+    assert with_tags.world.stats.by_type["GetCerts"] < with_tags.world.stats.by_type["FindTags"]
 
-    monkeypatch.setattr(tags.Known, "have", lambda self: b"")
+    monkeypatch.setattr(tags.TagIndex, "__contains__", lambda self, tag: False)
     without = await _scenario()
     assert await _lookups(without, 30) == found
-    assert without.world.stats.wire_bytes > 2 * tagged_bytes
+    assert without.world.stats.wire_bytes > 2 * tagged
 
 
-@pytest.mark.threat("T-FINDNODE-TAGS")
-async def test_an_answer_naming_an_unlisted_tag_is_a_fault(
+async def test_a_lookup_fetches_each_certificate_once(
         autojump_clock: trio.testing.MockClock) -> None:
-    """A liar answers with tags the asker never listed (made up, or of certificates it holds
-    but did not list): the whole answer is discarded, the liar charged and dropped, and the
-    lookup still finds the closest honest nodes."""
-    sc = await _scenario(60, 3)
-    liar = sc.nodes[1]
-    made_up = Nodes((), b"\x01\x02\x03\x04" + tags.tag_of(sc.nodes[9].cert))
+    """d paths meet the same neighbourhood at once: each certificate a lookup lacks is asked
+    for once, however many answers name it."""
+    sc = await _scenario(120, 7)
+    fetched: list[bytes] = []
+    for node in sc.nodes:
+        sc.world.set_handler(node.node_id, _counting(node, fetched))
+    asker = sc.nodes[3]
+    asker.dht.tags = tags.TagIndex()  # it holds nothing: every contact named must be fetched
+    with trio.fail_after(120):
+        result = await asker.dht.lookup(bytes(32))
+    assert len(result.nodes) == sc.params.k
+    assert fetched and len(fetched) == len(set(fetched))
 
+
+def _counting(node: Any, fetched: list[bytes]) -> Any:
     async def handler(peer: Peer, msg: Any) -> Any:
-        return made_up if isinstance(msg, FindNode) else await liar.services.handle(peer, msg)
+        if isinstance(msg, GetCerts):
+            fetched.extend(tags.split(msg.want))
+        return await node.services.handle(peer, msg)
+    return handler
+
+
+def _lying(sc: Scenario, liar: Any, answer: Any, certs: Any = None, stall: float = 0.0) -> None:
+    """`liar` answers FindTags with `answer` and GetCerts with `certs` (default: honestly),
+    `stall` seconds late."""
+    async def handler(peer: Peer, msg: Any) -> Any:
+        if isinstance(msg, FindTags):
+            return answer
+        if isinstance(msg, GetCerts) and certs is not None:
+            await trio.sleep(stall)
+            return certs
+        return await liar.services.handle(peer, msg)
 
     sc.world.set_handler(liar.node_id, handler)
+
+
+async def _lied_to(sc: Scenario, liar: Any) -> tuple[Any, Any]:
     initiator = next(node for node in sc.nodes[2:] if liar.node_id in node.dht.table)
+    initiator.dht.tags = tags.TagIndex()  # so that it must fetch what the liar names
     with trio.fail_after(120):
         result = await initiator.dht.lookup(liar.node_id, paths=2)
-    assert initiator.dht.stats.fault_by_peer[liar.node_id] >= 1
-    assert liar.node_id not in initiator.dht.table
-    assert liar.node_id not in result.node_ids
     honest = sorted((n for n in sc.nodes if n is not liar and n is not initiator),
                     key=lambda n: ids.distance(n.node_id, liar.node_id))
     assert honest[0].node_id in result.node_ids
+    return initiator, result
+
+
+@pytest.mark.threat("T-FINDNODE-TAGS")
+async def test_a_certificate_not_asked_for_is_a_fault(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A liar names tags, then answers GetCerts with a valid certificate whose tag was not
+    asked for: the whole answer is discarded, the liar charged and dropped."""
+    sc = await _scenario(60, 3)
+    liar = sc.nodes[1]
+    named = Tags(tags.tag_of(sc.nodes[9].cert))
+    _lying(sc, liar, named, Nodes((sc.nodes[10].cert,)))
+    initiator, result = await _lied_to(sc, liar)
+    assert initiator.dht.stats.fault_by_peer[liar.node_id] >= 1
+    assert liar.node_id not in initiator.dht.table
+    assert liar.node_id not in result.node_ids
+
+
+@pytest.mark.threat("T-FINDNODE-TAGS")
+async def test_a_malformed_tag_answer_is_a_fault(autojump_clock: trio.testing.MockClock) -> None:
+    """Not whole tags, or more tags than asked for: the answerer's fault."""
+    for answer in (Tags(b"\x01" * (tags.TAG_BYTES + 3)),
+                   Tags(b"".join(c.tag for c in NETWORK[:MAX_NODES]))):
+        sc = await _scenario(60, 3)
+        liar = sc.nodes[1]
+        _lying(sc, liar, answer)
+        initiator, _ = await _lied_to(sc, liar)
+        assert initiator.dht.stats.fault_by_peer[liar.node_id] >= 1
+
+
+@pytest.mark.threat("T-FINDNODE-TAGS")
+async def test_withheld_certificates_cost_a_round_trip_not_the_contacts(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A liar names the tags of the nodes closest to a key first, then stalls and withholds
+    their certificates. An honest answer naming the same tags meanwhile waits for the liar's
+    fetch, then asks its own answerer: it gets every contact. The liar's answer loses them
+    (a round trip lost; no fault, since an honest table may change between the two)."""
+    sc = await _scenario(60, 3)
+    asker, liar, honest = sc.nodes[0], sc.nodes[1], sc.nodes[2]
+    key = honest.node_id
+    near = honest.dht.table.closest(key, 6, exclude=(asker.node_id,))
+    named = Tags(b"".join(c.tag for c in near))
+    _lying(sc, liar, named, Nodes(()), stall=1.0)
+    fetching = tags.InFlight()
+    got: dict[str, list[bytes]] = {}
+
+    async def resolve(who: str, answerer: Any) -> None:
+        contacts = await asker.dht._resolve(asker.dht.contacts_cache.contact(
+            answerer.cert, asker.dht.clock.now()), key, 6, named, fetching)
+        got[who] = [c.node_id for c in contacts]
+
+    asker.dht.tags = tags.TagIndex()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resolve, "liar", liar)
+            await trio.sleep(0.1)  # the liar's fetch is in flight
+            nursery.start_soon(resolve, "honest", honest)
+    assert got["honest"] == [c.node_id for c in near]
+    assert got["liar"] == []
+    assert asker.dht.stats.fault_by_peer[liar.node_id] == 0
+
+
+async def test_the_node_answers_tags_and_the_certificates_behind_them(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The server side (`DhtNode.answer`): FindTags names, by tag and in order, the contacts
+    FindNode sends as certificates; GetCerts returns the ones asked for."""
+    sc = await _scenario(60, 3)
+    asker, server = sc.nodes[0], sc.nodes[1]
+    target = bytes(32)
+    full = await asker.net.request(server.cert, FindNode(target, 20))
+    assert isinstance(full, Nodes) and len(full.certs) == 20 and not full.known
+    named = await asker.net.request(server.cert, FindTags(target, 20))
+    assert isinstance(named, Tags)
+    assert tags.split(named.tags) == [tags.tag_of(c) for c in full.certs]
+    want = tags.split(named.tags)[::3]
+    got = await asker.net.request(server.cert, GetCerts(target, 20, b"".join(want)))
+    assert isinstance(got, Nodes) and [tags.tag_of(c) for c in got.certs] == want
 
 
 async def test_the_node_answers_with_tags_for_what_was_listed(
         autojump_clock: trio.testing.MockClock) -> None:
-    """The server side (`DhtNode.answer`): a certificate for each contact not listed, the tag
-    for each listed one, together the same contacts as an answer to a request listing none."""
+    """The `have` form: a certificate for each contact not listed, the tag for each listed
+    one, together the same contacts as an answer to a request listing none."""
     sc = await _scenario(60, 3)
     asker, server = sc.nodes[0], sc.nodes[1]
     target = bytes(32)

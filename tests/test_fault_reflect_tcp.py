@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from anonmail.clock import SystemClock
-from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
+from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes, Ping, Pong
+from anonmail.dht.tags import answer_naming
 from anonmail.net.admission import AdmissionLimits
 from anonmail.net.base import Peer
 from anonmail.node.process import Node
@@ -96,11 +97,14 @@ class Liar:
         self.named = 0
 
     async def handle(self, peer: Peer, msg: Any) -> Any:
-        if isinstance(msg, FindNode):
-            self.answered += 1
+        if isinstance(msg, FindNode | FindTags | GetCerts):
             ranked = sorted(self.forged, key=lambda c: ids.distance(c.node_id, msg.target))
+            if isinstance(msg, GetCerts):
+                return answer_naming(ranked[:msg.count], msg)
+            self.answered += 1
             self.named += min(msg.count, len(ranked))
-            return Nodes(tuple(ranked[:msg.count]))
+            return Nodes(tuple(ranked[:msg.count])) if isinstance(msg, FindNode) else \
+                answer_naming(ranked[:msg.count], msg)
         if isinstance(msg, Ping):
             return Pong()
         raise NotImplementedError

@@ -16,8 +16,9 @@ import trio.testing
 
 from anonmail import crypto
 from anonmail.dht.lookup import DisjointLookup, drive
-from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
+from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes, Ping, Pong
 from anonmail.dht.routing import AddResult, Contact
+from anonmail.dht.tags import answer_naming
 from anonmail.errors import RemoteProtocolError
 from anonmail.net.base import Peer
 from anonmail.records import ids
@@ -183,10 +184,13 @@ async def _scenario(n: int = 60, seed: int = 3, **params: Any) -> Scenario:
 
 
 def _liar(sc: Scenario, reply: Nodes) -> SimNode:
-    """Make one node answer every FIND_NODE with `reply`; return it."""
+    """Make one node answer every FIND_NODE with `reply` (in the lookup's form: the tags of its
+    certificates, then the certificates asked for); return it."""
     liar = sc.nodes[1]
 
     async def handler(peer: Peer, msg: Any) -> Any:
+        if isinstance(msg, FindTags | GetCerts):
+            return answer_naming(reply.certs, msg)
         return reply if isinstance(msg, FindNode) else await liar.services.handle(peer, msg)
 
     sc.world.set_handler(liar.node_id, handler)

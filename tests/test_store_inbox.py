@@ -49,6 +49,8 @@ from anonmail.store.messages import (
     Append,
     AppendProof,
     AppendProofKind,
+    Entries,
+    EntryIds,
     Fetch,
     Fetched,
     ItemKind,
@@ -110,7 +112,15 @@ def test_requests_inbox_belongs_to_the_same_owner(ctx: StoreContext) -> None:
     rts = ids.requests_key(BOB)
     append(ctx, b"rts", inbox=rts)
     p = proof(OwnerOp.READ, args_digest_read(0), inbox=rts)
-    assert [x.entry for x in handle_read(ctx, Read(rts, 0, p), NOW).entries] == [b"rts"]
+    reply = handle_read(ctx, Read(rts, 0, p), NOW)
+    assert isinstance(reply, Entries) and [x.entry for x in reply.entries] == [b"rts"]
+    # Brief: the ids only, under a proof that says so (one for a whole read is refused).
+    p = proof(OwnerOp.READ, args_digest_read(0, brief=True), inbox=rts)
+    brief = handle_read(ctx, Read(rts, 0, p, brief=True), NOW)
+    assert isinstance(brief, EntryIds) and brief.ids == (entry_id(b"rts"),)
+    whole = proof(OwnerOp.READ, args_digest_read(0), inbox=rts, now=NOW + 1)
+    with pytest.raises(Invalid, match="bad signature"):
+        handle_read(ctx, Read(rts, 0, whole, brief=True), NOW + 1)
 
 
 def test_append_policy_plugs_in(ctx: StoreContext) -> None:

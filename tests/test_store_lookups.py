@@ -5,10 +5,18 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from anonmail.dht.lookup import LookupResult
 from anonmail.errors import TransportError, UserError
+from anonmail.records import ids
 from anonmail.store.lookups import OperationLookups, RecentLookups, looking_ahead
+
+
+def _home(c: bytes) -> bytes:
+    """A key of 32 bytes `c` that is its own `ids.lookup_home` (the wrappers look those up)."""
+    return ids.lookup_home(c * 32)
 
 
 class Counting:
@@ -27,12 +35,12 @@ async def test_a_key_is_looked_up_once_per_operation(
         autojump_clock: trio.testing.MockClock) -> None:
     dht = Counting()
     op = OperationLookups(dht)
-    first = await op.lookup(b"a" * 32)
-    assert await op.lookup(b"a" * 32) is first
-    await op.lookup(b"b" * 32)
-    assert dht.asked == [(b"a" * 32, None), (b"b" * 32, None)]
+    first = await op.lookup(_home(b"a"))
+    assert await op.lookup(_home(b"a")) is first
+    await op.lookup(_home(b"b"))
+    assert dht.asked == [(_home(b"a"), None), (_home(b"b"), None)]
     assert (op.made, op.reused) == (2, 1)
-    assert (await OperationLookups(dht).lookup(b"a" * 32)) is not first  # the next operation
+    assert (await OperationLookups(dht).lookup(_home(b"a"))) is not first  # the next operation
 
 
 async def test_concurrent_lookups_of_a_key_share_one(
@@ -42,7 +50,7 @@ async def test_concurrent_lookups_of_a_key_share_one(
     got: list[LookupResult] = []
 
     async def one() -> None:
-        got.append(await op.lookup(b"k" * 32))
+        got.append(await op.lookup(_home(b"k")))
 
     with trio.fail_after(10):
         async with trio.open_nursery() as n:
@@ -55,7 +63,7 @@ async def test_stale_results_are_looked_up_afresh_and_k_is_respected(
         autojump_clock: trio.testing.MockClock) -> None:
     dht = Counting()
     op = OperationLookups(dht)
-    key = b"s" * 32
+    key = _home(b"s")
     await op.lookup(key)
     op.stale(key)  # a replica of that set failed: seed 002 §3.1 step 6 wants a fresh set
     await op.lookup(key)
@@ -75,7 +83,7 @@ class Clock:
 async def test_recent_lookups_keep_only_the_own_inboxes_for_a_while(
         autojump_clock: trio.testing.MockClock) -> None:
     dht, clock = Counting(), Clock()
-    own, other = b"i" * 32, b"o" * 32
+    own, other = _home(b"i"), _home(b"o")
     recent = RecentLookups(dht, clock, [own], ttl=600)
     first = await recent.lookup(own)
     clock.t += 599
@@ -112,7 +120,7 @@ async def test_looking_ahead_runs_the_keys_at_once_and_the_steps_reuse_them(
         autojump_clock: trio.testing.MockClock) -> None:
     dht = Counting()
     op = OperationLookups(dht)
-    keys = [bytes([i]) * 32 for i in range(3)]
+    keys = [bytes([i]) * 31 + bytes([i * 4]) for i in range(3)]  # home keys (records/ids.py)
 
     async def steps() -> float:
         for key in keys:  # one after the other, as a send's steps are
@@ -128,7 +136,7 @@ async def test_looking_ahead_runs_the_keys_at_once_and_the_steps_reuse_them(
 
 async def test_looking_ahead_keeps_the_steps_error_and_ignores_a_failed_prefetch(
         autojump_clock: trio.testing.MockClock) -> None:
-    bad = b"x" * 32
+    bad = _home(b"x")
     op = OperationLookups(Failing(bad))
 
     async def fails() -> None:
@@ -136,10 +144,42 @@ async def test_looking_ahead_keeps_the_steps_error_and_ignores_a_failed_prefetch
         raise UserError("no certificate found")
 
     with trio.fail_after(10), pytest.raises(UserError):  # itself, not an exception group
-        await looking_ahead(op, [bad, b"y" * 32], 8, fails)
+        await looking_ahead(op, [bad, _home(b"y")], 8, fails)
 
     async def needs_bad() -> LookupResult:
         return await op.lookup(bad, 8)  # made again by the step, which sees the error
 
     with trio.fail_after(10), pytest.raises(TransportError):
         await looking_ahead(op, [bad], 8, needs_bad)
+
+
+# -- an address's siblings (records/ids.py) --------------------------------------------------------
+
+
+async def test_an_address_has_one_lookup_for_its_inbox_requests_and_certificate(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Issue 11: a send (certificate, then inbox) and a check (inbox and request inbox) make one
+    lookup, not two; a body key is its own."""
+    address = "bob@example.org"
+    keys = [ids.inbox_key(address), ids.requests_key(address), ids.cert_key(address)]
+    assert len(set(keys)) == 3 and len({ids.lookup_home(k) for k in keys}) == 1
+    dht = Counting()
+    op = OperationLookups(dht)
+    with trio.fail_after(10):
+        results = [await op.lookup(k) for k in keys]
+        await op.lookup(ids.body_key("<m1@anon>"))
+    assert len(dht.asked) == 2 and all(r is results[0] for r in results)
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), min_size=8, max_size=60, unique=True),
+       st.text(min_size=1, max_size=20))
+def test_siblings_have_the_same_closest_nodes_in_the_same_order(
+        nodes: list[bytes], name: str) -> None:
+    """Keys that differ only in their two lowest bits order every set of node ids alike unless
+    two ids differ only there (records/ids.py)."""
+    address = f"x{abs(hash(name))}@example.org"
+    assume(len({n[:-1] + bytes([n[-1] & 0xFC]) for n in nodes}) == len(nodes))
+    orders = [sorted(nodes, key=lambda n: ids.distance(n, k)) for k in (
+        ids.inbox_key(address), ids.requests_key(address), ids.cert_key(address),
+        ids.lookup_home(ids.inbox_key(address)))]
+    assert all(o == orders[0] for o in orders)

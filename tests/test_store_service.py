@@ -9,6 +9,7 @@ client's retry are in test_store_client.py.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,14 @@ from anonmail.store.client import (
     store_replicated,
 )
 from anonmail.store.db import StoreDb
-from anonmail.store.messages import Append, ObjectKind, Store, blob_digest, delete_hash
+from anonmail.store.messages import (
+    Append,
+    Appended,
+    ObjectKind,
+    Store,
+    blob_digest,
+    delete_hash,
+)
 from anonmail.store.service import StoreService
 
 
@@ -212,6 +220,34 @@ async def test_inbox_append_read_ack_across_replicas_and_crashes(
                       s.clock, rng)
         final = await read_all(bob.net, bob.dht, inbox, bob_key, bob_cert, R, s.clock, rng)
         assert final.entries == {}
+
+
+async def test_a_check_reads_one_replica_whole_and_the_rest_briefly(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    """Issue 11: every entry sits on r replicas, so read_all reads the closest whole and the
+    others by id only; a replica naming an entry the whole read lacked is then read whole, so
+    the union is what reading all r whole gives."""
+    s = sim.s
+    bob_key, bob_cert = rts_owner("bob")
+    inbox = ids.inbox_key(bob_cert.address)
+    sender, bob = sim.node(10), sim.node(11)
+    rng = SeededRng(b"bob-agent")
+    with trio.fail_after(TIMEOUT):
+        placed = await append_replicated(sender.net, sender.dht, inbox, b"everywhere", DAY,
+                                         None, R, clock=s.clock)
+        assert len(placed.receipts) == R
+        replicas = sim.closest(inbox)
+        assert {rc.node_id for rc in placed.receipts} == {x.node_id for x in replicas}
+        # One entry reached only the fourth closest replica (say the others were down).
+        lone = await sender.net.request(replicas[3].cert, Append(inbox, b"only here", DAY, None))
+        assert isinstance(lone, Appended)
+        before = Counter(s.world.stats.by_type)
+        got = await read_all(bob.net, bob.dht, inbox, bob_key, bob_cert, R, s.clock, rng)
+        sent = Counter(s.world.stats.by_type) - before
+    assert sorted(e.entry for e in got.entries.values()) == [b"everywhere", b"only here"]
+    assert len(got.nodes) == R and not got.failed
+    assert sent["Read"] == R + 1  # r reads, and the fourth replica's again, whole
 
 
 # -- the service's loops and worker thread --------------------------------------------------------

@@ -143,6 +143,7 @@ class AnonymousStore:
     # -- Lookup -----------------------------------------------------------------------------------
 
     async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
+        key = ids.lookup_home(key)  # one lookup for an address's siblings (records/ids.py)
         n = min(am.MAX_FOUND, k or self.params.k)
         ask_for = n  # one more once our own node was among them: `_merge` drops it
         now = self.clock.now()

@@ -12,10 +12,11 @@ Invariants:
   address we observed it at. Nodes merely named in a FIND_NODE reply are lookup candidates only,
   so a liar cannot fill our table with nodes it made up (Kademlia §2.2 updates a bucket on
   messages *received from* a node);
-* every cert in a NODES reply is verified before use; a reply with an invalid cert, more certs
-  than asked for, or of the wrong type is a fault of the replier (RemoteProtocolError
-  semantics): the whole reply is discarded, the replier leaves our table and its fault is
-  counted. Nothing a peer sends can crash the node;
+* a lookup's FIND_NODE is `FindTags`, then `GetCerts` for the tags we hold no verified
+  certificate for (dht/tags.py); every cert is verified before use; a reply with an invalid
+  cert, a cert not asked for, more contacts than asked for, or of the wrong type is a fault of
+  the replier (RemoteProtocolError semantics): the whole reply is discarded, the replier leaves
+  our table and its fault is counted. Nothing a peer sends can crash the node;
 * timeouts are liveness failures (`params.failure_limit` in a row drop a contact, Kademlia
   §4.1); typed error replies are neither faults nor liveness failures.
 """
@@ -33,9 +34,9 @@ import trio
 from anonmail import crypto
 from anonmail.clock import Clock
 from anonmail.dht.lookup import DisjointLookup, LookupResult, drive
-from anonmail.dht.messages import FindNode, Nodes, Ping, Pong
+from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes, Ping, Pong, Tags
 from anonmail.dht.routing import AddResult, Contact, ContactCache, RoutingTable
-from anonmail.dht.tags import HAVE_PER_RESULT, MAX_HAVE, TAG_BYTES, Known, answer_parts
+from anonmail.dht.tags import InFlight, TagIndex, answer_parts, split
 from anonmail.errors import BadContact, LocalError, Refused, RemoteProtocolError, TransportError
 from anonmail.net.base import Network, Peer
 from anonmail.net.services import Service, ServiceRegistry
@@ -90,6 +91,7 @@ class DhtNode:
         # the port its certificate will name) only after it is constructed.
         self.node_id = ids.node_id(key.public)
         self.table = RoutingTable(self.node_id, params, clock.now())
+        self.tags = TagIndex()  # verified contacts met, by tag (dht/tags.py)
         self.stats = DhtStats()
         # Decaying misdirection scores (node id -> (score, when)): who named bad contacts.
         self._misdirected: dict[bytes, tuple[float, float]] = {}
@@ -100,7 +102,8 @@ class DhtNode:
 
     # -- serving (sans-I/O) --------------------------------------------------------------------
 
-    requests: tuple[type, ...] = (FindNode, Ping)  # the Service protocol (net/services.py)
+    # The Service protocol (net/services.py).
+    requests: tuple[type, ...] = (FindTags, GetCerts, FindNode, Ping)
 
     async def handle(self, peer: Peer, msg: Any) -> Any:
         """Answer a DHT request (the Service protocol). The node's registry has already
@@ -109,11 +112,21 @@ class DhtNode:
 
     def answer(self, peer: Peer, msg: Any, now: float) -> Any:
         self.stats.handled += 1
-        if type(msg) is FindNode:
+        kind = type(msg)
+        if kind is FindTags:
             # Never name the requester to itself: it knows where it is.
             near = self.table.closest(msg.target, msg.count, exclude=(peer.node_id,))
+            return Tags(b"".join(c.tag for c in near))
+        if kind is GetCerts:
+            # The same contacts the FindTags named (unless the table changed since): the
+            # certificates of those whose tags are wanted.
+            want = frozenset(split(msg.want))
+            near = self.table.closest(msg.target, msg.count, exclude=(peer.node_id,))
+            return Nodes(tuple(c.cert for c in near if c.tag in want))
+        if kind is FindNode:
+            near = self.table.closest(msg.target, msg.count, exclude=(peer.node_id,))
             return Nodes(*answer_parts(near, msg.have))
-        if type(msg) is Ping:
+        if kind is Ping:
             return Pong()
         raise RemoteProtocolError(f"not a DHT request: {type(msg).__name__}")
 
@@ -137,6 +150,7 @@ class DhtNode:
         except RemoteProtocolError:
             self._fault(peer.node_id)
             raise
+        self.tags.add(contact)
         return self.table.add(contact, now)
 
     # -- contacts ------------------------------------------------------------------------------
@@ -150,6 +164,7 @@ class DhtNode:
                 contact = self.contacts_cache.contact(cert, now)
             except RemoteProtocolError:
                 continue  # expired or damaged: a saved file is not a peer to blame
+            self.tags.add(contact)
             if self.table.add(contact, now) is AddResult.ADDED:
                 added += 1
         return added
@@ -213,27 +228,25 @@ class DhtNode:
         state = DisjointLookup(key, k, d, self.params.alpha, initial, own, self.node_id)
         tally = _Tally()
         named_by: dict[bytes, bytes] = {}  # contact -> the node whose answer first named it
-        # What answers need not resend (dht/tags.py): a have list of ~3k tags, enough for
-        # what k-contact answers near the key name (measured at k = 8 and 20, issue 11).
-        known = Known(key, initial, min(MAX_HAVE, HAVE_PER_RESULT * k))
+        fetching = InFlight()  # certificates this lookup is fetching (dht/tags.py)
 
         async def query(c: Contact, count: int) -> Sequence[Contact] | None:
-            return await self._find_node(c, key, count, tally, named_by, known)
+            return await self._find_node(c, key, count, tally, named_by, fetching)
 
         await drive(state, query)
         return LookupResult(key, tuple(c.cert for c in state.result()), state.hops,
                             tally.queried, tally.failures, tally.faults, tally.refused, d)
 
     async def _find_node(self, c: Contact, key: bytes, count: int, tally: _Tally,
-                         named_by: dict[bytes, bytes], known: Known) -> Sequence[Contact] | None:
+                         named_by: dict[bytes, bytes], fetching: InFlight
+                         ) -> Sequence[Contact] | None:
         tally.queried += 1
         self.stats.requests += 1
-        have = known.have()
         try:
-            reply = await self.net.request(c.cert, FindNode(key, count, have),
+            reply = await self.net.request(c.cert, FindTags(key, count),
                                            timeout=self.params.rpc_timeout)
+            learned = await self._resolve(c, key, count, reply, fetching)
             now = self.clock.now()
-            learned = self._check_nodes(reply, count, now, known, have)
         except BadContact:
             tally.failures += 1
             self._bad_contact(c.node_id, named_by.get(c.node_id))
@@ -258,24 +271,65 @@ class DhtNode:
             self._fault(c.node_id)
             return None
         self.table.add(c, now)  # it answered: alive, and reachable at its cert
+        self.tags.add(c)
         for x in learned:
             named_by.setdefault(x.node_id, c.node_id)
         return learned
 
-    def _check_nodes(self, reply: Any, count: int, now: float, known: Known,
-                     have: bytes) -> list[Contact]:
-        if not isinstance(reply, Nodes):
+    async def _resolve(self, c: Contact, key: bytes, count: int, reply: Any,
+                       fetching: InFlight) -> list[Contact]:
+        """The contacts a `Tags` answer names: from our index, else fetched from `c` (once per
+        lookup, dht/tags.py). RemoteProtocolError for a malformed answer or fetch."""
+        if not isinstance(reply, Tags):
             raise RemoteProtocolError(f"FIND_NODE answered with {type(reply).__name__}")
-        named = len(reply.certs) + len(reply.known) // TAG_BYTES
-        if named > count:
-            raise RemoteProtocolError(f"{named} contacts for a request of {count}")
-        verify = self.contacts_cache.contact
-        contacts = [verify(cert, now) for cert in reply.certs]  # raises on any invalid cert
-        known.add(contacts)
-        if reply.known:
-            contacts += known.resolve(reply.known, have)  # raises on a tag we did not list
+        named = split(reply.tags)
+        if len(named) > count:
+            raise RemoteProtocolError(f"{len(named)} contacts for a request of {count}")
+        index = self.tags
+        missing = [t for t in dict.fromkeys(named) if t not in index]
+        if missing:
+            mine, others, ticket = fetching.claim(missing)
+            if mine:
+                try:
+                    await self._get_certs(c, key, count, mine)
+                finally:
+                    fetching.done(mine)
+            if others:
+                await fetching.wait(others, ticket)
+                # Fetched elsewhere, or else asked of this answerer too: a liar that names a
+                # tag first and then withholds it cannot keep it from an honest answer.
+                again = [t for t in missing if t not in index]
+                if again:
+                    await self._get_certs(c, key, count, again)
+        now = self.clock.now()
+        contacts = []
+        for tag in named:
+            hit = index.get(tag)
+            if hit is None:
+                continue  # named but not sent when asked: dropped (dht/tags.py)
+            try:
+                contacts.append(self.contacts_cache.contact(hit.cert, now))  # still valid?
+            except RemoteProtocolError:
+                index.drop(tag)  # expired since we met it: no contact
         # Clients are useless as contacts but not hostile; duplicates the lookup ignores.
-        return [c for c in contacts if c.cert.endpoints]
+        return [x for x in contacts if x.cert.endpoints]
+
+    async def _get_certs(self, c: Contact, key: bytes, count: int, want: list[bytes]) -> None:
+        """Fetch from `c` the certificates behind `want` into our index."""
+        reply = await self.net.request(c.cert, GetCerts(key, count, b"".join(want)),
+                                       timeout=self.params.rpc_timeout)
+        if not isinstance(reply, Nodes) or reply.known:
+            raise RemoteProtocolError("GetCerts answered wrongly")
+        if len(reply.certs) > len(want):
+            raise RemoteProtocolError(f"{len(reply.certs)} certificates for {len(want)} tags")
+        asked = frozenset(want)
+        now = self.clock.now()
+        verify = self.contacts_cache.contact
+        for cert in reply.certs:
+            contact = verify(cert, now)  # raises on any invalid cert
+            if contact.tag not in asked:
+                raise RemoteProtocolError("a certificate that was not asked for")
+            self.tags.add(contact)
 
     async def ping(self, cert: NodeCert) -> bool:
         """Is `cert`'s node alive? Updates liveness like any request."""
@@ -298,6 +352,7 @@ class DhtNode:
             self._fault(cert.node_id)
             return False
         self.table.add(contact, self.clock.now())
+        self.tags.add(contact)
         return True
 
     # -- joining and maintenance (Kademlia §2.3) -----------------------------------------------
@@ -319,6 +374,7 @@ class DhtNode:
                 self.stats.faults += 1
                 continue
             self.table.add(contact, now)
+            self.tags.add(contact)
         if not len(self.table):
             return 0
         await self.lookup(self.node_id, paths=paths)

@@ -1,11 +1,12 @@
 """Adversaries for simulations: alternative handlers, never monkey-patches (DESIGN.md §1, §9).
 
 `Collusion` is the lookup adversary of S/Kademlia (Baumgart & Mies 2007, §5): a fraction of the
-nodes are hostile and collude. A hostile node behaves in every way but one: asked FIND_NODE, it
-names only colluding nodes, the ones closest to the target, trying to pull the lookup into a
-region it controls. Its lies are well-formed (real, validly signed certs of real colluders,
-no more than asked for), so signature checks alone do not catch them; disjoint paths do.
-Hostile nodes sit at random places in the id space, as the static puzzle forces (§4.1).
+nodes are hostile and collude. A hostile node behaves in every way but one: asked FIND_NODE
+(either form, dht/tags.py), it names only colluding nodes, the ones closest to the target,
+trying to pull the lookup into a region it controls. Its lies are well-formed (real, validly
+signed certs of real colluders, no more than asked for), so signature checks alone do not catch
+them; disjoint paths do. Hostile nodes sit at random places in the id space, as the static
+puzzle forces (§4.1).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from anonmail.dht.messages import FindNode, Nodes
+from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes
+from anonmail.dht.tags import answer_naming
 from anonmail.net.base import Handler, Peer
 from anonmail.sim.scenario import IdIndex, Scenario, SimNode
 
@@ -40,6 +42,8 @@ class Collusion:
 
     def handler(self, honest: Handler) -> Handler:
         async def hostile(peer: Peer, msg: Any) -> Any:
+            if isinstance(msg, FindTags | GetCerts):
+                return answer_naming(self.reply(msg.target, msg.count).certs, msg)
             if isinstance(msg, FindNode):
                 return self.reply(msg.target, msg.count)
             return await honest(peer, msg)

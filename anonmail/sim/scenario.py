@@ -230,6 +230,11 @@ class Scenario:
                 a, b = index.run(own, i + 1)
                 if b - a <= 1:
                     break  # nobody else shares i+1 bits with us: deeper buckets stay empty
+            # A node that built its table by talking to these contacts holds their certificates
+            # (dht/tags.py): FIND_NODE answers naming them need not send them.
+            remember = node.dht.tags.add
+            for c in table:
+                remember(c)
 
     # -- faults and answers ----------------------------------------------------------------------
 

@@ -84,6 +84,7 @@ from anonmail.store.messages import (
     Delete,
     Deleted,
     Entries,
+    EntryIds,
     Fetch,
     Fetched,
     InboxEntry,
@@ -279,18 +280,21 @@ def handle_append(ctx: StoreContext, req: Append, peer: bytes | Party, now: floa
     return Appended(receipt)
 
 
-def handle_read(ctx: StoreContext, req: Read, now: float, party: Party = LOCAL) -> Entries:
+def handle_read(ctx: StoreContext, req: Read, now: float,
+                party: Party = LOCAL) -> Entries | EntryIds:
     db = ctx.db
     scope = proofs.check_owner_proof(db, req.proof, OwnerOp.READ, req.inbox,
-                                     args_digest_read(req.after), ctx.node_id, ctx.trusted_cas,
-                                     ctx.params, now)
+                                     args_digest_read(req.after, req.brief), ctx.node_id,
+                                     ctx.trusted_cas, ctx.params, now)
     rows, more = db.read_entries(req.inbox, req.after, now, ctx.limits.read_page_bytes,
                                  MAX_PAGE)
     admit(ctx, party, NONCE_OVERHEAD, reserve=False)  # the nonce, remembered for the skew
     with db.transaction(party):
         proofs.record_nonce(db, scope, req.proof, ctx.params)
-    return Entries(tuple(InboxEntry(r.entry, r.expires) for r in rows),
-                   rows[-1].seq if rows else req.after, more)
+    nxt = rows[-1].seq if rows else req.after
+    if req.brief:
+        return EntryIds(tuple(r.entry_id for r in rows), nxt, more)
+    return Entries(tuple(InboxEntry(r.entry, r.expires) for r in rows), nxt, more)
 
 
 def handle_ack(ctx: StoreContext, req: Ack, now: float, party: Party = LOCAL) -> Acked:

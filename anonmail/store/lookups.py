@@ -14,7 +14,9 @@ Invariants (the liveness rules that keep a reused result correct):
   after every replication round that had failures) gets a fresh lookup next time, which is what
   seed 002 §3.1 step 6 asks: "ask for a fresh set and retry";
 * a result for a larger k serves a request for a smaller one (the first n of the k closest are
-  the n closest), never the other way round.
+  the n closest), never the other way round;
+* a result serves every key of its `ids.lookup_home` (an address's inbox, request inbox and
+  certificate): their closest nodes are the same, in the same order (records/ids.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from anonmail.errors import (
     TransportError,
     UserError,
 )
+from anonmail.records import ids
 from anonmail.store.client import Lookup
 
 T = TypeVar("T")
@@ -50,6 +53,7 @@ class OperationLookups:
         self._pending: dict[tuple[bytes, int | None], trio.Event] = {}
 
     async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
+        key = ids.lookup_home(key)
         while True:
             held = self._results.get(key, {})
             hit = next((r for made, r in held.items() if _covers(made, k)), None)
@@ -72,6 +76,7 @@ class OperationLookups:
 
     def stale(self, key: bytes) -> None:
         """Nodes of the result for `key` failed: the next lookup of it is made afresh."""
+        key = ids.lookup_home(key)
         self._results.pop(key, None)
         below = getattr(self.dht, "stale", None)  # a RecentLookups underneath forgets it too
         if below is not None:
@@ -129,11 +134,12 @@ class RecentLookups:
     def __init__(self, dht: Lookup, clock: Clock, keep: Iterable[bytes], ttl: float) -> None:
         self.dht = dht
         self.clock = clock
-        self.keep = frozenset(keep)
+        self.keep = frozenset(ids.lookup_home(key) for key in keep)
         self.ttl = ttl
         self._results: dict[tuple[bytes, int | None], tuple[float, LookupResult]] = {}
 
     async def lookup(self, key: bytes, k: int | None = None) -> LookupResult:
+        key = ids.lookup_home(key)
         if key not in self.keep:
             return await self.dht.lookup(key, k)
         now = self.clock.now()
@@ -145,5 +151,6 @@ class RecentLookups:
         return result
 
     def stale(self, key: bytes) -> None:
+        key = ids.lookup_home(key)
         for held in [h for h in self._results if h[0] == key]:
             del self._results[held]

@@ -8,7 +8,7 @@ Client primitives (seed 002 §2.2, seed 001 §3; DESIGN.md §4 table):
 | 32  | Fetch     | 33 Fetched, or 34 NotFound    |
 | 35  | Delete    | 36 Deleted, or 34 NotFound    |
 | 37  | Append    | 38 Appended (a signed Receipt)|
-| 39  | Read      | 40 Entries                    |
+| 39  | Read      | 40 Entries, or 47 EntryIds    |
 | 41  | Ack       | 42 Acked                      |
 
 Node-to-node repair (republish, seed 002 §2.3-2.4): 43 Probe -> 44 Needs ("which of these do you
@@ -243,12 +243,25 @@ class Read:
     inbox: Key32
     after: Annotated[int, wire.U64]  # cursor: 0, then the `next` of the previous page
     proof: OwnerProof
+    # Only the ids of the entries (`EntryIds`): a check reads one replica whole and the others
+    # briefly, and reads another whole only if it holds an entry the first lacked (issue 11).
+    brief: bool = False
 
 
 @rpc.response(tag=40)
 @dataclass(frozen=True, slots=True)
 class Entries:
     entries: Annotated[tuple[InboxEntry, ...], Size(0, MAX_PAGE)]
+    next: Annotated[int, wire.U64]
+    more: bool
+
+
+@rpc.response(tag=47)
+@dataclass(frozen=True, slots=True)
+class EntryIds:
+    """A brief READ's answer: the ids of a page of entries (`entry_id`)."""
+
+    ids: Annotated[tuple[Key32, ...], Size(0, MAX_PAGE)]
     next: Annotated[int, wire.U64]
     more: bool
 
@@ -298,8 +311,9 @@ class Replicated:
     accepted: Annotated[int, Range(0, MAX_REPLICATE)]
 
 
-def args_digest_read(after: int) -> bytes:
-    return crypto.hash("owner-args-read", after.to_bytes(8, "big"))
+def args_digest_read(after: int, brief: bool = False) -> bytes:
+    return crypto.hash("owner-args-read-brief" if brief else "owner-args-read",
+                       after.to_bytes(8, "big"))
 
 
 def args_digest_ack(entry_ids: tuple[bytes, ...]) -> bytes:

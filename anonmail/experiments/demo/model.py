@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 # What a storage or inbox node answers (store/messages.py) and what a circuit's end does.
 STORAGE_OPS = frozenset({"Store", "Append", "Fetch", "Read", "Ack", "Delete"})
 END_LOOKUPS = frozenset({"FindNodes"})
-ROUTING = frozenset({"FindNode", "Ping"})  # the DHT's own requests: every client sends them
+# The DHT's own requests: every client sends them.
+ROUTING = frozenset({"FindTags", "GetCerts", "FindNode", "Ping"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from anonmail.anon import messages as am
 from anonmail.anon.anonymizer import FORWARDABLE, Sighting, request_key
 from anonmail.anon.options import DEFAULT
 from anonmail.clock import SystemClock
-from anonmail.dht.messages import FindNode
+from anonmail.dht.messages import FindNode, FindTags, GetCerts
 from anonmail.experiments.demo.model import Seen
 from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
@@ -105,7 +105,7 @@ def _watch(node: Node, log: list[Seen], clock: SystemClock) -> None:
                     log[i] = Seen(nid, s.time, "Locate", "direct", s.peer, None, s.size, s.key)
                     return
         key = request_key(msg) if isinstance(msg, FORWARDABLE) else \
-            msg.target if isinstance(msg, FindNode) else None
+            msg.target if isinstance(msg, FindNode | FindTags | GetCerts) else None
         kind = msg.kind.name if isinstance(msg, sm.Store) else ""
         log.append(Seen(nid, clock.now(), type(msg).__name__, "direct", peer.node_id, None,
                         len(wire.encode(msg)), key, kind=kind))
