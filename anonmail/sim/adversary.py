@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes
-from anonmail.dht.tags import answer_naming
+from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes, Tags
+from anonmail.dht.routing import Contact
+from anonmail.dht.tags import split
 from anonmail.net.base import Handler, Peer
 from anonmail.sim.scenario import IdIndex, Scenario, SimNode
 
@@ -28,22 +29,33 @@ class Collusion:
         self.members = list(members)
         self.ids = frozenset(node.node_id for node in self.members)
         self.index = IdIndex(node.contact for node in self.members)
-        self._last: tuple[bytes, int, Nodes] | None = None
+        self._last: tuple[bytes, int, Nodes, Tags, list[Contact]] | None = None
 
     def reply(self, target: bytes, count: int) -> Nodes:
         """The lie: the `count` colluders closest to `target`. The same for every colluder, so
         the last one is kept: the colluders a lookup meets are asked the same question."""
+        return self._lie(target, count)[0]
+
+    def _lie(self, target: bytes, count: int) -> tuple[Nodes, Tags, list[Contact]]:
+        """The lie in both forms (dht/tags.py): certificates, the tags naming them, and the
+        colluders' contacts (whose tags are made once, with them)."""
         last = self._last
         if last is not None and last[0] == target and last[1] == count:
-            return last[2]
-        lie = Nodes(tuple(c.cert for c in self.index.closest(target, count)))
-        self._last = (target, count, lie)
-        return lie
+            return last[2], last[3], last[4]
+        near = self.index.closest(target, count)
+        lie = Nodes(tuple(c.cert for c in near))
+        named = Tags(b"".join(c.tag for c in near))
+        self._last = (target, count, lie, named, near)
+        return lie, named, near
 
     def handler(self, honest: Handler) -> Handler:
         async def hostile(peer: Peer, msg: Any) -> Any:
-            if isinstance(msg, FindTags | GetCerts):
-                return answer_naming(self.reply(msg.target, msg.count).certs, msg)
+            if isinstance(msg, FindTags):
+                return self._lie(msg.target, msg.count)[1]
+            if isinstance(msg, GetCerts):
+                want = frozenset(split(msg.want))
+                return Nodes(tuple(c.cert for c in self._lie(msg.target, msg.count)[2]
+                                   if c.tag in want))
             if isinstance(msg, FindNode):
                 return self.reply(msg.target, msg.count)
             return await honest(peer, msg)
