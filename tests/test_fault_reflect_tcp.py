@@ -17,6 +17,7 @@ import trio
 
 from anonmail.clock import SystemClock
 from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes, Ping, Pong
+from anonmail.dht.routing import Contact
 from anonmail.dht.tags import answer_naming
 from anonmail.net.admission import AdmissionLimits
 from anonmail.net.base import Peer
@@ -100,11 +101,11 @@ class Liar:
         if isinstance(msg, FindNode | FindTags | GetCerts):
             ranked = sorted(self.forged, key=lambda c: ids.distance(c.node_id, msg.target))
             if isinstance(msg, GetCerts):
-                return answer_naming(ranked[:msg.count], msg)
+                return answer_naming([Contact.of(c) for c in ranked[:msg.count]], msg)
             self.answered += 1
             self.named += min(msg.count, len(ranked))
             return Nodes(tuple(ranked[:msg.count])) if isinstance(msg, FindNode) else \
-                answer_naming(ranked[:msg.count], msg)
+                answer_naming([Contact.of(c) for c in ranked[:msg.count]], msg)
         if isinstance(msg, Ping):
             return Pong()
         raise NotImplementedError

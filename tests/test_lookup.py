@@ -190,7 +190,7 @@ def _liar(sc: Scenario, reply: Nodes) -> SimNode:
 
     async def handler(peer: Peer, msg: Any) -> Any:
         if isinstance(msg, FindTags | GetCerts):
-            return answer_naming(reply.certs, msg)
+            return answer_naming([Contact.of(c) for c in reply.certs], msg)
         return reply if isinstance(msg, FindNode) else await liar.services.handle(peer, msg)
 
     sc.world.set_handler(liar.node_id, handler)

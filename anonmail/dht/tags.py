@@ -149,13 +149,13 @@ def answer_parts(near: Iterable[Contact], have: bytes) -> tuple[tuple[NodeCert, 
     return tuple(certs), b"".join(tags)
 
 
-def answer_naming(certs: Sequence[NodeCert], msg: object) -> Tags | Nodes:
-    """The lookup-form answer (to a FindTags, or to a GetCerts `msg`) naming exactly `certs`:
-    for stand-in servers (sim adversaries, tests) that decide what to name themselves."""
+def answer_naming(near: Sequence[Contact], msg: object) -> Tags | Nodes:
+    """The lookup-form answer (to a FindTags, or to a GetCerts `msg`) naming exactly `near`:
+    for stand-in servers that decide what to name themselves (sim/adversary.py, tests)."""
     if isinstance(msg, GetCerts):
         want = _parsed(msg.want)
-        return Nodes(tuple(c for c in certs if cert_tag(c) in want))
-    return Tags(b"".join(cert_tag(c) for c in certs))
+        return Nodes(tuple(c.cert for c in near if c.tag in want))
+    return Tags(b"".join(c.tag for c in near))
 
 
 _PARSED: OrderedDict[bytes, frozenset[bytes]] = OrderedDict()

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes, Tags
+from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes
 from anonmail.dht.routing import Contact
-from anonmail.dht.tags import split
+from anonmail.dht.tags import answer_naming
 from anonmail.net.base import Handler, Peer
 from anonmail.sim.scenario import IdIndex, Scenario, SimNode
 
@@ -29,33 +29,26 @@ class Collusion:
         self.members = list(members)
         self.ids = frozenset(node.node_id for node in self.members)
         self.index = IdIndex(node.contact for node in self.members)
-        self._last: tuple[bytes, int, Nodes, Tags, list[Contact]] | None = None
+        self._last: tuple[bytes, int, list[Contact]] | None = None
 
-    def reply(self, target: bytes, count: int) -> Nodes:
-        """The lie: the `count` colluders closest to `target`. The same for every colluder, so
-        the last one is kept: the colluders a lookup meets are asked the same question."""
-        return self._lie(target, count)[0]
-
-    def _lie(self, target: bytes, count: int) -> tuple[Nodes, Tags, list[Contact]]:
-        """The lie in both forms (dht/tags.py): certificates, the tags naming them, and the
-        colluders' contacts (whose tags are made once, with them)."""
+    def lie(self, target: bytes, count: int) -> list[Contact]:
+        """The `count` colluders closest to `target`. The same for every colluder, so the last
+        one is kept: the colluders a lookup meets are asked the same question."""
         last = self._last
         if last is not None and last[0] == target and last[1] == count:
-            return last[2], last[3], last[4]
+            return last[2]
         near = self.index.closest(target, count)
-        lie = Nodes(tuple(c.cert for c in near))
-        named = Tags(b"".join(c.tag for c in near))
-        self._last = (target, count, lie, named, near)
-        return lie, named, near
+        self._last = (target, count, near)
+        return near
+
+    def reply(self, target: bytes, count: int) -> Nodes:
+        """The lie as a FindNode answer: the colluders' certificates."""
+        return Nodes(tuple(c.cert for c in self.lie(target, count)))
 
     def handler(self, honest: Handler) -> Handler:
         async def hostile(peer: Peer, msg: Any) -> Any:
-            if isinstance(msg, FindTags):
-                return self._lie(msg.target, msg.count)[1]
-            if isinstance(msg, GetCerts):
-                want = frozenset(split(msg.want))
-                return Nodes(tuple(c.cert for c in self._lie(msg.target, msg.count)[2]
-                                   if c.tag in want))
+            if isinstance(msg, FindTags | GetCerts):  # tags made once, with the contacts
+                return answer_naming(self.lie(msg.target, msg.count), msg)
             if isinstance(msg, FindNode):
                 return self.reply(msg.target, msg.count)
             return await honest(peer, msg)

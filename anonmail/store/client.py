@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from anonmail import crypto, wire
 from anonmail.clock import Clock
@@ -318,21 +318,25 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
     then read whole. So the union is the same as reading every replica whole."""
     found = await closest(dht, inbox, r)
 
-    async def call(node: NodeCert, brief: bool) -> list[sm.InboxEntry] | list[bytes]:
-        got: list[Any] = []
+    async def call(node: NodeCert, brief: bool) -> tuple[list[sm.InboxEntry], set[bytes]]:
+        """Every page of `node`: (its entries, if read whole; their ids, if read briefly)."""
+        entries: list[sm.InboxEntry] = []
+        named: set[bytes] = set()
         after = 0
         for _ in range(MAX_PAGES):
             proof = make_owner_proof(sign_key, cert, sm.OwnerOp.READ, inbox, node.node_id,
                                      sm.args_digest_read(after, brief), clock.now(), rng)
             reply = await net.request(node, sm.Read(inbox, after, proof, brief))
-            if isinstance(reply, sm.EntryIds if brief else sm.Entries):
-                got.extend(reply.ids if isinstance(reply, sm.EntryIds) else reply.entries)
+            if brief and isinstance(reply, sm.EntryIds):
+                named.update(reply.ids)
+            elif not brief and isinstance(reply, sm.Entries):
+                entries.extend(reply.entries)
             else:
                 raise RemoteProtocolError(f"READ answered with {type(reply).__name__}")
             if not reply.more or reply.next <= after:
                 break
             after = reply.next
-        return got
+        return entries, named
 
     result = ReadResult()
 
@@ -343,27 +347,25 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
             if old is None or e.expires > old.expires:
                 result.entries[eid] = e
 
-    listed: dict[bytes, set[bytes]] = {}  # briefly read replica -> the ids it named
-    outcomes = await fan_out(list(enumerate(found)),
-                             lambda item: call(item[1], item[0] > 0), catch=REQUEST_ERRORS)
-    for o in outcomes:
-        i, node = o.item
+    first = found[0] if found else None
+    answered: list[NodeCert] = []
+    named: dict[bytes, set[bytes]] = {}  # briefly read replica -> the ids it named
+    for o in await fan_out(found, lambda node: call(node, node is not first),
+                           catch=REQUEST_ERRORS):
         if o.value is None:
-            result.failed.append(node)
-        elif i == 0:
-            result.nodes.append(node)
-            take(cast(list[sm.InboxEntry], o.value))
-        else:
-            listed[node.node_id] = set(cast(list[bytes], o.value))
-    whole = [node for _, node in (o.item for o in outcomes) if node.node_id in listed and
-             listed[node.node_id] - result.entries.keys()]
-    for again in await fan_out(whole, lambda node: call(node, False), catch=REQUEST_ERRORS):
+            result.failed.append(o.item)
+            continue
+        answered.append(o.item)
+        take(o.value[0])
+        named[o.item.node_id] = o.value[1]
+    more = [n for n in answered if named[n.node_id] - result.entries.keys()]
+    for again in await fan_out(more, lambda node: call(node, False), catch=REQUEST_ERRORS):
         if again.value is None:
-            listed.pop(again.item.node_id)
+            answered.remove(again.item)
             result.failed.append(again.item)
         else:
-            take(cast(list[sm.InboxEntry], again.value))
-    result.nodes.extend(node for node in found[1:] if node.node_id in listed)
+            take(again.value[0])
+    result.nodes = answered
     return result
 
 
