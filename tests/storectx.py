@@ -97,7 +97,7 @@ def delete(ctx: StoreContext, secret: bytes, key: bytes = BODY_KEY, now: float =
 def proof(op: OwnerOp, args: bytes, *, now: float = NOW, node_id: bytes = NODE_ID,
           inbox: bytes = INBOX, rng: SeededRng | None = None,
           cert: AddressCert = BOB_CERT, key: crypto.SigningKey = BOB_SIGN) -> OwnerProof:
-    return make_owner_proof(key, cert, op, inbox, node_id, args, now,
+    return make_owner_proof(key, cert, op, inbox, [node_id], args, now,
                             rng if rng is not None else SeededRng(repr((op, args, now)).encode()))
 
 

@@ -294,7 +294,7 @@ def test_the_spent_token_outlives_the_acked_entry(ctx: StoreContext) -> None:
     held = tokens()[0]
     append(ctx, b"mail", permit(held, b"mail"))
     proof = make_owner_proof(OWNER.sign, OWNER.cert, OwnerOp.ACK, INBOX,
-                             ids.node_id(NODE_KEY.public), args_digest_ack((entry_id(b"mail"),)),
+                             [ids.node_id(NODE_KEY.public)], args_digest_ack((entry_id(b"mail"),)),
                              NOW, SeededRng(b"ack"))
     handle_ack(ctx, Ack(INBOX, (entry_id(b"mail"),), proof), NOW)
     assert entries(ctx) == []

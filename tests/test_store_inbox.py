@@ -8,15 +8,18 @@ proof into an ACK of other entries); and the repair handlers (PROBE, REPLICATE, 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from storectx import (
     BOB,
+    BOB_CERT,
     BOB_SIGN,
     BODY_KEY,
     CA,
     INBOX,
+    NODE_ID,
     NOW,
     PARAMS,
     PEER,
@@ -29,10 +32,11 @@ from storectx import (
 from storectx import ctx_fixture as ctx_fixture  # the `ctx` fixture
 
 from anonmail import crypto, wire
-from anonmail.errors import Refusal, RemoteProtocolError
+from anonmail.errors import LocalError, Refusal, RemoteProtocolError
 from anonmail.records import ids
 from anonmail.records.certs import CertificateAuthority
 from anonmail.records.receipts import StoreOp
+from anonmail.rng import SeededRng
 from anonmail.store.db import StoreDb
 from anonmail.store.errors import Denied, Invalid
 from anonmail.store.handlers import (
@@ -45,6 +49,7 @@ from anonmail.store.handlers import (
     handle_replicate,
 )
 from anonmail.store.messages import (
+    MAX_PROOF_NODES,
     Ack,
     Append,
     AppendProof,
@@ -67,6 +72,7 @@ from anonmail.store.messages import (
     blob_digest,
     entry_id,
 )
+from anonmail.store.proofs import make_owner_proof
 
 # -- APPEND / READ / ACK --------------------------------------------------------------------------
 
@@ -230,6 +236,36 @@ def test_a_relay_cannot_turn_a_proof_into_an_ack_of_other_entries(ctx: StoreCont
     with pytest.raises(Invalid):
         handle_ack(ctx, Ack(INBOX, (entry_id(b"b"),), p), NOW)
     assert len(read(ctx).entries) == 2
+
+
+@pytest.mark.threat("T-REPLAY-OWNER")
+def test_a_proof_naming_several_replicas_serves_each_once(ctx: StoreContext) -> None:
+    """Issue 11: through an anonymizer one READ or ACK goes to several replicas under one proof
+    naming them. Each accepts it once; a second use is a refusal, not a fault, because a named
+    replica may have raced the anonymizer's copy here; a node it does not name, or a list
+    altered after signing, is refused as the presenter's fault."""
+    append(ctx, b"x")
+    others = [b"\x01" * 32, b"\x02" * 32]
+    args = args_digest_read(0, True)
+    signed = make_owner_proof(BOB_SIGN, BOB_CERT, OwnerOp.READ, INBOX,
+                              [others[0], NODE_ID, others[1]], args, NOW, SeededRng(b"set"))
+    first = handle_read(ctx, Read(INBOX, 0, signed, True), NOW)
+    assert isinstance(first, EntryIds) and first.ids == (entry_id(b"x"),)
+    with pytest.raises(Denied, match="already used") as again:
+        handle_read(ctx, Read(INBOX, 0, signed, True), NOW + 1)
+    assert not isinstance(again.value, RemoteProtocolError)
+    elsewhere = make_owner_proof(BOB_SIGN, BOB_CERT, OwnerOp.READ, INBOX, others, args, NOW,
+                                 SeededRng(b"elsewhere"))
+    with pytest.raises(Invalid, match="another node"):
+        handle_read(ctx, Read(INBOX, 0, elsewhere, True), NOW)
+    widened = dataclasses.replace(elsewhere, node_ids=(*others, NODE_ID))
+    with pytest.raises(Invalid, match="owner proof"):
+        handle_read(ctx, Read(INBOX, 0, widened, True), NOW)
+    with pytest.raises(LocalError):
+        make_owner_proof(BOB_SIGN, BOB_CERT, OwnerOp.READ, INBOX,
+                         [bytes([i]) * 32 for i in range(MAX_PROOF_NODES + 1)], args, NOW,
+                         SeededRng(b"too many"))
+    assert ctx.db.inbox_usage(INBOX, NOW)[0] == 1  # nothing was changed by the refusals
 
 
 # -- repair handlers ------------------------------------------------------------------------------

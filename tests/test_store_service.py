@@ -10,7 +10,9 @@ client's retry are in test_store_client.py.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,15 +23,17 @@ from trio.testing import MockClock
 
 from anonmail import crypto, wire
 from anonmail.errors import LocalError
-from anonmail.net.base import Peer
+from anonmail.net.base import Handler, Network, Peer
+from anonmail.net.fanout import Outcome, fan_out
 from anonmail.net.rpc import ErrorCode, ErrorReply
 from anonmail.net.services import ServiceRegistry
 from anonmail.records import ids
-from anonmail.records.certs import AddressCert
+from anonmail.records.certs import AddressCert, Endpoint, NodeCert
 from anonmail.records.receipts import StoreOp
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario
 from anonmail.store.client import (
+    REQUEST_ERRORS,
     ack_all,
     append_replicated,
     check_receipt,
@@ -248,6 +252,68 @@ async def test_a_check_reads_one_replica_whole_and_the_rest_briefly(
     assert sorted(e.entry for e in got.entries.values()) == [b"everywhere", b"only here"]
     assert len(got.nodes) == R and not got.failed
     assert sent["Read"] == R + 1  # r reads, and the fourth replica's again, whole
+
+
+class Fanning:
+    """A `Multicast` network over another, as an anonymizer is: `request_many` sends one copy
+    of the request to each target and returns their answers; it counts what it was asked."""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.multicasts: list[tuple[str, int]] = []
+
+    @property
+    def local_cert(self) -> NodeCert:
+        return self.net.local_cert
+
+    async def request(self, to: NodeCert, msg: Any, *, timeout: float | None = None) -> Any:
+        return await self.net.request(to, msg)
+
+    async def introduce(self, endpoint: Endpoint, *, timeout: float | None = None) -> NodeCert:
+        return await self.net.introduce(endpoint, timeout=timeout)
+
+    async def serve(self, handler: Handler, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise LocalError("a client only")
+
+    async def request_many(self, targets: Sequence[NodeCert],
+                           msg: Any) -> list[Outcome[NodeCert, Any]]:
+        self.multicasts.append((type(msg).__name__, len(targets)))
+        return await fan_out(list(targets), lambda c: self.net.request(c, msg),
+                             catch=REQUEST_ERRORS)
+
+
+async def test_through_an_anonymizer_a_check_sends_one_brief_read_and_one_ack(
+    sim: Sim, autojump_clock: MockClock
+) -> None:
+    """Issue 11: through an anonymizer every request is a padded cell, so the brief READ of
+    the r - 1 farther replicas and the ACK of all r go as one request each, under an owner
+    proof naming those replicas; the union and the ACKs are what per-replica requests give."""
+    s = sim.s
+    bob_key, bob_cert = rts_owner("bob")
+    inbox = ids.inbox_key(bob_cert.address)
+    sender, bob = sim.node(10), sim.node(11)
+    rng = SeededRng(b"bob-agent")
+    net = Fanning(bob.net)
+    with trio.fail_after(TIMEOUT):
+        placed = await append_replicated(sender.net, sender.dht, inbox, b"everywhere", DAY,
+                                         None, R, clock=s.clock)
+        assert len(placed.receipts) == R
+        replicas = sim.closest(inbox)
+        lone = await sender.net.request(replicas[3].cert, Append(inbox, b"only here", DAY, None))
+        assert isinstance(lone, Appended)
+        before = Counter(s.world.stats.by_type)
+        got = await read_all(net, bob.dht, inbox, bob_key, bob_cert, R, s.clock, rng)
+        sent = Counter(s.world.stats.by_type) - before
+        assert sorted(e.entry for e in got.entries.values()) == [b"everywhere", b"only here"]
+        assert len(got.nodes) == R and not got.failed
+        assert sent["Read"] == R + 1  # the same READs reach the replicas...
+        assert net.multicasts == [("Read", R - 1)]  # ...but r - 1 of them as one request
+        acked = await ack_all(net, bob.dht, inbox, list(got.entries), bob_key, bob_cert, R,
+                              s.clock, rng, nodes=got.nodes)
+        assert acked == R and net.multicasts[1:] == [("Ack", R)]
+        final = await read_all(bob.net, bob.dht, inbox, bob_key, bob_cert, R, s.clock, rng)
+    assert final.entries == {}
 
 
 # -- the service's loops and worker thread --------------------------------------------------------

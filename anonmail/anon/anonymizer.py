@@ -42,8 +42,14 @@ from anonmail.store import messages as sm
 from anonmail.store.client import Lookup, closest
 
 FORWARDABLE: tuple[type, ...] = (sm.Store, sm.Fetch, sm.Delete, sm.Append, sm.Read, sm.Ack)
-SINGLE_TARGET: tuple[type, ...] = (sm.Fetch, sm.Read)  # answers too large to fan in
 FORWARD_ERRORS = (TransportError, RemoteProtocolError, Refused)
+
+
+def single_target(request: Any) -> bool:
+    """FETCH and whole READ answers are too large to fan in; a brief READ's (entry ids) and
+    an ACK's are small, so one of each may go to all of an inbox's replicas (issue 11)."""
+    return isinstance(request, sm.Fetch) or (isinstance(request, sm.Read) and not request.brief)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,7 @@ class Anonymizer:
         except RemoteProtocolError:
             return am.OpFailed("not a storage request to valid nodes")
         targets = list({c.node_id: c for c in op.targets}.values())
-        if isinstance(request, SINGLE_TARGET) and len(targets) != 1:
+        if single_target(request) and len(targets) != 1:
             return am.OpFailed("FETCH and READ go to one node at a time")
         if not spend(len(op.request) * len(targets)):
             return am.OpFailed("circuit budget spent")

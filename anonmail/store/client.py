@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import trio
+
 from anonmail import crypto, wire
 from anonmail.clock import Clock
 from anonmail.dht.lookup import LookupResult
@@ -318,15 +320,24 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
     then read whole. So the union is the same as reading every replica whole."""
     found = await closest(dht, inbox, r)
 
-    async def call(node: NodeCert, brief: bool) -> tuple[list[sm.InboxEntry], set[bytes]]:
-        """Every page of `node`: (its entries, if read whole; their ids, if read briefly)."""
+    def read(nodes: Sequence[NodeCert], after: int, brief: bool) -> sm.Read:
+        proof = make_owner_proof(sign_key, cert, sm.OwnerOp.READ, inbox,
+                                 [n.node_id for n in nodes], sm.args_digest_read(after, brief),
+                                 clock.now(), rng)
+        return sm.Read(inbox, after, proof, brief)
+
+    async def call(node: NodeCert, brief: bool,
+                   first: Any = None) -> tuple[list[sm.InboxEntry], set[bytes]]:
+        """Every page of `node`: (its entries, if read whole; their ids, if read briefly).
+        `first`: its answer to the first page, when that came by multicast."""
         entries: list[sm.InboxEntry] = []
         named: set[bytes] = set()
         after = 0
         for _ in range(MAX_PAGES):
-            proof = make_owner_proof(sign_key, cert, sm.OwnerOp.READ, inbox, node.node_id,
-                                     sm.args_digest_read(after, brief), clock.now(), rng)
-            reply = await net.request(node, sm.Read(inbox, after, proof, brief))
+            if first is not None:
+                reply, first = first, None
+            else:
+                reply = await net.request(node, read([node], after, brief))
             if brief and isinstance(reply, sm.EntryIds):
                 named.update(reply.ids)
             elif not brief and isinstance(reply, sm.Entries):
@@ -350,8 +361,32 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
     first = found[0] if found else None
     answered: list[NodeCert] = []
     named: dict[bytes, set[bytes]] = {}  # briefly read replica -> the ids it named
-    for o in await fan_out(found, lambda node: call(node, node is not first),
-                           catch=REQUEST_ERRORS):
+    if isinstance(net, Multicast) and len(found) > 2:
+        # Through an anonymizer: one brief READ for all but the closest, under one proof
+        # naming them (store/proofs.py), so one padded cell instead of r - 1.
+        rest = list(found[1:])
+        pages: dict[bytes, Outcome[NodeCert, Any]] = {}
+
+        async def multicast() -> None:
+            for o in await net.request_many(rest, read(rest, 0, True)):
+                pages[o.item.node_id] = o
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(multicast)
+            whole = await fan_out(found[:1], lambda node: call(node, False),
+                                  catch=REQUEST_ERRORS)
+
+        async def brief(node: NodeCert) -> tuple[list[sm.InboxEntry], set[bytes]]:
+            page = pages[node.node_id]
+            if page.error is not None:
+                raise page.error
+            return await call(node, True, page.value)
+
+        outcomes = whole + await fan_out(rest, brief, catch=REQUEST_ERRORS)
+    else:
+        outcomes = await fan_out(found, lambda node: call(node, node is not first),
+                                 catch=REQUEST_ERRORS)
+    for o in outcomes:
         if o.value is None:
             result.failed.append(o.item)
             continue
@@ -380,17 +415,34 @@ async def ack_all(net: Network, dht: Lookup, inbox: bytes, entry_ids: Sequence[b
     if not ids_:
         return 0
 
+    def ack(nodes: Sequence[NodeCert], chunk: tuple[bytes, ...]) -> sm.Ack:
+        proof = make_owner_proof(sign_key, cert, sm.OwnerOp.ACK, inbox,
+                                 [n.node_id for n in nodes], sm.args_digest_ack(chunk),
+                                 clock.now(), rng)
+        return sm.Ack(inbox, chunk, proof)
+
+    chunks = [ids_[i:i + sm.MAX_ACK] for i in range(0, len(ids_), sm.MAX_ACK)]
+    nodes = list(targets.values())
+    if isinstance(net, Multicast):
+        # Through an anonymizer: one ACK for every replica, under one proof naming them all
+        # (store/proofs.py): one padded cell per chunk instead of one per replica.
+        acked = dict.fromkeys((n.node_id for n in nodes), True)
+        for i in range(0, len(nodes), sm.MAX_PROOF_NODES):
+            group = nodes[i:i + sm.MAX_PROOF_NODES]
+            for chunk in chunks:
+                for o in await net.request_many(group, ack(group, chunk)):
+                    if not isinstance(o.value, sm.Acked):
+                        acked[o.item.node_id] = False
+        return sum(acked.values())
+
     async def call(node: NodeCert) -> bool:
-        for i in range(0, len(ids_), sm.MAX_ACK):
-            chunk = ids_[i:i + sm.MAX_ACK]
-            proof = make_owner_proof(sign_key, cert, sm.OwnerOp.ACK, inbox, node.node_id,
-                                     sm.args_digest_ack(chunk), clock.now(), rng)
-            reply = await net.request(node, sm.Ack(inbox, chunk, proof))
+        for chunk in chunks:
+            reply = await net.request(node, ack([node], chunk))
             if not isinstance(reply, sm.Acked):
                 raise RemoteProtocolError(f"ACK answered with {type(reply).__name__}")
         return True
 
-    outcomes = await fan_out(list(targets.values()), call, catch=REQUEST_ERRORS)
+    outcomes = await fan_out(nodes, call, catch=REQUEST_ERRORS)
     return sum(1 for o in outcomes if o.value is True)
 
 

@@ -49,6 +49,7 @@ MAX_PROOF_DATA = 4096
 MAX_PROBE_ITEMS = 64
 MAX_PROBE_IDS = 1024
 MAX_REPLICATE = 256  # entries per Replicate
+MAX_PROOF_NODES = 32  # nodes one owner proof names (the r replicas of an inbox, r <= 32)
 NONCE_SIZE = 16
 
 Key32 = Annotated[bytes, Size(32)]
@@ -117,10 +118,11 @@ class AppendProof:
 @wire.struct
 @dataclass(frozen=True, slots=True)
 class OwnerProof:
-    """The address owner's authorisation of one READ or ACK on one node (store/proofs.py)."""
+    """The address owner's authorisation of one READ or ACK on the nodes it names
+    (store/proofs.py): one replica, or the replicas an anonymizer fans one request out to."""
 
     cert: AddressCert
-    node_id: Key32  # the serving node: a proof for one replica is useless at another
+    node_ids: Annotated[tuple[Key32, ...], Size(1, MAX_PROOF_NODES)]  # useless at any other
     time: Annotated[int, wire.U64]
     nonce: Annotated[bytes, Size(NONCE_SIZE)]
     signature: Annotated[bytes, Size(64)]
@@ -134,7 +136,7 @@ class OwnerStatement:
 
     op: OwnerOp
     inbox: Key32
-    node_id: Key32
+    node_ids: Annotated[tuple[Key32, ...], Size(1, MAX_PROOF_NODES)]
     time: Annotated[int, wire.U64]
     nonce: Annotated[bytes, Size(NONCE_SIZE)]
     args: Key32
