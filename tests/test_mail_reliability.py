@@ -41,7 +41,6 @@ from anonmail.store.client import (
     append_replicated,
     check_receipt,
     fetch_any,
-    read_all,
     store_replicated,
 )
 from anonmail.store.db import StoreDb
@@ -54,6 +53,7 @@ from anonmail.store.messages import (
     blob_digest,
     entry_id,
 )
+from anonmail.store.owner_client import read_all
 from anonmail.store.service import StoreService
 
 R = 8

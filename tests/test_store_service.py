@@ -34,13 +34,11 @@ from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario
 from anonmail.store.client import (
     REQUEST_ERRORS,
-    ack_all,
     append_replicated,
     check_receipt,
     delete_all,
     fetch_any,
     fetch_cert,
-    read_all,
     store_replicated,
 )
 from anonmail.store.db import StoreDb
@@ -52,6 +50,7 @@ from anonmail.store.messages import (
     blob_digest,
     delete_hash,
 )
+from anonmail.store.owner_client import ack_all, read_all
 from anonmail.store.service import StoreService
 
 

@@ -1,9 +1,9 @@
 """Check (DESIGN.md §5; seed 002 §3.2, seed 001 §3 "Checking E-Mail", seed 003 §6.1).
 
-1. READ every page of the inbox from all r replicas, with an owner proof per node and request
-   (`store.client.read_all`); the replicas are not consistent, so take the union, de-duplicated
-   by entry id (seed 002 §3.2 "the superset"; seed 003 §6.1 "a check on duplication on its local
-   workstation");
+1. READ every page of the inbox from all r replicas, under owner proofs
+   (`store.owner_client.read_all`); the replicas are not consistent, so take the union,
+   de-duplicated by entry id (seed 002 §3.2 "the superset"; seed 003 §6.1 "a check on
+   duplication on its local workstation");
 2. for each entry not handled before: open it with our seal key, verify it (envelope.
    verify_header: for us, sender certificate valid, sender signature good); drop forgeries;
    de-duplicate by message id (the same message may arrive as different entries, e.g. a sender's
@@ -39,7 +39,8 @@ from anonmail.permit.notes import ForgedNote, verify_note
 from anonmail.records import ids
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
-from anonmail.store.client import Lookup, ReadResult, ack_all, read_all
+from anonmail.store.client import Lookup
+from anonmail.store.owner_client import ReadResult, ack_all, read_all
 
 MAX_AGE = 30 * 86400  # the longest TTL a node keeps anything (StoreLimits.max_ttl)
 
