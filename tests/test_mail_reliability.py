@@ -220,6 +220,11 @@ def test_cli_and_bench_run(capsys: pytest.CaptureFixture[str]) -> None:
     print("\n" + text)
     assert bench.delivered == 4 and bench.rate > 0
     assert bench.bytes_per_delivered > bench.floor > 4 * 1000
+    assert bench.before is None and "before issue 11" not in text  # not the recorded workload
+    # The recorded workload (1,000 nodes, 20 x 20 KB) prints the issue's before beside its own.
+    same = dataclasses.replace(bench, before=(2397, 19.1), wire_messages=747 * 4)
+    assert "before issue 11 (08acdaa)          2,397 messages   (19.1x the floor; now 3.2x " \
+        "fewer messages)" in format_bench(same)
 
 
 # -- full size ------------------------------------------------------------------------------------

@@ -27,6 +27,16 @@ from anonmail.experiments.mail.model import MailConfig
 from anonmail.experiments.mail.report import human_size
 from anonmail.experiments.mail.run import run
 
+# The same workload at commit 08acdaa, before issue 11, on the reference machine (2 cores;
+# docs/performance.md), re-measured 2026-12-05: per delivery, everything on the wire (upkeep
+# included), as (messages, bytes / floor). A run of that workload prints it beside its own,
+# so the before and after of the issue are on one screen; keyed by (nodes, messages, size,
+# seed, anonymous).
+BEFORE_ISSUE_11: dict[tuple[int, int, int, int, bool], tuple[int, float]] = {
+    (1000, 20, 20_000, 1, False): (2397, 19.1),
+    (1000, 20, 20_000, 1, True): (10188, 92.2),
+}
+
 
 @dataclass(frozen=True)
 class BenchResult:
@@ -44,6 +54,7 @@ class BenchResult:
     anonymous: bool = False
     mail_messages: int = 0  # of wire_messages, sent for the workload's operations
     body_bytes: float = 0.0  # mean bytes of one replica's STORE of the body, on the wire
+    before: tuple[int, float] | None = None  # BEFORE_ISSUE_11's figures for this workload
 
     @property
     def padded_floor(self) -> float:
@@ -99,7 +110,8 @@ def bench_sim(*, nodes: int = 200, messages: int = 100, agents: int = 20, size: 
                        rep.exact_bytes or 0, rep.meter.bytes("mail"),
                        rep.meter.messages("mail") + rep.meter.messages("upkeep"), rep.mean_size,
                        replication, sum(took) / len(took) if took else 0.0, anonymous,
-                       rep.meter.messages("mail"), body)
+                       rep.meter.messages("mail"), body,
+                       BEFORE_ISSUE_11.get((nodes, messages, size, seed, anonymous)))
 
 
 def format_bench(b: BenchResult) -> str:
@@ -124,4 +136,7 @@ def format_bench(b: BenchResult) -> str:
         f"  everything / delivery, upkeep too    {human_size(b.bytes_per_delivered):>12}   "
         f"({b.bytes_per_delivered / max(b.floor, 1):.2f}x the floor, "
         f"{b.wire_messages / per:.0f} messages)",
+        *([f"  the same before issue 11 (08acdaa)   {b.before[0]:>12,} messages   "
+           f"({b.before[1]:.1f}x the floor; now {b.before[0] * per / max(b.wire_messages, 1):.1f}"
+           f"x fewer messages)"] if b.before else []),
     ])
