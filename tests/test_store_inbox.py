@@ -242,8 +242,8 @@ def test_a_relay_cannot_turn_a_proof_into_an_ack_of_other_entries(ctx: StoreCont
 def test_a_proof_naming_several_replicas_serves_each_once(ctx: StoreContext) -> None:
     """Issue 11: through an anonymizer one READ or ACK goes to several replicas under one proof
     naming them. Each accepts it once; a second use is a refusal, not a fault, because a named
-    replica may have raced the anonymizer's copy here; a node it does not name, or a list
-    altered after signing, is refused as the presenter's fault."""
+    replica may have raced the anonymizer's copy here; a forgery carrying the used nonce, a node
+    it does not name, or a list altered after signing is refused as the presenter's fault."""
     append(ctx, b"x")
     others = [b"\x01" * 32, b"\x02" * 32]
     args = args_digest_read(0, True)
@@ -254,6 +254,9 @@ def test_a_proof_naming_several_replicas_serves_each_once(ctx: StoreContext) -> 
     with pytest.raises(Denied, match="already used") as again:
         handle_read(ctx, Read(INBOX, 0, signed, True), NOW + 1)
     assert not isinstance(again.value, RemoteProtocolError)
+    forged = dataclasses.replace(signed, signature=bytes(64))  # a used nonce, not the owner's
+    with pytest.raises(Invalid, match="owner proof"):
+        handle_read(ctx, Read(INBOX, 0, forged, True), NOW + 1)
     elsewhere = make_owner_proof(BOB_SIGN, BOB_CERT, OwnerOp.READ, INBOX, others, args, NOW,
                                  SeededRng(b"elsewhere"))
     with pytest.raises(Invalid, match="another node"):

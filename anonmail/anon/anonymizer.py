@@ -51,7 +51,6 @@ def single_target(request: Any) -> bool:
     return isinstance(request, sm.Fetch) or (isinstance(request, sm.Read) and not request.brief)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Sighting:
     """One thing a node saw as relay or end: no content, only ids, sizes and times."""
@@ -120,7 +119,7 @@ class Anonymizer:
             return am.OpFailed("not a storage request to valid nodes")
         targets = list({c.node_id: c for c in op.targets}.values())
         if single_target(request) and len(targets) != 1:
-            return am.OpFailed("FETCH and READ go to one node at a time")
+            return am.OpFailed("FETCH and whole READs go to one node at a time")
         if not spend(len(op.request) * len(targets)):
             return am.OpFailed("circuit budget spent")
         self.observe(Sighting(now, "end", type(request).__name__, prev, None, size,

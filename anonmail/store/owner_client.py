@@ -61,15 +61,15 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
         return sm.Read(inbox, after, proof, brief)
 
     async def call(node: NodeCert, brief: bool,
-                   first: Any = None) -> tuple[list[sm.InboxEntry], set[bytes]]:
+                   page: Any = None) -> tuple[list[sm.InboxEntry], set[bytes]]:
         """Every page of `node`: (its entries, if read whole; their ids, if read briefly).
-        `first`: its answer to the first page, when that came by multicast."""
+        `page`: its answer to the first page, when that came by multicast."""
         entries: list[sm.InboxEntry] = []
         named: set[bytes] = set()
         after = 0
         for _ in range(MAX_PAGES):
-            if first is not None:
-                reply, first = first, None
+            if page is not None:
+                reply, page = page, None
             else:
                 reply = await net.request(node, read([node], after, brief))
             if brief and isinstance(reply, sm.EntryIds):
@@ -156,13 +156,13 @@ async def ack_all(net: Network, dht: Lookup, inbox: bytes, entry_ids: Sequence[b
         return sm.Ack(inbox, chunk, proof)
 
     chunks = [ids_[i:i + sm.MAX_ACK] for i in range(0, len(ids_), sm.MAX_ACK)]
-    nodes = list(targets.values())
+    to = list(targets.values())
     if isinstance(net, Multicast):
         # Through an anonymizer: one ACK for every replica, under one proof naming them all
         # (store/proofs.py): one padded cell per chunk instead of one per replica.
-        acked = dict.fromkeys((n.node_id for n in nodes), True)
-        for i in range(0, len(nodes), sm.MAX_PROOF_NODES):
-            group = nodes[i:i + sm.MAX_PROOF_NODES]
+        acked = dict.fromkeys((n.node_id for n in to), True)
+        for i in range(0, len(to), sm.MAX_PROOF_NODES):
+            group = to[i:i + sm.MAX_PROOF_NODES]
             for chunk in chunks:
                 for o in await net.request_many(group, ack(group, chunk)):
                     if not isinstance(o.value, sm.Acked):
@@ -176,5 +176,5 @@ async def ack_all(net: Network, dht: Lookup, inbox: bytes, entry_ids: Sequence[b
                 raise RemoteProtocolError(f"ACK answered with {type(reply).__name__}")
         return True
 
-    outcomes = await fan_out(nodes, call, catch=REQUEST_ERRORS)
+    outcomes = await fan_out(to, call, catch=REQUEST_ERRORS)
     return sum(1 for o in outcomes if o.value is True)

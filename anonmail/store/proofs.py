@@ -22,11 +22,13 @@ One node or several (issue 11): a direct READ or ACK names the one replica it go
 an anonymizer the owner sends one request that Z fans out to the replicas (a brief READ, an
 ACK), so its proof names them all: one padded cell instead of one per replica. Each named node
 accepts it once. A replay of a one-node proof can only be an attacker's, so it is the
-presenter's fault (Invalid); but a named replica could race the anonymizer and present a
-several-node proof to another named replica first, and the anonymizer's honest copy then
-arrives second. So a replay of a several-node proof is a refusal (Denied), never charged to
-the anonymizer. What the racing replica gains is what the owner asked for anyway: the same
-entry ids of the same inbox, or the same entries acknowledged (threat T-REPLAY-OWNER).
+presenter's fault (Invalid), found before the signature is checked; but a named replica could
+race the anonymizer and present a several-node proof to another named replica first, and the
+anonymizer's honest copy then arrives second. So a replay of a several-node proof whose
+signature verifies is a refusal (Denied), never charged to the anonymizer; one that does not
+verify is a fault as any other. What the racing replica gains is what the owner asked for
+anyway: the same entry ids of the same inbox, or the same entries acknowledged (threat
+T-REPLAY-OWNER).
 """
 
 from __future__ import annotations
@@ -89,9 +91,8 @@ def check_owner_proof(db: StoreDb, proof: OwnerProof, op: OwnerOp, inbox: bytes,
     if inbox not in (ids.inbox_key(address), ids.requests_key(address)):
         raise Invalid("owner proof certificate does not own this inbox")
     scope = nonce_scope(inbox, proof.nonce)
-    if db.nonce_seen(scope):
-        if len(proof.node_ids) > 1:  # maybe a named replica's race: not the presenter's fault
-            raise Denied("owner proof already used here", ErrorCode.DENIED)
+    used = db.nonce_seen(scope)
+    if used and len(proof.node_ids) == 1:
         raise Invalid("owner proof replayed")
     try:
         proof.cert.verify(trusted_cas, now, params.clock_skew)
@@ -101,6 +102,10 @@ def check_owner_proof(db: StoreDb, proof: OwnerProof, op: OwnerOp, inbox: bytes,
                       proof.signature)
     except RemoteProtocolError as e:
         raise Invalid(f"owner proof: {e}") from e
+    if used:
+        # Maybe a named replica's race (module docstring): not the presenter's fault. Only
+        # after the signature checked, so a forgery with a used nonce is still a fault.
+        raise Denied("owner proof already used here", ErrorCode.DENIED)
     return scope
 
 
