@@ -8,12 +8,13 @@ struct the array of its fields.
 
 Decoding is, in order: size cap → type tag read from the first two heads (the message type
 decides the budget) → cost pre-scan (wire_scan.scan: every head walked, no object built; maps,
-tags, floats, indefinite lengths, non-minimal heads, depth beyond MAX_DEPTH and more units of
-work than the type's `Budget` allows for the input's size are refused) → CBOR parse with a depth
-cap → canonical check (re-encoding must give the same bytes: no trailing data, no indefinite
-lengths, no non-minimal integers, so every value has exactly one encoding and signatures over
-canonical bytes are unambiguous) → schema → frozen dataclass. Any failure on the way raises
-`RemoteProtocolError`, never anything else.
+tags, floats, indefinite lengths, non-minimal heads, trailing bytes, depth beyond MAX_DEPTH and
+more units of work than the type's `Budget` allows for the input's size are refused, so every
+value has exactly one encoding and signatures over canonical bytes are unambiguous) → CBOR
+parse with a depth cap → schema → frozen dataclass. Any failure on the way raises
+`RemoteProtocolError`, never anything else. Flat messages (every field bytes, int or bool) are
+written and read directly when they are canonical and in range (wire_flat.py), with exactly
+the same bytes and results; anything else takes the path above.
 
 Cost invariant (docs/protocol.md "Decode cost"): the CPU spent on an input is bounded by a
 constant times the units the pre-scan let through, and the units are bounded by what an honest
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 
 import cbor2
 
-from anonmail import wire_scan
+from anonmail import wire_flat, wire_scan
 from anonmail.errors import LocalError
 from anonmail.wire_schema import (  # re-exported: field annotations are written wire.Size etc.
     _BUDGETS,
@@ -174,6 +175,7 @@ def _register(cls: type[T], tag: int | None, version: int) -> type[T]:
         hints=tuple(hints[f.name] for f in fields),
     )
     _SCHEMAS[cls] = schema
+    wire_flat.register(schema)
     _BUDGETS.clear()  # a re-registered class may change the budget of any type holding it
     if tag is not None:
         # the same class re-registered (a module reloaded) is fine; another class is not, even
@@ -301,6 +303,11 @@ def to_value(obj: Any) -> list[Any]:
 
 def encode(obj: Any) -> bytes:
     """Canonical bytes of a registered message or struct."""
+    flat = wire_flat.CODECS.get(type(obj))  # a flat message: written directly (wire_flat.py)
+    if flat is not None:
+        data = flat.encode(obj)
+        if data is not None:
+            return data
     return _dumps(_value(obj))
 
 
@@ -362,6 +369,11 @@ def _parse(data: bytes, schema: _Schema) -> Any:
 
 def decode(data: bytes, expect: type[T], *, max_size: int = DEFAULT_MAX_SIZE) -> T:
     """Decode one message of type `expect` (or a struct encoded on its own)."""
+    flat = wire_flat.CODECS.get(expect)  # a flat message: read directly unless it is unusual
+    if flat is not None and type(data) is bytes and len(data) <= max_size:
+        obj = flat.decode(data)
+        if obj is not None:
+            return typing.cast(T, obj)
     data = _checked(data, max_size)
     schema = schema_of(expect)
     if schema.tag is None:

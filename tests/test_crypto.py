@@ -202,6 +202,31 @@ def test_aead_detects_any_tampering(key: bytes, nonce: bytes, pt: bytes, ad: byt
         crypto.aead_decrypt(parts["key"], parts["nonce"], parts["ct"], parts["ad"])
 
 
+def test_aead_matches_the_xchacha_draft_vector() -> None:
+    """draft-irtf-cfrg-xchacha-03 §A.3.1 (AEAD_XChaCha20_Poly1305): libsodium is called
+    directly (crypto's AEAD), so argument order is pinned against the published vector."""
+    pt = (b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for "
+          b"the future, sunscreen would be it.")
+    ad = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
+    key, nonce = bytes(range(0x80, 0xA0)), bytes(range(0x40, 0x58))
+    ct = crypto.aead_encrypt(key, nonce, pt, ad)
+    assert ct[:16].hex() == "bd6d179d3e83d43b9576579493c0e939"
+    assert ct[-16:].hex() == "c0875924c1c7987947deafd8780acf49"
+    assert crypto.aead_decrypt(key, nonce, ct, ad) == pt
+
+
+def test_aead_refuses_what_is_not_bytes_of_the_right_size() -> None:
+    key, nonce = bytes(32), bytes(24)
+    for bad in ((bytes(31), nonce, b"x", b""), (key, bytes(23), b"x", b""),
+                (key, nonce, bytearray(b"x"), b""), (key, nonce, b"x", memoryview(b"a"))):
+        with pytest.raises(LocalError):
+            crypto.aead_encrypt(*bad)  # type: ignore[arg-type]
+    with pytest.raises(DecryptError):
+        crypto.aead_decrypt(key, nonce, bytes(15))  # shorter than its tag
+    with pytest.raises(DecryptError):
+        crypto.aead_decrypt(key, nonce, bytes(16))  # an empty plaintext's length, wrong tag
+
+
 @pytest.mark.parametrize(("key", "nonce"), [(bytes(31), bytes(24)), (bytes(32), bytes(12))])
 def test_aead_decrypt_wrong_sizes_is_decrypt_error(key: bytes, nonce: bytes) -> None:
     with pytest.raises(DecryptError):

@@ -35,7 +35,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "anonmail.fileio")),  # fileio: atomic 0600 files, no anonmail imports
     # wire_scan: the pre-scan that bounds decode cost (cbor2-free, so the benchmark may build
     # hostile input with it).
-    ("wire", ("anonmail.wire", "anonmail.wire.*", "anonmail.wire_scan", "anonmail.wire_schema")),
+    ("wire", ("anonmail.wire", "anonmail.wire.*", "anonmail.wire_scan", "anonmail.wire_schema",
+              "anonmail.wire_flat")),
     # crypto sits above wire so that the key file (crypto/keyfile.py) can encode its record.
     ("crypto", ("anonmail.crypto", "anonmail.crypto.*")),
     ("records", ("anonmail.records", "anonmail.records.*")),

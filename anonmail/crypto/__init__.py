@@ -16,6 +16,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+import nacl._sodium as _sodium
 import nacl.bindings as _b
 import nacl.exceptions
 import nacl.pwhash.argon2id as _argon2id
@@ -197,16 +198,49 @@ def x25519(secret: bytes, peer_public: bytes) -> bytes:
     return bytes(shared)
 
 
+# The AEAD calls libsodium through PyNaCl's own cffi binding (`nacl._sodium`): the
+# `nacl.bindings` wrappers check their arguments with eagerly formatted messages and copy the
+# output twice, more than the cipher itself costs on the small frames of an RPC (issue 11:
+# 5.4 -> 2.3 us a seal). Lengths are checked here instead, before any pointer is handed over.
+_ffi, _lib = _sodium.ffi, _sodium.lib
+_new_uncleared = _ffi.new_allocator(should_clear_after_alloc=False)
+
+
+def _aead_args(key: bytes, nonce: bytes, data: bytes, ad: bytes) -> None:
+    """Our bug if the inputs are not bytes of the right sizes (a key or nonce of the wrong size
+    on decryption is a DecryptError there: it cannot be the one that sealed)."""
+    if not (type(key) is type(nonce) is type(data) is type(ad) is bytes
+            and len(key) == AEAD_KEY_SIZE and len(nonce) == AEAD_NONCE_SIZE):
+        raise LocalError("AEAD inputs are bytes: a 32-byte key and a 24-byte nonce")
+
+
 def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes = b"") -> bytes:
-    """XChaCha20-Poly1305. The caller guarantees a nonce is never reused under a key."""
-    return bytes(_b.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, key))
+    """XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha-03 §2.3), ciphertext || 16-byte tag. The
+    caller guarantees a nonce is never reused under a key."""
+    _aead_args(key, nonce, plaintext, ad)
+    n = len(plaintext) + AEAD_TAG_SIZE
+    out = _new_uncleared("unsigned char[]", n)
+    _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out, _ffi.NULL, plaintext, len(plaintext), ad, len(ad), _ffi.NULL, nonce, key)
+    sealed: bytes = _ffi.buffer(out, n)[:]
+    return sealed
 
 
 def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes = b"") -> bytes:
-    try:
-        return bytes(_b.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, ad, nonce, key))
-    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError) as e:
-        raise DecryptError("ciphertext failed authentication") from e
+    """The plaintext of `aead_encrypt`'s output; DecryptError if anything was altered (or the
+    ciphertext is shorter than its tag)."""
+    if len(key) != AEAD_KEY_SIZE or len(nonce) != AEAD_NONCE_SIZE:
+        raise DecryptError("AEAD key or nonce of the wrong size")
+    _aead_args(key, nonce, ciphertext, ad)
+    n = len(ciphertext) - AEAD_TAG_SIZE
+    if n < 0:
+        raise DecryptError("ciphertext shorter than its tag")
+    out = _new_uncleared("unsigned char[]", max(n, 1))
+    if _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            out, _ffi.NULL, _ffi.NULL, ciphertext, len(ciphertext), ad, len(ad), nonce, key):
+        raise DecryptError("ciphertext failed authentication")
+    plain: bytes = _ffi.buffer(out, n)[:]
+    return plain
 
 
 def counter_nonce(counter: int) -> bytes:

@@ -155,7 +155,7 @@ def answer_naming(near: Sequence[Contact], msg: object) -> Tags | Nodes:
     if isinstance(msg, GetCerts):
         want = _parsed(msg.want)
         return Nodes(tuple(c.cert for c in near if c.tag in want))
-    return Tags(b"".join(c.tag for c in near))
+    return Tags(b"".join([c.tag for c in near]))
 
 
 _PARSED: OrderedDict[bytes, frozenset[bytes]] = OrderedDict()
@@ -193,6 +193,28 @@ class TagIndex:
         if hit is not None:
             self._by_tag.move_to_end(tag)
         return hit
+
+    def resolve(self, named: Sequence[bytes], now: float, skew: float) -> list[Contact] | None:
+        """The contacts `named`, in its order, when every tag is here and every contact's
+        certificate is valid at `now` (± `skew`); each is then the most recently used, exactly
+        as `get` of each in turn would leave them. None, with nothing changed, otherwise: the
+        caller fetches or drops (dht_node.py). No verification: what is here was
+        verified when it was made (a Contact), and only the validity window depends on `now`
+        (dht/contacts.py)."""
+        get = self._by_tag.get
+        found: list[Contact] = []
+        for tag in named:
+            hit = get(tag)
+            if hit is None:
+                return None
+            cert = hit.cert
+            if not cert.issued - skew <= now <= cert.expires + skew:
+                return None
+            found.append(hit)
+        move = self._by_tag.move_to_end
+        for tag in named:
+            move(tag)
+        return found
 
     def add(self, contact: Contact) -> None:
         by_tag = self._by_tag
