@@ -31,13 +31,13 @@ from anonmail.wire_schema import U64, _Schema, _split
 
 _BYTES, _INT, _BOOL = 0, 1, 2
 _MAJOR_UINT, _MAJOR_NINT, _MAJOR_BYTES, _MAJOR_ARRAY = 0x00, 0x20, 0x40, 0x80
-_WIDTHS = {24: 1, 25: 2, 26: 4, 27: 8}
-_SHORTEST = {1: 24, 2: 0x100, 4: 0x10000, 8: 0x100000000}
+WIDTHS = {24: 1, 25: 2, 26: 4, 27: 8}  # a head's additional-info value -> argument bytes
+SHORTEST = {1: 24, 2: 0x100, 4: 0x10000, 8: 0x100000000}  # least argument of each width
 _TRUE, _FALSE = 0xF5, 0xF4
 
 
-def _head(major: int, n: int) -> bytes | None:
-    """The shortest CBOR head of `major` with argument `n`; None beyond 64 bits."""
+def head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of major type `major` with argument `n` (0 <= n < 2**64)."""
     if n < 24:
         return bytes((major | n,))
     if n < 0x100:
@@ -46,9 +46,10 @@ def _head(major: int, n: int) -> bytes | None:
         return bytes((major | 25,)) + n.to_bytes(2, "big")
     if n < 0x100000000:
         return bytes((major | 26,)) + n.to_bytes(4, "big")
-    if n < 1 << 64:
-        return bytes((major | 27,)) + n.to_bytes(8, "big")
-    return None
+    return bytes((major | 27,)) + n.to_bytes(8, "big")
+
+
+_U64_END = 1 << 64  # CBOR's integer heads end here; beyond it wire needs a bignum
 
 
 class FlatCodec:
@@ -61,9 +62,8 @@ class FlatCodec:
         self._cls = schema.cls
         self._names = schema.names
         self._fields = fields  # (kind, lo, hi) per field
-        prefix = [_head(_MAJOR_ARRAY, 2 + len(fields)), _head(_MAJOR_UINT, schema.tag),
-                  _head(_MAJOR_UINT, schema.version)]
-        self._prefix = b"".join(p for p in prefix if p is not None)
+        self._prefix = (head(_MAJOR_ARRAY, 2 + len(fields)) + head(_MAJOR_UINT, schema.tag)
+                        + head(_MAJOR_UINT, schema.version))
 
     def encode(self, obj: Any) -> bytes | None:
         parts = [self._prefix]
@@ -73,15 +73,12 @@ class FlatCodec:
             if kind == _BYTES:
                 if type(v) is not bytes:
                     return None
-                append(_head(_MAJOR_BYTES, len(v)))  # type: ignore[arg-type]  # < 2**64
+                append(head(_MAJOR_BYTES, len(v)))
                 append(v)
             elif kind == _INT:
-                if type(v) is not int:
+                if type(v) is not int or not -_U64_END <= v < _U64_END:
                     return None
-                head = _head(_MAJOR_UINT, v) if v >= 0 else _head(_MAJOR_NINT, -1 - v)
-                if head is None:
-                    return None
-                append(head)
+                append(head(_MAJOR_UINT, v) if v >= 0 else head(_MAJOR_NINT, -1 - v))
             else:
                 if type(v) is not bool:
                     return None
@@ -112,11 +109,11 @@ class FlatCodec:
                 continue
             n = first & 0x1F
             if n >= 24:
-                width = _WIDTHS.get(n)
+                width = WIDTHS.get(n)
                 if width is None or pos + width > end:
                     return None
                 n = int.from_bytes(data[pos:pos + width], "big")
-                if n < _SHORTEST[width]:
+                if n < SHORTEST[width]:
                     return None
                 pos += width
             major = first & 0xE0

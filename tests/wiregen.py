@@ -22,7 +22,7 @@ from functools import cache
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import assume, settings
 from hypothesis import strategies as st
 
 import anonmail
@@ -270,6 +270,40 @@ def count_items(v: Any) -> int:
     if isinstance(v, dict):
         return 1 + sum(count_items(k) + count_items(x) for k, x in v.items())
     return 1
+
+
+def rewrite_one_item(msg: Any, data: st.DataObject) -> bytes:
+    """`msg` encoded with one item written another way (a `KINDS` deviation: a non-minimal
+    head, an indefinite length, a float, undefined, a two-byte simple value, a map, invalid
+    UTF-8 or a semantic tag); draws where no deviation applies are discarded."""
+    value = wire.to_value(msg)
+    target = data.draw(st.integers(0, count_items(value) - 1), label="target")
+    kind = data.draw(st.sampled_from(KINDS), label="kind")
+    tag = data.draw(st.sampled_from(SEMANTIC_TAGS), label="tag") if kind == "tag" else 0
+    enc = Encoder(target, kind, tag)
+    encoded = enc.encode(value)
+    assume(enc.applied)
+    return encoded
+
+
+# Up to three byte edits of an encoding: (what, where, byte), applied by `apply_edits`.
+EDITS = st.lists(st.tuples(st.sampled_from(["flip", "insert", "delete", "cut"]),
+                           st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=3)
+
+
+def apply_edits(encoded: bytes, edits: list[tuple[str, int, int]]) -> bytes:
+    data = bytearray(encoded)
+    for what, at, byte in edits:
+        at %= len(data) + 1
+        if what == "flip" and at < len(data):
+            data[at] ^= byte or 1
+        elif what == "insert":
+            data[at:at] = bytes([byte])
+        elif what == "delete" and at < len(data):
+            del data[at]
+        elif what == "cut":
+            del data[at:]
+    return bytes(data)
 
 
 def accepted(data: bytes, allowed: tuple[type, ...] = MESSAGES) -> Any:

@@ -26,6 +26,8 @@ from typing import Annotated
 
 from anonmail import wire
 from anonmail.wire import Range, Size
+from anonmail.wire_flat import SHORTEST, WIDTHS
+from anonmail.wire_flat import head as _head
 
 MAX_BODY = 16 << 20  # the largest max_frame NetworkParams allows
 _REQUEST_HEAD = b"\x85\x0d\x01"
@@ -48,19 +50,6 @@ class Response:
     body: Annotated[bytes, Size(0, MAX_BODY)]
 
 
-def _head(major: int, n: int) -> bytes:
-    """The shortest CBOR head of major type `major` with argument `n` (0 <= n < 2**64)."""
-    if n < 24:
-        return bytes((major | n,))
-    if n < 0x100:
-        return bytes((major | 24, n))
-    if n < 0x10000:
-        return bytes((major | 25,)) + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return bytes((major | 26,)) + n.to_bytes(4, "big")
-    return bytes((major | 27,)) + n.to_bytes(8, "big")
-
-
 _UINT, _BYTES = 0x00, 0x40
 
 
@@ -79,8 +68,6 @@ class _Slow(Exception):
     """Not the canonical form with every field in range: wire.decode gives the verdict."""
 
 
-_WIDTHS = {24: 1, 25: 2, 26: 4, 27: 8}
-_SHORTEST = {1: 24, 2: 0x100, 4: 0x10000, 8: 0x100000000}
 
 
 def _read(data: bytes, pos: int, major: int) -> tuple[int, int]:
@@ -93,11 +80,11 @@ def _read(data: bytes, pos: int, major: int) -> tuple[int, int]:
     n = first & 0x1F
     if n < 24:
         return n, pos + 1
-    width = _WIDTHS.get(n)
+    width = WIDTHS.get(n)
     if width is None or pos + 1 + width > len(data):
         raise _Slow
     n = int.from_bytes(data[pos + 1:pos + 1 + width], "big")
-    if n < _SHORTEST[width]:
+    if n < SHORTEST[width]:
         raise _Slow
     return n, pos + 1 + width
 
