@@ -206,12 +206,14 @@ _ffi, _lib = _sodium.ffi, _sodium.lib
 _new_uncleared = _ffi.new_allocator(should_clear_after_alloc=False)
 
 
-def _aead_args(key: bytes, nonce: bytes, data: bytes, ad: bytes) -> None:
-    """Our bug if the inputs are not bytes of the right sizes (a key or nonce of the wrong size
-    on decryption is a DecryptError there: it cannot be the one that sealed)."""
-    if not (type(key) is type(nonce) is type(data) is type(ad) is bytes
-            and len(key) == AEAD_KEY_SIZE and len(nonce) == AEAD_NONCE_SIZE):
-        raise LocalError("AEAD inputs are bytes: a 32-byte key and a 24-byte nonce")
+def _aead_args(key: bytes, nonce: bytes, data: bytes, ad: bytes,
+               wrong_size: type[Exception] = LocalError) -> None:
+    """Our bug (LocalError) if the inputs are not bytes; `wrong_size` if the key or nonce is not
+    32 or 24 bytes (on decryption a DecryptError: that key cannot be the one that sealed)."""
+    if not type(key) is type(nonce) is type(data) is type(ad) is bytes:
+        raise LocalError("AEAD inputs are bytes")
+    if len(key) != AEAD_KEY_SIZE or len(nonce) != AEAD_NONCE_SIZE:
+        raise wrong_size("AEAD key or nonce of the wrong size: 32 and 24 bytes")
 
 
 def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes = b"") -> bytes:
@@ -229,9 +231,7 @@ def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes = b"") ->
 def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes = b"") -> bytes:
     """The plaintext of `aead_encrypt`'s output; DecryptError if anything was altered (or the
     ciphertext is shorter than its tag)."""
-    if len(key) != AEAD_KEY_SIZE or len(nonce) != AEAD_NONCE_SIZE:
-        raise DecryptError("AEAD key or nonce of the wrong size")
-    _aead_args(key, nonce, ciphertext, ad)
+    _aead_args(key, nonce, ciphertext, ad, DecryptError)
     n = len(ciphertext) - AEAD_TAG_SIZE
     if n < 0:
         raise DecryptError("ciphertext shorter than its tag")
