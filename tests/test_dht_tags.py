@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from test_lookup import NETWORK  # 300 verified synthetic contacts
 
@@ -69,12 +69,58 @@ def test_the_index_keeps_the_most_recently_used() -> None:
     index = tags.TagIndex(capacity=3)
     for c in NETWORK[:3]:
         index.add(c)
-    assert index.get(NETWORK[0].tag) is NETWORK[0]  # used: now the most recent
-    index.add(NETWORK[3])
-    assert NETWORK[1].tag not in index and len(index) == 3
-    assert all(c.tag in index for c in (NETWORK[0], NETWORK[2], NETWORK[3]))
+    index.add(NETWORK[3])  # the young generation was full: it is now the old one
+    assert index.get(NETWORK[0].tag) is NETWORK[0]  # used again: young again
+    for c in NETWORK[4:6]:
+        index.add(c)  # the young generation is full again and ages; 1 and 2 were not used
+    assert list(index) == [c.tag for c in (NETWORK[3], NETWORK[0], NETWORK[4], NETWORK[5])]
+    assert NETWORK[1].tag not in index and NETWORK[2].tag not in index and len(index) == 4
     index.drop(NETWORK[0].tag)
-    assert index.get(NETWORK[0].tag) is None
+    assert index.get(NETWORK[0].tag) is None and len(index) == 3
+
+
+# (operation, contact) steps: 0 add, 1 get, 2 drop, 3 resolve this one and the next two, 4 resolve
+# three the index holds (its oldest among them), over 8 contacts so that generations turn often
+_INDEX_STEPS = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 7)),
+                        min_size=30, max_size=100)
+
+
+@given(_INDEX_STEPS, st.integers(1, 4))
+@example([(0, 0), (0, 1), (0, 2), (0, 3), (3, 0)], 2)  # its uses turn the generations
+def test_the_index_keeps_at_least_its_capacity_of_the_most_recent(
+        steps: list[tuple[int, int]], capacity: int) -> None:
+    """Against a model of every use: what the index holds is always the most recently used of
+    what is live, at least `capacity` of them (or all), at most twice that; lookups find what
+    is held and only that."""
+    index = tags.TagIndex(capacity=capacity)
+    recency: list[bytes] = []  # the model: every live tag, least recently used first
+    by_tag = {c.tag: c for c in NETWORK[:8]}
+    for op, i in steps:
+        contacts = [NETWORK[(i + j) % 8] for j in range(1 if op < 3 else 3)]
+        held_now = list(index)
+        if op == 4 and held_now:  # perhaps one twice
+            contacts = [by_tag[held_now[p % len(held_now)]] for p in (i, 0, i // 2)]
+        held = all(c.tag in index for c in contacts)
+        if op == 0:
+            index.add(contacts[0])
+        elif op == 1:
+            assert (index.get(contacts[0].tag) is contacts[0]) == held
+        elif op == 2:
+            index.drop(contacts[0].tag)
+        else:  # resolve: all or nothing, and nothing changes on nothing
+            got = index.resolve([c.tag for c in contacts], contacts[0].cert.issued, 0.0)
+            assert got == (contacts if held else None)
+        if op == 2 or op == 0 or held:  # the model: what the op touched leaves its place
+            for c in contacts:
+                if c.tag in recency:
+                    recency.remove(c.tag)
+                if op != 2:
+                    recency.append(c.tag)  # and becomes the newest
+        kept = list(index)
+        assert len(kept) == len(set(kept)) == len(index) <= 2 * capacity
+        assert set(kept) == set(recency[len(recency) - len(kept):])  # the most recent ones
+        assert len(kept) >= min(capacity, len(recency))
+        recency = [t for t in recency if t in index]  # what was dropped is gone for good
 
 
 async def test_in_flight_hands_each_tag_to_one_fetcher() -> None:

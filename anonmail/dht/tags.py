@@ -40,7 +40,7 @@ A contact's tag is made once, with the contact (`Contact.tag`, dht/contacts.py).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import trio
 
@@ -52,7 +52,7 @@ from anonmail.records.certs import NodeCert
 __all__ = ["HAVE_PER_RESULT", "MAX_HAVE", "TAG_BYTES", "InFlight", "Known", "TagIndex",
            "answer_naming", "answer_parts", "split", "tag_of"]
 
-INDEX_SIZE = 4096  # verified contacts a node remembers by tag (a 4,000-node network, whole)
+INDEX_SIZE = 4096  # verified contacts a node keeps by tag, at least (a 4,000-node network, whole)
 
 # A lookup for k nodes lists at most HAVE_PER_RESULT * k tags (and never more than MAX_HAVE):
 # answers name k contacts near the key, and a longer list costs more request bytes than the
@@ -173,58 +173,90 @@ def _parsed(have: bytes) -> frozenset[bytes]:
 
 
 class TagIndex:
-    """The verified contacts a node has met, by tag: bounded, least recently used first out.
-    Only `Contact`s go in, and a `Contact` is only ever made from a verified NodeCert."""
+    """The verified contacts a node has met, by tag, bounded: it keeps at least the `capacity`
+    most recently used (added or named), never more than twice that. Only `Contact`s go in, and
+    a `Contact` is only ever made from a verified NodeCert.
 
-    __slots__ = ("_by_tag", "capacity")
+    Two generations of plain dicts, not one OrderedDict in exact recency order: every node holds
+    one with its whole routing table in it, and an OrderedDict costs ~75 bytes an entry and a
+    `move_to_end` per tag of every answer. A use of a tag in the young generation changes
+    nothing; one in the old generation moves it to the young one; when the young one is full
+    it becomes the old one and the old one, what nobody used for a whole generation, is
+    dropped. So a FIND_NODE answer's tags cost a dict lookup each, and an entry ~30 bytes
+    (10,000 simulated nodes: 470 -> 389 MB at the peak; docs/performance.md)."""
+
+    __slots__ = ("_new", "_old", "capacity")
 
     def __init__(self, capacity: int = INDEX_SIZE) -> None:
-        self.capacity = capacity
-        self._by_tag: OrderedDict[bytes, Contact] = OrderedDict()
+        self.capacity = max(1, capacity)
+        self._new: dict[bytes, Contact] = {}  # used since the last turn of generations
+        self._old: dict[bytes, Contact] = {}  # used in the generation before, not since
 
     def __len__(self) -> int:
-        return len(self._by_tag)
+        return len(self._new) + len(self._old)
 
     def __contains__(self, tag: bytes) -> bool:
-        return tag in self._by_tag
+        return tag in self._new or tag in self._old
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The tags held: the old generation's, then the young one's."""
+        yield from self._old
+        yield from self._new
 
     def get(self, tag: bytes) -> Contact | None:
-        hit = self._by_tag.get(tag)
-        if hit is not None:
-            self._by_tag.move_to_end(tag)
+        hit = self._new.get(tag)
+        if hit is None:
+            hit = self._old.pop(tag, None)
+            if hit is not None:
+                self._use(tag, hit)
         return hit
 
     def resolve(self, named: Sequence[bytes], now: float, skew: float) -> list[Contact] | None:
         """The contacts `named`, in its order, when every tag is here and every contact's
-        certificate is valid at `now` (± `skew`); each is then the most recently used, exactly
-        as `get` of each in turn would leave them. None, with nothing changed, otherwise: the
-        caller fetches or drops (dht_node.py). No verification: what is here was
-        verified when it was made (a Contact), and only the validity window depends on `now`
-        (dht/contacts.py)."""
-        get = self._by_tag.get
+        certificate is valid at `now` (± `skew`); each is then used, in order, as `add` of each
+        in turn would leave them. None, with nothing changed, otherwise: the caller fetches or
+        drops (dht_node.py). No verification: what is here was verified when it was made (a
+        Contact), and only the validity window depends on `now` (dht/contacts.py)."""
+        young = self._new.get
+        old = self._old
         found: list[Contact] = []
+        aged = False
         for tag in named:
-            hit = get(tag)
+            hit = young(tag)
             if hit is None:
-                return None
+                hit = old.get(tag)
+                if hit is None:
+                    return None
+                aged = True
             cert = hit.cert
             if not cert.issued - skew <= now <= cert.expires + skew:
                 return None
             found.append(hit)
-        move = self._by_tag.move_to_end
-        for tag in named:
-            move(tag)
+        if aged:  # each is used, in order (a turn of generations half-way sees those before)
+            for tag, hit in zip(named, found, strict=True):
+                if tag not in self._new:
+                    self._old.pop(tag, None)  # (or dropped by a turn this very loop made)
+                    self._use(tag, hit)
         return found
 
     def add(self, contact: Contact) -> None:
-        by_tag = self._by_tag
-        by_tag[contact.tag] = contact
-        by_tag.move_to_end(contact.tag)
-        if len(by_tag) > self.capacity:
-            by_tag.popitem(last=False)
+        tag = contact.tag
+        if tag in self._new:
+            self._new[tag] = contact
+            return
+        self._old.pop(tag, None)
+        self._use(tag, contact)
 
     def drop(self, tag: bytes) -> None:
-        self._by_tag.pop(tag, None)
+        self._new.pop(tag, None)
+        self._old.pop(tag, None)
+
+    def _use(self, tag: bytes, contact: Contact) -> None:
+        """Put `contact`, held in neither generation, into the young one."""
+        if len(self._new) >= self.capacity:  # the old generation goes; the young one ages
+            self._old = self._new
+            self._new = {}
+        self._new[tag] = contact
 
 
 class InFlight:
