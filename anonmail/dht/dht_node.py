@@ -23,7 +23,6 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from anonmail import crypto
 from anonmail.clock import Clock
 from anonmail.dht.lookup import DisjointLookup, LookupResult, drive
 from anonmail.dht.messages import FindNode, FindTags, GetCerts, Nodes, Ping, Pong, Tags
+from anonmail.dht.misdirection import Misdirection
 from anonmail.dht.routing import AddResult, Contact, ContactCache, RoutingTable
 from anonmail.dht.tags import InFlight, TagIndex, answer_parts, split
 from anonmail.errors import BadContact, LocalError, Refused, RemoteProtocolError, TransportError
@@ -45,9 +45,6 @@ from anonmail.records.certs import CertCache, Endpoint, NodeCert
 from anonmail.records.ids import ID_BYTES
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
-
-MISDIRECTION_HALF_LIFE = 3600.0  # seconds for a node's count of bad contacts named to halve
-MAX_MISDIRECTED = 4096  # nodes with a misdirection score (the oldest is forgotten first)
 
 
 @dataclass
@@ -93,8 +90,7 @@ class DhtNode:
         self.table = RoutingTable(self.node_id, params, clock.now())
         self.tags = TagIndex()  # verified contacts met, by tag (dht/tags.py)
         self.stats = DhtStats()
-        # Decaying misdirection scores (node id -> (score, when)): who named bad contacts.
-        self._misdirected: dict[bytes, tuple[float, float]] = {}
+        self.misdirected = Misdirection()  # who named bad contacts (dht/misdirection.py)
 
     @property
     def cert(self) -> NodeCert:
@@ -183,23 +179,8 @@ class DhtNode:
         if named_by is None:
             return
         self.stats.misdirected_by[named_by] += 1
-        now = self.clock.now()
-        score = self.misdirection(named_by, now) + 1.0
-        if named_by not in self._misdirected and len(self._misdirected) >= MAX_MISDIRECTED:
-            self._misdirected.pop(next(iter(self._misdirected)))
-        self._misdirected[named_by] = (score, now)
-        if score >= self.params.failure_limit - 1e-3:
+        if self.misdirected.charge(named_by, self.clock.now()) >= self.params.failure_limit - 1e-3:
             self._fault(named_by)
-
-    def misdirection(self, node_id: bytes, now: float) -> float:
-        """How many bad contacts `node_id` named, halved every MISDIRECTION_HALF_LIFE: an honest
-        node that passed on a few stale certificates is trusted again later (issue 7: scores
-        decay), a liar that keeps naming them stays over the limit."""
-        held = self._misdirected.get(node_id)
-        if held is None:
-            return 0.0  # the usual case, asked on every answer
-        score, at = held
-        return score * math.exp2(-max(0.0, now - at) / MISDIRECTION_HALF_LIFE)
 
     def _fault(self, node_id: bytes) -> None:
         self.stats.faults += 1
@@ -264,7 +245,7 @@ class DhtNode:
             tally.faults += 1
             self._fault(c.node_id)
             return None
-        if self.misdirection(c.node_id, now) >= self.params.failure_limit - 1e-3:
+        if self.misdirected.score(c.node_id, now) >= self.params.failure_limit - 1e-3:
             # It named too many bad contacts (`_bad_contact`): its answers are not used, and
             # answering does not bring it back into the table.
             tally.faults += 1
