@@ -97,8 +97,8 @@ def test_the_index_keeps_at_least_its_capacity_of_the_most_recent(
     by_tag = {c.tag: c for c in NETWORK[:8]}
     for op, i in steps:
         contacts = [NETWORK[(i + j) % 8] for j in range(1 if op < 3 else 3)]
-        held_now = list(index)
-        if op == 4 and held_now:  # perhaps one twice
+        if op == 4 and len(index):  # perhaps one twice
+            held_now = list(index)
             contacts = [by_tag[held_now[p % len(held_now)]] for p in (i, 0, i // 2)]
         held = all(c.tag in index for c in contacts)
         if op == 0:
