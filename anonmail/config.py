@@ -18,6 +18,7 @@ Example (what `anonmail node --init --listen ...` writes):
 
     [agent]                        # `anonmail run`'s user agent
     check_interval = 300           # seconds between inbox checks, on average (jittered ±50%)
+    # anon_delay = 0.5             # testnet only: mean of Z's hold of an anonymous STORE/APPEND
 
     [gateway]                      # `anonmail run`'s mail-client gateway; "off" disables one
     smtp = "127.0.0.1:2587"        # SMTP submission
@@ -26,6 +27,13 @@ Example (what `anonmail node --init --listen ...` writes):
 
 The gateway listens on loopback addresses only: it speaks plaintext (no TLS), so a non-loopback
 address is refused.
+
+`[agent] anon_delay` is the mean, in seconds, of the exponential hold the anonymizer Z is asked
+to make before each anonymous STORE and APPEND (anon/options.py `delay_mean`; docs/anonymity.md).
+On the main network it is fixed at the measured default (5 s): a sender who asked for less would
+link more easily, and one whose holds differ from everyone else's would stand out to Z, so the
+key is refused there. A testnet defaults to 0.5 s (its nodes sit on one machine, with nothing
+to hide; commands answer in seconds, not tens of seconds) and may set 0 to 60.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from anonmail import wire
+from anonmail.anon.messages import MAX_FORWARD_DELAY_MS
+from anonmail.anon.options import DEFAULT as ANON_DEFAULT
 from anonmail.errors import RemoteProtocolError, UserError
 from anonmail.records import params as params_mod
 from anonmail.records.certs import Endpoint
@@ -52,6 +62,7 @@ class NodeConfig:
     trusted_cas: frozenset[bytes] = frozenset()
     listen_set: bool = True  # False: no [node] listen in the file, `listen` is the default
     check_interval: float = 300.0  # [agent]: seconds between inbox checks, on average
+    anon_delay: float = ANON_DEFAULT.delay_mean  # [agent]: mean of Z's hold (testnets only)
     gateway: GatewayEndpoints = field(default_factory=lambda: GatewayEndpoints())
 
 
@@ -65,6 +76,8 @@ class GatewayEndpoints:
 
 
 DEFAULT_PORT = 7600
+TESTNET_ANON_DELAY = 0.5  # seconds: a testnet's default `[agent] anon_delay`
+MAX_ANON_DELAY = MAX_FORWARD_DELAY_MS // 1000  # seconds: the longest hold Z accepts
 _TESTNET_TUNABLES = {"puzzle_bits", "k", "alpha", "disjoint_paths", "replication",
                      "rpc_timeout_ms", "refresh_interval"}
 
@@ -146,20 +159,33 @@ def parse(text: str, source: str = "config.toml") -> NodeConfig:
             raise UserError(f"{source}: [network] value out of range ({e})") from None
     else:
         raise UserError(f'{source}: network.name must be "main" or "test", not {name!r}')
+    check_interval, anon_delay = _agent(data.get("agent", {}), source, testnet=name == "test")
     return NodeConfig(listen, advertise, bootstrap, params, trusted_cas,
-                      listen_set="listen" in node,
-                      check_interval=_agent(data.get("agent", {}), source),
-                      gateway=_gateway(data.get("gateway", {}), source))
+                      listen_set="listen" in node, check_interval=check_interval,
+                      anon_delay=anon_delay, gateway=_gateway(data.get("gateway", {}), source))
 
 
-def _agent(agent: Any, source: str) -> float:
-    if not isinstance(agent, dict) or set(agent) - {"check_interval"}:
-        raise UserError(f"{source}: [agent] takes only check_interval")
+def _agent(agent: Any, source: str, *, testnet: bool) -> tuple[float, float]:
+    """[agent]: (check_interval, anon_delay), each checked (see the module's docstring)."""
+    if not isinstance(agent, dict) or set(agent) - {"check_interval", "anon_delay"}:
+        raise UserError(f"{source}: [agent] takes check_interval and (testnets) anon_delay")
     value = agent.get("check_interval", 300)
-    if not isinstance(value, int | float) or isinstance(value, bool) or \
-            not 10 <= value <= 86400:
+    if not _seconds(value) or not 10 <= value <= 86400:
         raise UserError(f"{source}: agent.check_interval must be seconds from 10 to 86400")
-    return float(value)
+    if "anon_delay" not in agent:
+        return float(value), TESTNET_ANON_DELAY if testnet else ANON_DEFAULT.delay_mean
+    if not testnet:
+        raise UserError(f"{source}: agent.anon_delay is for test networks; on the main network "
+                        f"every sender asks Z for the same hold "
+                        f"({ANON_DEFAULT.delay_mean:g} s mean), so remove the line")
+    delay = agent["anon_delay"]
+    if not _seconds(delay) or not 0 <= delay <= MAX_ANON_DELAY:
+        raise UserError(f"{source}: agent.anon_delay must be seconds from 0 to {MAX_ANON_DELAY}")
+    return float(value), float(delay)
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _gateway(gateway: Any, source: str) -> GatewayEndpoints:

@@ -27,7 +27,7 @@ from anonmail import cli
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## A local network on one machine"
 MKTEMP = 'cd "$(mktemp -d)"'
-DEADLINE = 600.0  # seconds for the whole walkthrough (about 90 on a small machine)
+DEADLINE = 600.0  # seconds for the whole walkthrough (about 40 on a 2-core machine)
 _PORT = re.compile(r"127\.0\.0\.1:(\d+)")
 
 

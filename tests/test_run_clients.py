@@ -8,14 +8,15 @@ same from Bob's gateway by fetchmail (POP3 and IMAP), mpop, curl (POP3 and IMAP)
 Bob's Maildir and from `anonmail inbox --offline`, and stays gone after Bob's agent checked).
 
 Wall time: one network for the whole module. Alice's agent sends one message at a time, and
-anonymously a message takes 10-15 s here (the go-between holds each anonymous STORE and
-APPEND for an exponential delay, anon/options.py `delay_mean`); Bob's agent checks every 10 s
-(the least `check_interval`). So every message is put on its way up front, in the `mail`
-fixture: the four SMTP clients submit there (the gateway answers at once, the message queued
-in Alice's Outbox and sent anonymously by her agent) and each test then checks its client's
-outcome and waits, bounded, for its message in Bob's Maildir. What is not under test goes
-`--direct`: the two `contacts add` and the two messages Bob's clients read (`anonmail send
---direct`). A test is skipped, naming the package, only when its client is missing.
+anonymously a message takes a few seconds here (the go-between holds each anonymous STORE and
+APPEND for an exponential delay: a testnet's `[agent] anon_delay`, mean 0.5 s); Bob's agent
+checks every 10 s (the least `check_interval`). So every message is put on its way up front, in
+the `mail` fixture: the four SMTP clients submit there (the gateway answers at once, the
+message queued in Alice's Outbox and sent anonymously by her agent) and each test then checks
+its client's outcome and waits, bounded, for its message in Bob's Maildir. What is not under
+test goes `--direct`: the two `contacts add` and the two messages Bob's clients read
+(`anonmail send --direct`). A test is skipped, naming the package, only when its client is
+missing.
 """
 
 from __future__ import annotations

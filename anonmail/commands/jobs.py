@@ -30,6 +30,7 @@ import trio
 from anonmail import control
 from anonmail.agent.service import publish, publish_if_due
 from anonmail.agent.session import AgentConfig, own_node_endpoint, session
+from anonmail.anon.options import DEFAULT
 from anonmail.clock import SystemClock
 from anonmail.commands import common
 from anonmail.errors import AnonmailError, UserError
@@ -85,7 +86,8 @@ def agent_config(home: Home) -> AgentConfig:
     cfg = common.load_config(home)
     entry = (own_node_endpoint(cfg.listen), *cfg.bootstrap)
     return AgentConfig(cfg.params, tuple(dict.fromkeys(entry)), cfg.trusted_cas,
-                       home.root / MAIL_DIR, guard_file=home.root / GUARD_FILE)
+                       home.root / MAIL_DIR, guard_file=home.root / GUARD_FILE,
+                       options=DEFAULT.replace(delay_mean=cfg.anon_delay))
 
 
 def _running_agent(home: Home) -> dict[str, Any] | None:
