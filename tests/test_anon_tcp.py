@@ -10,7 +10,9 @@ the send and every node's database are scanned:
 * the session's lookup identity (its DHT queries of random keys) never sent anything else;
 * no database holds either session identity, Alice's address or her keys (her own published
   address certificate aside, which is public by design), and X's log names no recipient,
-  subject or key.
+  subject or key;
+* Bob's `inbox` and `read` likewise: every READ, ACK, FETCH and DELETE came from a Z, and each
+  of his sessions' circuit identities reached one node only (T-AGENT-LINK).
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def test_storage_inbox_and_z_never_see_the_sender(net: LocalNet, tmp_path: Path)
         assert alice_addr.encode() not in raw
         assert bytes.fromhex(sender) not in raw and sender.encode() not in raw
 
+    since = [net.output(i).stat().st_size for i in range(N_NODES)]
     r = anonmail("inbox", "--home", str(bob), timeout=180)
     assert r.returncode == 0, r.stderr
     assert "Sealed plans" in r.stdout
@@ -134,3 +137,18 @@ def test_storage_inbox_and_z_never_see_the_sender(net: LocalNet, tmp_path: Path)
     r = anonmail("read", line.split()[0], "--home", str(bob), timeout=180)  # its stable id
     assert r.returncode == 0, r.stderr
     assert "Meet at the usual place." in r.stdout and alice_addr in r.stdout
+
+    # Bob's reading, likewise (T-AGENT-LINK): his inbox and body replicas were asked by Zs only;
+    # each of his two sessions' circuit identities reached one node, his guard, and only with
+    # channel requests.
+    seen = requests(net, since)
+    reads = [(kind, who) for log in seen.values() for kind, who in log if kind in STORAGE]
+    assert {kind for kind, _ in reads} >= {"Read", "Ack", "Fetch", "Delete"}, reads
+    assert all(who in nodes for _, who in reads), reads
+    readers = {who for log in seen.values() for kind, who in log
+               if who not in nodes and kind in CHANNEL}
+    assert 1 <= len(readers) <= 2, readers  # `inbox`'s session and `read`'s, if it went out
+    for reader in readers:
+        where = {i for i, log in seen.items() if any(who == reader for _, who in log)}
+        assert len(where) == 1, where
+        assert {kind for i in where for kind, who in seen[i] if who == reader} <= CHANNEL
