@@ -24,6 +24,7 @@ import time
 
 import trio
 
+from anonmail.anon.options import DEFAULT
 from anonmail.errors import UserError
 from anonmail.experiments import sim_command
 from anonmail.experiments.demo.report import read_views, send_views, verdicts
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "stored as fragments)")
     p.add_argument("--delay", type=float, default=0.1,
                    help="Z's mean random hold before storing, seconds (default 0.1 for a "
-                        "quick demo; the network's default is 1)")
+                        f"quick demo; the main network's is {DEFAULT.delay_mean:g})")
     p.add_argument("--sim-nodes", type=int, default=2000,
                    help="simulated nodes in part 2 (default 2000; 0 skips part 2)")
     p.add_argument("--seed", type=int, default=1, help="simulation seed (part 2)")
@@ -57,7 +58,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         delay_mean=max(0.0, args.delay))
     print(f"\n== Part 1: {config.nodes} nodes over TCP on 127.0.0.1, three anonymous agents ==")
     print(f"(Z holds each Store and Append for a random time, Exp(mean {config.delay_mean:g} "
-          "s) here to keep the demo quick; the network's default mean is 1 s)")
+          f"s) here to keep the demo quick; the main network's mean is {DEFAULT.delay_mean:g} "
+          "s)")
     try:
         mail = trio.run(run_mail, config, print)
     except trio.TooSlowError:

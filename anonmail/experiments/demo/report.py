@@ -12,7 +12,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Iterable
 
-from anonmail.anon.options import SIZE_CLASSES
+from anonmail.anon.options import DEFAULT, SIZE_CLASSES
 from anonmail.experiments.demo.model import (
     ROUTING,
     STORAGE_OPS,
@@ -57,9 +57,16 @@ class Labels:
                  if s.what == "Store" and s.kind == "FRAGMENT" and s.key is not None]
         for i, key in enumerate(dict.fromkeys(frags)):
             self.names[key] = f"fragment {'abcdefghijklmnopqrstuvwxyz'[i % 26]}"
+        # a lookup names a key's lookup home (records/ids.py), which an address's inbox,
+        # request inbox and certificate share: the first name given to a home is its label
+        self.homes: dict[bytes, str] = {}
+        for key, name in self.names.items():
+            self.homes.setdefault(ids.lookup_home(key), name)
 
     def __call__(self, key: bytes | None) -> str:
-        return "-" if key is None else self.names.get(key, f"key {_s(key)}")
+        if key is None:
+            return "-"
+        return self.names.get(key) or self.homes.get(key) or f"key {_s(key)}"
 
     def legend(self, keys: Iterable[bytes]) -> str:
         named = dict.fromkeys(k for k in keys if k in self.names)
@@ -127,8 +134,12 @@ def send_views(run: MailRun) -> list[str]:
     for node in p.ends:
         at = [s for s in p.at(node) if s.via == "end"]
         circuits = sum(1 for s in at if s.what == "open")
+        # a circuit the session opened before the send (a lookup's, a cross-check's) shows here
+        # only by its cells
+        opened = f"{circuits} circuit{'s' if circuits != 1 else ''}" if circuits else \
+            "circuits opened before the send,"
         out += _wrap(f"{p.roles(node):4} {_s(node)}  ",
-                     f"{circuits} circuit{'s' if circuits != 1 else ''} from {_prevs(at, p)}; "
+                     f"{opened} from {_prevs(at, p)}; "
                      f"did {_ops(at, label)}; "
                      f"{when(at)}.")
     saw = [n for n in p.ends if n in appears_in(alice, run.seen).views]
@@ -193,8 +204,9 @@ def _timing_note(run: MailRun, p: Phase, label: Labels, when: Since) -> list[str
                             f"Alice's cells at {when(cells)} and, from a Z, {what} at "
                             f"{when(stored)}. Matching such times is the pooled adversary of "
                             f"DESIGN.md §7; Z's random hold (Exp, mean "
-                            f"{run.config.delay_mean:g} s in this demo, 1 s by default) and the "
-                            "padding are what blur it.", "      ")]
+                            f"{run.config.delay_mean:g} s in this demo, "
+                            f"{DEFAULT.delay_mean:g} s on the main network) and the padding are "
+                            "what blur it.", "      ")]
     return out
 
 
@@ -240,19 +252,22 @@ def verdicts(run: MailRun) -> list[str]:
 
 
 def _routing(run: MailRun) -> list[str]:
+    """The agents' other keys: what their lookups showed, and that they showed nothing else."""
     parts, named = [], 0
-    for name, client in run.clients.items():
-        a = appears_in(client, run.seen)
-        parts.append(f"{name.capitalize()}'s agent asked {len(a.routing)} nodes about "
-                     f"{len(a.routing_keys)} keys")
+    for name, lookup in run.lookups.items():
+        a = appears_in(lookup, run.seen)
+        other = f"and also {_count(sum(a.views.values(), Counter()))}" if a.views else \
+            "and sent nothing else"
+        parts.append(f"{name.capitalize()}'s, {_s(lookup)}, asked {len(a.routing)} nodes about "
+                     f"{len(a.routing_keys)} keys {other}")
         named += len(a.mail_keys_named)
-    alice = run.clients["alice"]
+    alice = run.lookups["alice"]
     during = [s for s in run.seen if s.peer == alice and s.what in ROUTING
               and run.send_start <= s.time < run.send_end]
-    text = (f"Besides, each agent is a DHT client and asks nodes directly where keys are "
-            f"(FindNode): {'; '.join(parts)}. {named or 'None'} of those keys belong to the "
-            "mail, an inbox or a certificate: they are the client's own id and random keys for "
-            "choosing go-betweens. They do tell a node when a client is busy: "
-            f"{len(during)} of Alice's FindNodes, to {len({s.node for s in during})} nodes, "
-            "fell inside her send.")
+    text = (f"Besides, each agent is a DHT client that asks nodes directly where keys are "
+            f"(FindNode), under a second fresh key that no circuit uses: {'; '.join(parts)}. "
+            f"{named or 'None'} of those keys belong to the mail, an inbox or a certificate: "
+            "they are the client's own id and random keys for choosing go-betweens. They do "
+            f"tell a node when a client is busy: {len(during)} of Alice's FindNodes, to "
+            f"{len({s.node for s in during})} nodes, fell inside her send.")
     return ["", *_wrap("", text, "")]

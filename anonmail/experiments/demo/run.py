@@ -4,7 +4,8 @@
 (testnet parameters, a small puzzle, in-memory stores), installs on each the two hooks that
 report what the node sees (`Node.relay.observe` and `Node.on_request`, model.Seen), and runs
 three agent sessions (agent/session.py, anonymous: every storage request through go-betweens),
-each a DHT client with a fresh key and no endpoint. Bob and Carol publish their address
+each a DHT client with two fresh keys and no endpoint: one for its lookups, one for its
+circuits, which only its guard X sees. Bob and Carol publish their address
 certificates; Alice sends one mail with an attachment to both; Bob, then Carol, check and read
 it. `say` gets the narration as it happens; the result holds everything report.py prints.
 
@@ -30,8 +31,10 @@ from anonmail import wire
 from anonmail.agent.session import AgentConfig, session
 from anonmail.anon import messages as am
 from anonmail.anon.anonymizer import FORWARDABLE, Sighting, request_key
+from anonmail.anon.client import AnonymousStore
 from anonmail.anon.options import DEFAULT
 from anonmail.clock import SystemClock
+from anonmail.dht.dht_node import DhtNode
 from anonmail.dht.messages import FindNode, FindTags, GetCerts
 from anonmail.experiments.demo.model import Seen
 from anonmail.mail.compose import Attachment
@@ -55,7 +58,7 @@ STEP_TIMEOUT = 60.0  # seconds for any one network step (start a node, publish, 
 class MailConfig:
     nodes: int = 12
     attachment: int = 800_000  # bytes of photo.jpg: over ~720 kB the body is fragmented
-    delay_mean: float = 0.1  # Z's mean random hold before a Store/Append (default: 1 s)
+    delay_mean: float = 0.1  # Z's mean random hold before a Store/Append (DEFAULT: 5 s)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ class MailRun:
 
     config: MailConfig
     nodes: list[bytes]
-    clients: dict[str, bytes]  # "alice" -> her agent's client node id
+    clients: dict[str, bytes]  # "alice" -> her agent's client node id (its circuits)
+    lookups: dict[str, bytes]  # "alice" -> the node id her agent looks keys up as
     keys: dict[bytes, str]  # the narrator's labels of the mail's keys (nodes see only keys)
     seen: list[Seen]
     send_start: float
@@ -116,6 +120,15 @@ def _watch(node: Node, log: list[Seen], clock: SystemClock) -> None:
 
 def _client(agent: MailAgent) -> bytes:
     return agent.net.local_cert.node_id  # the session's client node (through its go-betweens)
+
+
+def _lookup_client(agent: MailAgent) -> bytes:
+    """The session's other key: its DHT lookups (bootstrap, go-betweens' random keys)."""
+    store = agent.net
+    assert isinstance(store, AnonymousStore), "the demo's sessions are anonymous"
+    dht = store.gb.dht
+    assert isinstance(dht, DhtNode)
+    return dht.node_id
 
 
 async def run_mail(config: MailConfig, say: Callable[[str], None]) -> MailRun:
@@ -178,9 +191,10 @@ async def _mail(nodes: list[Node], params: NetworkParams, config: MailConfig,
                     session(ident, cfg, clock, rng, anonymous=True))
         alice, bob, carol = agents["alice"], agents["bob"], agents["carol"]
         clients = {n: _client(a) for n, a in agents.items()}
+        lookups = {n: _lookup_client(a) for n, a in agents.items()}
         for name, whose in (("alice", "her"), ("bob", "his"), ("carol", "her")):
             say(f"{name.capitalize():5} {agents[name].address}  ({whose} agent: client node "
-                f"{ids.short(clients[name])})")
+                f"{ids.short(clients[name])}, lookups as {ids.short(lookups[name])})")
         for who in (alice, bob, carol):
             with trio.fail_after(STEP_TIMEOUT):
                 receipts = await who.publish_cert()
@@ -226,7 +240,7 @@ async def _mail(nodes: list[Node], params: NetworkParams, config: MailConfig,
             say(f"  to {address}: {state}, {len(step.receipts)} verified inbox receipts; "
                 f"body: {len(report.body.receipts)}")
 
-        run = MailRun(config, [n.node_id for n in nodes], clients,
+        run = MailRun(config, [n.node_id for n in nodes], clients, lookups,
                       _labels(people, msg.message_id), log, send_start, send_end, {}, report)
         for name in ("bob", "carol"):
             start = clock.now()
