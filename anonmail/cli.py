@@ -38,9 +38,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+          ) -> argparse.Namespace:
+    """The parsed command line, options allowed between a command's positionals.
+
+    argparse binds an optional positional at its first chance, so in `contacts add --home H
+    ADDR` or `reply ID --home H FILE` the last word would be refused as unrecognized. When plain
+    parsing leaves words over, the command's own parser parses them again intermixed
+    (`parse_intermixed_args`, which takes options first and then every positional in order);
+    what it cannot place is the same one-line usage error as before."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(words)
+    if not extra:
+        return args
+    leaf, at = parser, 0
+    while (choices := _commands(leaf)) is not None and at < len(words) \
+            and words[at] in choices:
+        leaf, at = choices[words[at]], at + 1
+    if leaf is parser or _commands(leaf) is not None:
+        return parser.parse_args(words)  # refuses `extra` with the usage line
+    vars(args).update(vars(leaf.parse_intermixed_args(words[at:])))
+    return args
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser] | None:
+    """The parser's subcommands by name, or None when it has none."""
+    for action in parser._actions:  # argparse keeps subparsers only there
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
