@@ -294,3 +294,16 @@ def test_receipt_binds_op_key_digest_and_node() -> None:
     stolen = dataclasses.replace(r, node_id=ids.node_id(other.public))
     with pytest.raises(RemoteProtocolError):  # claims the other node, signed by the first
         stolen.verify(other.public)
+
+
+def test_grinding_a_key_leaves_the_node_id_cache_alone() -> None:
+    # A main-network session key takes ~65,536 tries; through node_id's cache they would evict
+    # every id the routing code keeps there (found by a soak of `anonmail run`).
+    kept = crypto.SigningKey.generate(SeededRng(1)).public
+    nid = ids.node_id(kept)
+    before = ids.node_id.cache_info()
+    key = ids.grind_node_key(10, SeededRng(2))  # ~1,024 tries
+    after = ids.node_id.cache_info()
+    assert ids.puzzle_bits_of_key(key.public) >= 10
+    assert (after.currsize, after.misses) == (before.currsize, before.misses)
+    assert ids.node_id(kept) is nid and ids.node_id.cache_info().hits == after.hits + 1

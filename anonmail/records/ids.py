@@ -99,4 +99,7 @@ def grind_node_key(puzzle_bits: int, rng: Rng) -> crypto.SigningKey:
 
 
 def puzzle_bits_of_key(public_key: bytes) -> int:
-    return puzzle_bits(node_id(public_key))
+    # Past node_id's cache: grinding tries ~2^bits throwaway keys (65,536 for a main-network
+    # session key), which would evict every id the routing code keeps there, in every process
+    # that grinds (`anonmail run`: two keys per agent session, beside the node).
+    return puzzle_bits(node_id.__wrapped__(public_key))
