@@ -29,6 +29,7 @@ import dataclasses
 import enum
 import types
 import typing
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -203,12 +204,15 @@ def message(tag: int, version: int = 1) -> Callable[[type[T]], type[T]]:
 
 
 # Types whose nested encoding is remembered per object (`cached`): a NodeCert is encoded once,
-# however many FIND_NODE answers carry it (issue 11). Keyed by id(), which is sound because the
-# entry keeps its object alive; FIFO-bounded, since a miss costs only a re-encoding.
+# however many FIND_NODE answers carry it (issue 11). Keyed by id(), with a weak reference to
+# the object: an entry goes when its object does (an id is reused only after that), so equal
+# objects decoded again and again (a guard file each session, certificates in circuit
+# answers) are not kept alive by the cache; it holds the encodings of live objects only.
+# FIFO-bounded as well, since a miss costs only a re-encoding.
 _CACHED: set[type] = set()
 # OrderedDicts: popping a plain dict's first key again and again is O(n) in CPython (the
 # deleted slots at the front are scanned each time).
-_NESTED: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
+_NESTED: OrderedDict[int, tuple[weakref.ref[Any], bytes]] = OrderedDict()
 MAX_CACHED_ENCODINGS = 65_536
 
 
@@ -229,21 +233,33 @@ def _write_raw(encoder: Any, value: Any) -> None:
 
 def cached(cls: type[T]) -> type[T]:
     """Remember the nested encoding of each object of this registered, immutable type (apply
-    after `message` / `struct`, before any type holding it is registered)."""
+    after `message` / `struct`, before any type holding it is registered). The type must take
+    weak references (`@dataclass(..., weakref_slot=True)` with slots)."""
     schema_of(cls)
+    if not hasattr(cls, "__weakref__"):
+        raise LocalError(f"{cls.__name__}: a cached type needs weakref_slot=True")
     _CACHED.add(cls)
     return cls
 
 
 def _nested_bytes(obj: Any) -> bytes:
-    hit = _NESTED.get(id(obj))
-    if hit is not None and hit[0] is obj:
+    key = id(obj)
+    hit = _NESTED.get(key)
+    if hit is not None and hit[0]() is obj:
         return hit[1]
     data = _dumps(_encode_fields(schema_of(type(obj)), obj))
     if len(_NESTED) >= MAX_CACHED_ENCODINGS:
         _NESTED.popitem(last=False)
-    _NESTED[id(obj)] = (obj, data)
+    _NESTED[key] = (weakref.ref(obj, lambda ref: _forget(key, ref)), data)
     return data
+
+
+def _forget(key: int, ref: weakref.ref[Any]) -> None:
+    """An object whose encoding is cached has gone: drop its entry (unless the id was reused
+    and re-entered since, or the entry was evicted)."""
+    hit = _NESTED.get(key)
+    if hit is not None and hit[0] is ref:
+        del _NESTED[key]
 
 
 _EMBEDDED: dict[type, OrderedDict[bytes, Any]] = {}  # decoded embedded structs, by their bytes

@@ -11,6 +11,8 @@ covered without touching this file.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -18,8 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from wiregen import FEWER, IMPORT_FAILURES, MESSAGES, STRUCTS, any_message, cbor, strategy_for
 
-from anonmail import wire
-from anonmail.errors import RemoteProtocolError
+from anonmail import crypto, wire
+from anonmail.errors import LocalError, RemoteProtocolError
+from anonmail.records import params as netparams
+from anonmail.records.certs import NodeCert
+from anonmail.rng import SeededRng
 
 
 def test_every_module_imports() -> None:
@@ -121,3 +126,35 @@ def test_decode_refuses_other_types(msg: Any, expect: type) -> None:
         wire.decode(wire.encode(msg), expect)
     with pytest.raises(RemoteProtocolError):
         wire.decode_any(wire.encode(msg), tuple(c for c in MESSAGES if c is not type(msg)))
+
+
+
+def test_cached_encodings_do_not_keep_their_objects_alive() -> None:
+    # Found by a soak of `anonmail run`: certificates decoded anew every session (the guard
+    # file, circuit answers) stayed alive in the encoding cache until 65,536 had piled up.
+    params = netparams.testnet(puzzle_bits=0)
+    certs = [NodeCert.issue(crypto.SigningKey.generate(SeededRng(i)), (), 1_700_000_000, params)
+             for i in range(50)]
+    held = [wire._nested_bytes(c) for c in certs]
+    before = len(wire._NESTED)
+    assert wire._nested_bytes(certs[0]) is held[0]  # a live object's encoding is reused
+    # equal objects decoded again: cached while alive, gone with them
+    again = [wire.decode(wire.encode(c), NodeCert) for c in certs]
+    assert [wire._nested_bytes(c) for c in again] == held
+    assert len(wire._NESTED) == before + len(again)
+    refs = [weakref.ref(c) for c in again]
+    del again
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert len(wire._NESTED) == before
+    assert wire._nested_bytes(certs[0]) is held[0]
+
+
+def test_a_cached_type_must_take_weak_references() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class NoWeakRefs:
+        n: int
+
+    wire.struct(NoWeakRefs)
+    with pytest.raises(LocalError, match="weakref_slot"):
+        wire.cached(NoWeakRefs)

@@ -86,7 +86,7 @@ def _check_endpoint(ep: Endpoint, allow_private: bool) -> None:
 
 @wire.cached  # encoded once, however many FIND_NODE answers carry it (issue 11)
 @wire.message(tag=1)
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # weak: wire's cache holds it so
 class NodeCert:
     public_key: Annotated[bytes, Size(32)]
     endpoints: Annotated[tuple[Endpoint, ...], Size(0, MAX_ENDPOINTS)]  # () = client only
