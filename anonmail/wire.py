@@ -262,7 +262,10 @@ def _forget(key: int, ref: weakref.ref[Any]) -> None:
         del _NESTED[key]
 
 
-_EMBEDDED: dict[type, OrderedDict[bytes, Any]] = {}  # decoded embedded structs, by their bytes
+# Decoded embedded structs, by their bytes, least recently used first: a node's routing
+# certificates come back in answer after answer and stay; one-off certificates (other users'
+# session keys) age out first.
+_EMBEDDED: dict[type, OrderedDict[bytes, Any]] = {}
 MAX_EMBEDDED = 32_768  # per type: a 10,000-node network's certificates, with room (~20 MB)
 
 
@@ -275,6 +278,7 @@ def _embedded_decoder(cls: type, size: Size, where: str) -> _Decoder:
             _fail(where, "expected an embedded encoding (bytes)")
         hit = memo.get(v)
         if hit is not None:
+            memo.move_to_end(v)
             return hit
         if not lo <= len(v) <= hi:
             _fail(where, f"embedded length {len(v)} outside [{lo}, {hi}]")

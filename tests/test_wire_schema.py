@@ -158,3 +158,26 @@ def test_a_cached_type_must_take_weak_references() -> None:
     wire.struct(NoWeakRefs)
     with pytest.raises(LocalError, match="weakref_slot"):
         wire.cached(NoWeakRefs)
+
+
+def test_the_decoded_certificate_memo_keeps_what_keeps_coming_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A node's routing certificates come back in answer after answer; other users' one-off
+    # session certificates pass through once. The memo must not let the second push out the
+    # first (it evicted first-in first-out before).
+    from anonmail.dht.messages import Nodes
+    monkeypatch.setattr(wire, "MAX_EMBEDDED", 8)
+    params = netparams.testnet(puzzle_bits=0)
+
+    def cert(i: int) -> NodeCert:
+        return NodeCert.issue(crypto.SigningKey.generate(SeededRng(10_000 + i)), (),
+                              1_700_000_000, params)
+
+    routing = wire.decode(wire.encode(Nodes((cert(0),))), Nodes).certs[0]
+    for i in range(1, 40):  # 39 one-offs through an 8-entry memo, the routing cert between
+        wire.decode(wire.encode(Nodes((cert(i),))), Nodes)
+        again = wire.decode(wire.encode(Nodes((cert(0),))), Nodes).certs[0]
+        assert again is routing  # still the object decoded (and verified) the first time
+    one_off = wire.decode(wire.encode(Nodes((cert(1),))), Nodes).certs[0]
+    assert wire.decode(wire.encode(Nodes((cert(1),))), Nodes).certs[0] is one_off
+    assert len(wire._EMBEDDED[NodeCert]) <= 8
