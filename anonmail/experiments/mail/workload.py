@@ -54,7 +54,8 @@ class Seat:
 
 
 def text(rng: SeededRng, size: int) -> str:
-    """`size` characters of random hex in lines of 76: a body no compression would shrink."""
+    """`size` characters of random hex in lines of 76: no repeats for a compressor to find
+    (deflate still halves it, to its 4 bits a character; the mail layer does not compress)."""
     raw = rng.bytes((size + 1) // 2).hex()[:size]
     return "\n".join(raw[i:i + 76] for i in range(0, len(raw), 76)) + "\n"
 
