@@ -224,8 +224,8 @@ def read_views(run: MailRun) -> list[str]:
         out += _wrap(f"{name.capitalize():6} ",
                      f"{when(p.seen)}: {PRONOUN[name]} X {', '.join(map(_s, p.guards))} saw "
                      f"{PRONOUN[name]} client {_s(client)} ({relayed['open']} circuit opens, "
-                     f"{relayed['cell']} cells); through Z {', '.join(map(_s, p.anonymizers))} "
-                     f"and W {', '.join(map(_s, p.checkers)) or '-'}, "
+                     f"{relayed['cell']} cells); through Z {', '.join(map(_s, p.anonymizers))}"
+                     f"{' and W ' + ', '.join(map(_s, p.checkers)) if p.checkers else ''}, "
                      f"{len({s.node for s in reqs})} storage and inbox nodes answered "
                      f"{_count(Counter(s.what for s in reqs))} about {keys}; "
                      f"{_by_client(p.seen, client) or 'none'} of these requests came from "
