@@ -140,6 +140,15 @@ class LocalNet:
             p.wait()
 
 
+def user(t: LocalNet, root: Path, name: str) -> tuple[Path, str]:
+    """A user's home under `root` (a client of `t`, no node of its own) and its address."""
+    home = root / name
+    r = anonmail("init", "--home", str(home), "--name", name, "--testnet", "--puzzle-bits",
+                 PUZZLE_BITS, "--bootstrap", t.bootstrap, "--fast-kdf", timeout=120)
+    assert r.returncode == 0, r.stderr
+    return home, anonmail("address", "--home", str(home)).stdout.splitlines()[0]
+
+
 @contextmanager
 def local_net(root: Path, n: int) -> Iterator[LocalNet]:
     """N started, joined node processes; all stopped on exit, whatever happened."""

@@ -8,15 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from procnet import PUZZLE_BITS, LocalNet, anonmail, local_net
-
-
-def user(t: LocalNet, root: Path, name: str) -> tuple[Path, str]:
-    home = root / name
-    r = anonmail("init", "--home", str(home), "--name", name, "--testnet", "--puzzle-bits",
-                 PUZZLE_BITS, "--bootstrap", t.bootstrap, "--fast-kdf", timeout=120)
-    assert r.returncode == 0, r.stderr
-    return home, anonmail("address", "--home", str(home)).stdout.splitlines()[0]
+from procnet import anonmail, local_net, user
 
 
 @pytest.mark.parametrize("nodes", [2, 3])

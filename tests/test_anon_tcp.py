@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procnet import PUZZLE_BITS, LocalNet, anonmail, local_net, status
+from procnet import LocalNet, anonmail, local_net, status, user
 
 from anonmail.experiments.demo.model import ROUTING
 from anonmail.paths import Home
@@ -38,14 +38,6 @@ STORAGE = {"Store", "Append", "Fetch", "Delete", "Read", "Ack"}
 LINE = re.compile(r"anonmail\.node DEBUG (\w+) from ([0-9a-f]{10}) -> (\w+)")
 
 pytestmark = pytest.mark.threat("T-ANON-STORAGE-SEES-Z")
-
-
-def user(t: LocalNet, root: Path, name: str) -> tuple[Path, str]:
-    home = root / name
-    r = anonmail("init", "--home", str(home), "--name", name, "--testnet", "--puzzle-bits",
-                 PUZZLE_BITS, "--bootstrap", t.bootstrap, "--fast-kdf", timeout=120)
-    assert r.returncode == 0, r.stderr
-    return home, anonmail("address", "--home", str(home)).stdout.splitlines()[0]
 
 
 def requests(t: LocalNet, since: list[int]) -> dict[int, list[tuple[str, str]]]:
