@@ -154,3 +154,143 @@ async def test_relay_budgets_hold(grid: Scenario, autojump_clock: MockClock) -> 
         too_many = tuple(n.cert for n in grid.nodes[3:20])  # 17 targets: the schema refuses
         with pytest.raises(Exception):  # noqa: B017 -- encode or decode refuses; which is ours
             wire.decode(wire.encode(am.Forward(too_many, fetch, 0, 0)), am.Forward)
+
+
+def relays(grid: Scenario, nodes: list[SimNode], limits: RelayLimits) -> dict[bytes, RelayService]:
+    """Fresh relay services with `limits` on `nodes`, by node id."""
+    out = {}
+    for node in nodes:
+        out[node.node_id] = RelayService(node.net, node.dht, node.key, grid.params, grid.clock,
+                                         SeededRng(11), limits=limits)
+        node.services.add(out[node.node_id], replace=True)
+    return out
+
+
+def answering(node: SimNode, kind: type, reply: Any) -> None:
+    """`node` answers every request of type `kind` with `reply` (a hostile node)."""
+    handler = node.services.handle
+
+    async def h(peer: Peer, msg: Any) -> Any:
+        return reply if isinstance(msg, kind) else await handler(peer, msg)
+
+    node.net.set_handler(h)
+
+
+@pytest.mark.threat("T-ANON-AMPLIFY")
+async def test_concurrent_opens_cannot_pass_the_circuit_caps(
+        grid: Scenario, autojump_clock: MockClock) -> None:
+    """An Open takes its slot before it awaits the next hop: ten Opens racing from one peer
+    get at most `circuits_per_peer` circuits, and a reused circuit id is refused."""
+    with trio.fail_after(600):
+        a, x, z = grid.nodes[0], grid.nodes[1], grid.nodes[2]
+        at_x = relays(grid, [x], RelayLimits(circuits_per_peer=2))[x.node_id]
+        opened: list[Circuit] = []
+        refused: list[ErrorCode | None] = []
+
+        async def one(seed: int) -> None:
+            try:
+                opened.append(await Circuit.open(a.net, [x.cert, z.cert], SeededRng(seed)))
+            except ChannelError as e:
+                refused.append(e.code)
+
+        async with trio.open_nursery() as n:
+            for seed in range(10):
+                n.start_soon(one, seed)
+        assert len(opened) == 2 and refused == [ErrorCode.QUOTA] * 8
+        assert len(at_x.circuits) == 2
+        onion_again = onion.build_onion([x.cert, z.cert], [bytes(32)] * 2, SeededRng(1))
+        with pytest.raises(Refused) as e:  # the id of a circuit this peer already has open
+            await a.net.request(x.cert, am.Open(opened[0].circuit_id, onion_again))
+        assert e.value.code is ErrorCode.CONFLICT
+
+
+@pytest.mark.threat("T-ANON-AMPLIFY")
+async def test_held_cells_are_budgeted_and_a_destroy_cancels_them(
+        grid: Scenario, autojump_clock: MockClock) -> None:
+    """Cells awaiting a Forward's delay count against the bytes a previous hop may have in
+    flight; a Destroy cancels the held Forward (nothing is stored) and frees its bytes, so
+    destroying and reopening circuits cannot pile up held requests."""
+    with trio.fail_after(600):
+        a, x, z, target = grid.nodes[0], grid.nodes[1], grid.nodes[2], grid.nodes[3]
+        services = relays(grid, [x, z], RelayLimits(held_bytes_per_peer=200_000))
+        at_x = services[x.node_id]
+        stores = record_requests(target, sm.Store)
+        blob = wire.encode(sm.Store(bytes(32), sm.ObjectKind.BODY, b"x" * 100_000, 60, ()))
+        held = am.Forward((target.cert,), blob, 50_000, 0)  # Z holds it 50 s
+        rng = SeededRng(5)
+        c1 = await Circuit.open(a.net, [x.cert, z.cert], rng)
+        c2 = await Circuit.open(a.net, [x.cert, z.cert], rng)
+        outcome: list[Any] = []
+
+        async def hold() -> None:
+            try:
+                outcome.append(await c1.call(held))
+            except ChannelError as e:
+                outcome.append(e.code)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(hold)
+            await trio.sleep(1)
+            assert at_x._held_total == 131_072 + 2 * 16  # one 128 KiB cell, two layers
+            with pytest.raises(ChannelError) as ce:  # a second one from the same peer
+                await c2.call(held)
+            assert ce.value.code is ErrorCode.QUOTA
+            await c1.close()
+        assert outcome == [ErrorCode.GONE]  # c1's call ended with its circuit
+        assert at_x._held_total == 0 and at_x._held == {}
+        assert (a.node_id, c1.circuit_id) not in at_x.circuits
+        await trio.sleep(120)  # long after the hold would have ended
+        assert stores == []  # the destroyed Forward never left Z
+        c3 = await Circuit.open(a.net, [x.cert, z.cert], rng)
+        assert isinstance(await c3.call(am.Forward((target.cert,), blob, 0, 0)), am.Forwarded)
+        assert len(stores) == 1
+
+
+@pytest.mark.threat("T-FAULT-REFLECT")
+async def test_a_next_hop_answering_too_much_is_unreachable_not_the_relays_fault(
+        grid: Scenario, autojump_clock: MockClock) -> None:
+    """X adds 16 bytes to what the next hop answers; a hostile next hop answering a full
+    Opened or CellReply would make X's answer too long and get X charged. X reports it as
+    UNREACHABLE instead, a failure further on that the sender charges to nobody."""
+    with trio.fail_after(600):
+        a, x, z = grid.nodes[0], grid.nodes[1], grid.nodes[2]
+        answering(z, am.Open, am.Opened(bytes(am.MAX_OPENED)))
+        with pytest.raises(ChannelError) as ce:
+            await Circuit.open(a.net, [x.cert, z.cert], SeededRng(6))
+        assert ce.value.at is None and ce.value.code is ErrorCode.UNREACHABLE
+        z.net.set_handler(z.services.handle)
+        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(7))
+        answering(z, am.Cell, am.CellReply(bytes(am.MAX_CELL)))
+        with pytest.raises(ChannelError) as ce:
+            await circuit.call(am.FindNodes(bytes(32), 4))
+        assert ce.value.at is None and ce.value.code is ErrorCode.UNREACHABLE
+
+
+@pytest.mark.threat("T-FAULT-REFLECT")
+async def test_a_target_answering_more_than_a_cell_holds_is_no_answer(
+        grid: Scenario, autojump_clock: MockClock) -> None:
+    """A Forward's target may answer up to a frame; Z reports an answer too large for the
+    largest cell as no answer rather than failing the whole cell (which the sender would
+    charge to Z), and the circuit stays usable."""
+    with trio.fail_after(600):
+        a, x, z, target = grid.nodes[0], grid.nodes[1], grid.nodes[2], grid.nodes[3]
+        answering(target, sm.Fetch, am.CellReply(bytes(SIZE_CLASSES[-1] - 1000)))
+        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(8))
+        fetch = wire.encode(sm.Fetch(bytes(32)))
+        answer = await circuit.call(am.Forward((target.cert,), fetch, 0, 0))
+        assert answer == am.Forwarded((am.TargetReply(target.node_id, b""),))
+        assert isinstance(await circuit.call(am.FindNodes(bytes(32), 4)), am.Found)
+
+
+def record_requests(node: SimNode, kind: type) -> list[Any]:
+    """Every request of type `kind` that `node` receives."""
+    seen: list[Any] = []
+    handler = node.services.handle
+
+    async def h(peer: Peer, msg: Any) -> Any:
+        if isinstance(msg, kind):
+            seen.append(msg)
+        return await handler(peer, msg)
+
+    node.net.set_handler(h)
+    return seen

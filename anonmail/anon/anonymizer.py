@@ -30,6 +30,7 @@ import trio
 
 from anonmail import crypto, wire
 from anonmail.anon import messages as am
+from anonmail.anon.options import SIZE_CLASSES
 from anonmail.clock import Clock
 from anonmail.errors import ErrorCode, Refusal, Refused, RemoteProtocolError, TransportError
 from anonmail.net import rpc
@@ -43,6 +44,11 @@ from anonmail.store.client import Lookup, closest
 
 FORWARDABLE: tuple[type, ...] = (sm.Store, sm.Fetch, sm.Delete, sm.Append, sm.Read, sm.Ack)
 FORWARD_ERRORS = (TransportError, RemoteProtocolError, Refused)
+# What the targets' answers may take of a Forwarded: it must fit the largest padded cell, less
+# room for each TargetReply's node id and framing (~40 bytes, 16 targets at most). A target
+# answering more (an honest one never does; a FETCH reply fits the cell its STORE came in) is
+# reported as no answer: were the whole answer refused, the sender would blame this node.
+FORWARDED_ROOM = SIZE_CLASSES[-1] - 2048
 
 
 def single_target(request: Any) -> bool:
@@ -142,7 +148,7 @@ class Anonymizer:
                 body = wire.encode(rpc.ErrorReply(o.error.code, o.error.detail[:200]))
             else:
                 body = b""
-            if len(body) > am.MAX_FORWARD_REQUEST // max(1, len(targets)):
+            if len(body) > FORWARDED_ROOM // len(targets):
                 body = b""  # cannot fit the cell: reported as no answer
             replies.append(am.TargetReply(o.item.node_id, body))
         return am.Forwarded(tuple(replies))

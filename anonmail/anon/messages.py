@@ -39,6 +39,7 @@ MAX_TARGETS = 16  # nodes one Forward reaches (r is 8): bounds Z's fan-out per r
 MAX_FORWARD_REQUEST = MAX_CELL - 8192  # an encoded storage request inside a Forward
 MAX_FORWARD_DELAY_MS = 60_000  # the longest a sender may ask Z to hold a Forward
 MAX_FOUND = 32
+MAX_OPENED = 256  # an Open's confirmation: one 16-byte layer per hop over `onion.OPENED`
 
 LOCATE_DOMAIN = "anon-located"
 
@@ -59,7 +60,7 @@ class Open:
 @rpc.response(tag=81)
 @dataclass(frozen=True, slots=True)
 class Opened:
-    box: Annotated[bytes, Size(1, 256)]  # the last hop's confirmation, one layer per hop
+    box: Annotated[bytes, Size(1, MAX_OPENED)]  # the last hop's confirmation, one layer per hop
 
 
 @rpc.request(tag=82)

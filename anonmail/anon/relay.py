@@ -14,13 +14,18 @@
 Budgets, so a relay cannot be used to amplify load: open circuits per node and per previous
 hop, cells and bytes per circuit (a Forward's fan-out counts as its request times its
 targets), one cell at a time per circuit, idle and total lifetimes, and lookups (a Locate or
-FindNodes costs this node a whole lookup) per minute per previous hop and in all.
+FindNodes costs this node a whole lookup) per minute per previous hop and in all. A circuit's
+slot is taken before its Open awaits the next hop (concurrent Opens cannot pass the caps); the
+bytes of cells held while a next hop or a Forward's delay is awaited are budgeted per previous
+hop and in all; a Destroy cancels what its circuit holds (its slot is not freed while a
+minute-long Forward still sits in memory).
 
 Whose fault: a bad Open or Cell *content* (a layer that does not open, an invalid next-hop
 certificate) is answered with a typed refusal, never a fault: the hop cannot tell the sender
 from a relay that passed it on, and charging the relay would let any sender get honest relays
 banned (threat T-FAULT-REFLECT). A schema error in the message itself stays the direct peer's
-fault (the transport counts it). A next hop that fails is `ErrorCode.UNREACHABLE`.
+fault (the transport counts it). A next hop that fails, or answers more than this hop's layer
+leaves room for, is `ErrorCode.UNREACHABLE` (passing it on would get this relay charged).
 
 Nothing here logs; `observe` (optional) gets a `Sighting` per event: what this node saw (ids,
 sizes, times), for the demo and the tests that check what each role could see.
@@ -34,6 +39,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from anonmail import crypto, wire
 from anonmail.anon import messages as am
 from anonmail.anon import onion
@@ -42,6 +49,7 @@ from anonmail.clock import Clock
 from anonmail.errors import (
     DecryptError,
     ErrorCode,
+    LocalError,
     Refusal,
     Refused,
     RemoteProtocolError,
@@ -72,6 +80,10 @@ class RelayLimits:
     # many a minute for one previous hop, and for all of them together.
     lookups_per_peer: int = 120
     lookups: int = 600
+    # Bytes of cells in flight (awaiting the next hop, or held by a Forward's delay of up to a
+    # minute): a previous hop may hold 32 largest cells, everyone together 128.
+    held_bytes_per_peer: int = 32 << 20
+    held_bytes: int = 128 << 20
 
 
 @dataclass(eq=False)
@@ -86,6 +98,7 @@ class _Circuit:
     cells: int = 0
     bytes: int = 0
     busy: bool = False
+    scope: trio.CancelScope | None = None  # the Open or cell in flight; a Destroy cancels it
 
 
 class RelayService:
@@ -107,6 +120,8 @@ class RelayService:
         self.observe = observe
         self.circuits: dict[tuple[bytes, bytes], _Circuit] = {}
         self._lookups: dict[bytes, deque[float]] = {}
+        self._held: dict[bytes, int] = {}  # bytes of cells in flight, by previous hop
+        self._held_total = 0
         self.cert_cache = cert_cache if cert_cache is not None else CertCache()
         self.end = Anonymizer(net, dht, key, params, clock, self._saw, self.cert_cache)
 
@@ -138,8 +153,10 @@ class RelayService:
             raise Refusal("too many lookups asked", ErrorCode.QUOTA)
         mine.append(now)
         everyone.append(now)
-        if len(self._lookups) > 4 * self.limits.circuits:  # forget idle peers
-            for k in [k for k, q in self._lookups.items() if k and not q]:
+        if len(self._lookups) > 4 * self.limits.circuits:
+            # Forget peers with nothing in the last minute. At most `lookups` peers have, so
+            # this leaves the table that small and runs once per that many new peers.
+            for k in [k for k, q in self._lookups.items() if k and now - q[-1] > 60.0]:
                 del self._lookups[k]
 
     # -- circuits ---------------------------------------------------------------------------------
@@ -166,23 +183,48 @@ class RelayService:
                 self.cert_cache.verify(layer.next, self.params, now)
         except RemoteProtocolError:
             raise Refusal("not an onion for this node", ErrorCode.DENIED) from None
+        if layer.next is not None and layer.next.node_id in (peer.node_id, self.key_id):
+            raise Refusal("a circuit may not loop", ErrorCode.DENIED)
         keys = onion.HopKeys.from_session(layer.key)
         self._saw(Sighting(now, "relay" if layer.next else "end", "open", peer.node_id,
                            None if layer.next is None else layer.next.node_id,
                            len(msg.onion)))
         if layer.next is None:
-            box = onion.OPENED
-            next_id = None
-        else:
-            if layer.next.node_id in (peer.node_id, self.key_id):
-                raise Refusal("a circuit may not loop", ErrorCode.DENIED)
-            next_id = self.rng.bytes(am.CIRCUIT_ID_SIZE)
-            reply = await self._next(layer.next, am.Open(next_id, layer.inner))
-            if not isinstance(reply, am.Opened):
-                raise Refusal("next hop answered wrongly", ErrorCode.UNREACHABLE)
-            box = reply.box
-        self.circuits[ident] = _Circuit(peer.node_id, keys, layer.next, next_id, now, now)
-        return am.Opened(onion.seal_layer(keys.backward, onion.OPENED_COUNTER, box))
+            self.circuits[ident] = _Circuit(peer.node_id, keys, None, None, now, now)
+            return am.Opened(onion.seal_layer(keys.backward, onion.OPENED_COUNTER, onion.OPENED))
+        # The slot is taken before the await, so Opens racing this one count it against the
+        # caps; busy until the next hop confirms (a cell meanwhile is refused).
+        c = _Circuit(peer.node_id, keys, layer.next, self.rng.bytes(am.CIRCUIT_ID_SIZE), now,
+                     now, busy=True)
+        self.circuits[ident] = c
+        assert c.next_id is not None
+        reply = await self._in_flight(ident, c, self._next(layer.next,
+                                                           am.Open(c.next_id, layer.inner)))
+        if not isinstance(reply, am.Opened) or \
+                len(reply.box) > am.MAX_OPENED - crypto.AEAD_TAG_SIZE:
+            self._forget(ident, c)
+            raise Refusal("next hop answered wrongly", ErrorCode.UNREACHABLE)
+        c.busy = False
+        return am.Opened(onion.seal_layer(keys.backward, onion.OPENED_COUNTER, reply.box))
+
+    async def _in_flight(self, ident: tuple[bytes, bytes], c: _Circuit,
+                         work: Awaitable[Any]) -> Any:
+        """Await `work` for circuit `c`, which a Destroy may cancel; on any failure the
+        circuit is forgotten (its hops' counters may be out of step)."""
+        with trio.CancelScope() as c.scope:
+            try:
+                return await work
+            except BaseException:
+                self._forget(ident, c)
+                raise
+            finally:
+                c.scope = None
+        self._forget(ident, c)
+        raise Refusal("circuit destroyed", ErrorCode.GONE)
+
+    def _forget(self, ident: tuple[bytes, bytes], c: _Circuit) -> None:
+        if self.circuits.get(ident) is c:
+            del self.circuits[ident]
 
     @property
     def key_id(self) -> bytes:
@@ -208,6 +250,11 @@ class RelayService:
                 c.bytes + len(msg.box) > self.limits.bytes_per_circuit:
             del self.circuits[ident]
             raise Refusal("circuit budget spent", ErrorCode.QUOTA)
+        size = len(msg.box)
+        held = self._held.get(peer.node_id, 0)
+        if held + size > self.limits.held_bytes_per_peer or \
+                self._held_total + size > self.limits.held_bytes:
+            raise Refusal("too many bytes in flight", ErrorCode.QUOTA)
         n = c.counter
         try:
             data = onion.open_layer(c.keys.forward, n, msg.box)
@@ -215,24 +262,34 @@ class RelayService:
             del self.circuits[ident]  # out of step or altered: never used again
             raise Refusal("cell failed authentication", ErrorCode.DENIED) from None
         c.counter, c.cells, c.bytes, c.busy, c.last = n + 1, c.cells + 1, \
-            c.bytes + len(msg.box), True, now
+            c.bytes + size, True, now
+        self._held[peer.node_id] = held + size
+        self._held_total += size
         try:
-            if c.next is not None:
-                assert c.next_id is not None
-                self._saw(Sighting(now, "relay", "cell", peer.node_id, c.next.node_id,
-                                   len(msg.box)))
-                reply = await self._next(c.next, am.Cell(c.next_id, data))
-                if not isinstance(reply, am.CellReply):
-                    raise Refusal("next hop answered wrongly", ErrorCode.UNREACHABLE)
-                out = reply.box
+            out = await self._in_flight(ident, c, self._onward(peer, c, data, size, now))
+        finally:
+            self._held_total -= size
+            left = self._held[peer.node_id] - size
+            if left:
+                self._held[peer.node_id] = left
             else:
-                out = await self._at_end(peer, c, data)
-        except BaseException:
-            self.circuits.pop(ident, None)
-            raise
+                del self._held[peer.node_id]
         c.busy, c.last = False, self.clock.now()
         c.bytes += len(out)
         return am.CellReply(onion.seal_layer(c.keys.backward, n, out))
+
+    async def _onward(self, peer: Peer, c: _Circuit, data: bytes, size: int,
+                      now: float) -> bytes:
+        """A cell's inner bytes passed to the next hop, or answered here at the end."""
+        if c.next is None:
+            return await self._at_end(peer, c, data)
+        assert c.next_id is not None
+        self._saw(Sighting(now, "relay", "cell", peer.node_id, c.next.node_id, size))
+        reply = await self._next(c.next, am.Cell(c.next_id, data))
+        if not isinstance(reply, am.CellReply) or \
+                len(reply.box) > am.MAX_CELL - crypto.AEAD_TAG_SIZE:
+            raise Refusal("next hop answered wrongly", ErrorCode.UNREACHABLE)
+        return reply.box
 
     async def _at_end(self, peer: Peer, c: _Circuit, data: bytes) -> bytes:
         try:
@@ -250,10 +307,15 @@ class RelayService:
             return True
 
         answer = await self.end.answer(peer.node_id, op, len(data), spend, self.rng)
-        return onion.pad(wire.encode(answer), padded)
+        try:
+            return onion.pad(wire.encode(answer), padded)
+        except LocalError:  # the anonymizer keeps answers within a cell; this is a backstop
+            return onion.pad(wire.encode(am.OpFailed("answer too large")), padded)
 
     async def _destroy(self, peer: Peer, msg: am.Destroy) -> am.Destroyed:
         c = self.circuits.pop((peer.node_id, msg.circuit), None)
+        if c is not None and c.scope is not None:
+            c.scope.cancel()  # what it holds goes with its slot
         if c is not None and c.next is not None and c.next_id is not None:
             # best effort: the next hop's idle timer ends it anyway
             with suppress(TransportError, RemoteProtocolError, Refused):
