@@ -294,3 +294,18 @@ def record_requests(node: SimNode, kind: type) -> list[Any]:
 
     node.net.set_handler(h)
     return seen
+
+
+@pytest.mark.threat("T-ANON-AMPLIFY")
+async def test_the_lookup_budget_forgets_peers_idle_for_a_minute(
+        grid: Scenario, autojump_clock: MockClock) -> None:
+    """The per-peer lookup counts are a table keyed by whoever asked: peers with nothing in the
+    last minute are forgotten, so many peers asking once each cannot grow it without bound."""
+    with trio.fail_after(600):
+        x = grid.nodes[1]
+        relay = relays(grid, [x], RelayLimits(lookups=20))[x.node_id]
+        for wave in range(5):
+            for i in range(20):  # the most lookups a minute allows, each from a new peer
+                relay._lookup_budget(bytes([wave, i]) * 16)
+            assert len(relay._lookups) <= 2 * 20 + 1  # the total's entry, and two minutes'
+            await trio.sleep(61)

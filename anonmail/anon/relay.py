@@ -153,7 +153,7 @@ class RelayService:
             raise Refusal("too many lookups asked", ErrorCode.QUOTA)
         mine.append(now)
         everyone.append(now)
-        if len(self._lookups) > 4 * self.limits.circuits:
+        if len(self._lookups) > 2 * self.limits.lookups:
             # Forget peers with nothing in the last minute. At most `lookups` peers have, so
             # this leaves the table that small and runs once per that many new peers.
             for k in [k for k, q in self._lookups.items() if k and now - q[-1] > 60.0]:
