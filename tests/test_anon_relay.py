@@ -65,7 +65,8 @@ async def test_hops_see_different_bytes_of_one_size_class_and_no_content(
     with trio.fail_after(600):
         a, x, m, z = grid.nodes[0], grid.nodes[1], grid.nodes[2], grid.nodes[3]
         seen = record_cells([x, m, z])
-        circuit = await Circuit.open(a.net, [x.cert, m.cert, z.cert], SeededRng(1))
+        circuit = await Circuit.open(a.net, [x.cert, m.cert, z.cert], SeededRng(1),
+                                     now=grid.clock.now())
         secret = b"the plaintext nobody on the path may see" * 10
         key = bytes(32)
         for size in (10, 3000):
@@ -90,7 +91,7 @@ async def test_an_altered_cell_is_refused_not_charged_and_the_circuit_dies(
         grid: Scenario, autojump_clock: MockClock) -> None:
     with trio.fail_after(600):
         a, x, z = grid.nodes[0], grid.nodes[1], grid.nodes[2]
-        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(2))
+        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(2), now=grid.clock.now())
         box = circuit.layers.wrap(wire.encode(am.FindNodes(bytes(32), 4)), True)
         bad = bytes([box[0] ^ 1]) + box[1:]
         with pytest.raises(Refused) as e:
@@ -117,7 +118,7 @@ async def test_a_relay_verifies_each_certificate_once(
         store = wire.encode(sm.Store(bytes(32), sm.ObjectKind.BODY, b"x", 60, ()))
         rng = SeededRng(4)
         for _ in range(2):
-            circuit = await Circuit.open(a.net, [x.cert, z.cert], rng)
+            circuit = await Circuit.open(a.net, [x.cert, z.cert], rng, now=grid.clock.now())
             for _ in range(2):
                 assert isinstance(await circuit.call(am.Forward(targets, store, 0, 0)),
                                   am.Forwarded)
@@ -135,10 +136,10 @@ async def test_relay_budgets_hold(grid: Scenario, autojump_clock: MockClock) -> 
                                            grid.clock, SeededRng(9), limits=tight),
                               replace=True)
         rng = SeededRng(3)
-        c1 = await Circuit.open(a.net, [x.cert, z.cert], rng)
-        await Circuit.open(a.net, [x.cert, z.cert], rng)
+        c1 = await Circuit.open(a.net, [x.cert, z.cert], rng, now=grid.clock.now())
+        await Circuit.open(a.net, [x.cert, z.cert], rng, now=grid.clock.now())
         with pytest.raises(ChannelError) as ce:  # a third circuit from one peer
-            await Circuit.open(a.net, [x.cert, z.cert], rng)
+            await Circuit.open(a.net, [x.cert, z.cert], rng, now=grid.clock.now())
         assert ce.value.code is ErrorCode.QUOTA
         targets = tuple(n.cert for n in grid.nodes[3:11])
         big = wire.encode(sm.Store(bytes(32), sm.ObjectKind.BODY, b"x" * 30_000, 60, ()))
@@ -189,7 +190,8 @@ async def test_concurrent_opens_cannot_pass_the_circuit_caps(
 
         async def one(seed: int) -> None:
             try:
-                opened.append(await Circuit.open(a.net, [x.cert, z.cert], SeededRng(seed)))
+                opened.append(await Circuit.open(a.net, [x.cert, z.cert], SeededRng(seed),
+                                                 now=grid.clock.now()))
             except ChannelError as e:
                 refused.append(e.code)
 
@@ -198,7 +200,8 @@ async def test_concurrent_opens_cannot_pass_the_circuit_caps(
                 n.start_soon(one, seed)
         assert len(opened) == 2 and refused == [ErrorCode.QUOTA] * 8
         assert len(at_x.circuits) == 2
-        onion_again = onion.build_onion([x.cert, z.cert], [bytes(32)] * 2, SeededRng(1))
+        onion_again = onion.build_onion([x.cert, z.cert], [bytes(32)] * 2, SeededRng(1),
+                                        grid.clock.now())
         with pytest.raises(Refused) as e:  # the id of a circuit this peer already has open
             await a.net.request(x.cert, am.Open(opened[0].circuit_id, onion_again))
         assert e.value.code is ErrorCode.CONFLICT
@@ -218,8 +221,8 @@ async def test_held_cells_are_budgeted_and_a_destroy_cancels_them(
         blob = wire.encode(sm.Store(bytes(32), sm.ObjectKind.BODY, b"x" * 100_000, 60, ()))
         held = am.Forward((target.cert,), blob, 50_000, 0)  # Z holds it 50 s
         rng = SeededRng(5)
-        c1 = await Circuit.open(a.net, [x.cert, z.cert], rng)
-        c2 = await Circuit.open(a.net, [x.cert, z.cert], rng)
+        c1 = await Circuit.open(a.net, [x.cert, z.cert], rng, now=grid.clock.now())
+        c2 = await Circuit.open(a.net, [x.cert, z.cert], rng, now=grid.clock.now())
         outcome: list[Any] = []
 
         async def hold() -> None:
@@ -241,7 +244,7 @@ async def test_held_cells_are_budgeted_and_a_destroy_cancels_them(
         assert (a.node_id, c1.circuit_id) not in at_x.circuits
         await trio.sleep(120)  # long after the hold would have ended
         assert stores == []  # the destroyed Forward never left Z
-        c3 = await Circuit.open(a.net, [x.cert, z.cert], rng)
+        c3 = await Circuit.open(a.net, [x.cert, z.cert], rng, now=grid.clock.now())
         assert isinstance(await c3.call(am.Forward((target.cert,), blob, 0, 0)), am.Forwarded)
         assert len(stores) == 1
 
@@ -256,10 +259,10 @@ async def test_a_next_hop_answering_too_much_is_unreachable_not_the_relays_fault
         a, x, z = grid.nodes[0], grid.nodes[1], grid.nodes[2]
         answering(z, am.Open, am.Opened(bytes(am.MAX_OPENED)))
         with pytest.raises(ChannelError) as ce:
-            await Circuit.open(a.net, [x.cert, z.cert], SeededRng(6))
+            await Circuit.open(a.net, [x.cert, z.cert], SeededRng(6), now=grid.clock.now())
         assert ce.value.at is None and ce.value.code is ErrorCode.UNREACHABLE
         z.net.set_handler(z.services.handle)
-        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(7))
+        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(7), now=grid.clock.now())
         answering(z, am.Cell, am.CellReply(bytes(am.MAX_CELL)))
         with pytest.raises(ChannelError) as ce:
             await circuit.call(am.FindNodes(bytes(32), 4))
@@ -275,7 +278,7 @@ async def test_a_target_answering_more_than_a_cell_holds_is_no_answer(
     with trio.fail_after(600):
         a, x, z, target = grid.nodes[0], grid.nodes[1], grid.nodes[2], grid.nodes[3]
         answering(target, sm.Fetch, am.CellReply(bytes(SIZE_CLASSES[-1] - 1000)))
-        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(8))
+        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(8), now=grid.clock.now())
         fetch = wire.encode(sm.Fetch(bytes(32)))
         answer = await circuit.call(am.Forward((target.cert,), fetch, 0, 0))
         assert answer == am.Forwarded((am.TargetReply(target.node_id, b""),))

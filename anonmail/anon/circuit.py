@@ -2,13 +2,14 @@
 (DESIGN.md §7; seed 002 §4.1 "A encrypts the session key with Z's public key, and asks the
 go-between node X to deliver this to Z").
 
-`Circuit.open(net, hops, rng)` sends one Open to the first hop; the onion (anon/onion.py)
-carries every hop's session key, sealed to that hop alone; the answer is the end's
-confirmation under every hop's backward key, so an Open that did not reach the end, or reached
-someone else, is detected before anything is sent through it. `call(op)` sends one cell and
-returns the end's decoded answer; cells are sequential (a lock), since each layer's nonce is
-the cell counter. Any failure leaves the circuit `broken`: it is never used again (the hops'
-counters may be out of step), and the caller builds a fresh one.
+`Circuit.open(net, hops, rng, now=...)` sends one Open to the first hop; the onion
+(anon/onion.py) carries every hop's session key, sealed to that hop alone, and the time it was
+built (`now`, the sender's wall clock: hops refuse a stale or replayed onion); the answer is
+the end's confirmation under every hop's backward key, so an Open that did not reach the end,
+or reached someone else, is detected before anything is sent through it. `call(op)` sends one
+cell and returns the end's decoded answer; cells are sequential (a lock), since each layer's
+nonce is the cell counter. Any failure leaves the circuit `broken`: it is never used again (the
+hops' counters may be out of step), and the caller builds a fresh one.
 
 Errors: `ChannelError` (a TransportError) says the circuit failed and which hop is suspected
 when that is known (`at`: the first hop, when it did not answer or refused for itself; None
@@ -87,12 +88,14 @@ class Circuit:
         return self.hops[0]
 
     @classmethod
-    async def open(cls, net: Network, hops: Sequence[NodeCert], rng: Rng, *,
+    async def open(cls, net: Network, hops: Sequence[NodeCert], rng: Rng, *, now: float,
                    padded: bool = True) -> Circuit:
+        """Open a circuit through `hops` (the last is its end); `now` is the sender's wall
+        clock (clock.Clock), which the onion carries so hops can refuse a replay of it."""
         keys = [rng.bytes(32) for _ in hops]
         layers = onion.SenderLayers(keys)
         cid = rng.bytes(am.CIRCUIT_ID_SIZE)
-        msg = am.Open(cid, onion.build_onion(hops, keys, rng))
+        msg = am.Open(cid, onion.build_onion(hops, keys, rng, now))
         reply = await _ask(net, hops[0], msg, OPEN_TIMEOUT_PER_HOP * len(hops))
         if not isinstance(reply, am.Opened):
             raise ChannelError("a hop answered an Open wrongly", hops[0].node_id)

@@ -287,7 +287,8 @@ class GoBetweens:
         if not self.options.cross_check:
             return z
         y = await self.random_node(exclude=(x.node_id,))
-        circuit = await Circuit.open(self.net, [x, y], self.rng, padded=self.options.padding)
+        circuit = await Circuit.open(self.net, [x, y], self.rng, now=self.clock.now(),
+                                     padded=self.options.padding)
         try:
             from_y = await circuit.call(am.Locate(key_z))
         finally:
@@ -327,7 +328,7 @@ class GoBetweens:
                 for _ in range(self.options.hops - 1):
                     hops.append(await self.random_node(exclude={x.node_id, z.node_id}))
                 circuit = await Circuit.open(self.net, [*hops, z], self.rng,
-                                             padded=self.options.padding)
+                                             now=self.clock.now(), padded=self.options.padding)
             except ChannelError as e:
                 why[str(e)] += 1
                 self.stats.failures += 1

@@ -96,6 +96,9 @@ class OnionLayer:
     key: Key32  # the hop's session key with the sender
     next: NodeCert | None  # the next hop; None: this hop is the end of the circuit
     inner: Annotated[bytes, Size(0, MAX_ONION)]  # the next hop's onion (empty at the end)
+    # When the sender built the onion (UNIX seconds, its clock): a hop refuses a layer outside
+    # params.clock_skew of its own clock, or whose key it has admitted before (anon/replay.py).
+    created: Annotated[int, wire.U64]
 
 
 # -- Locate: asked of X directly, of Y through X --------------------------------------------------

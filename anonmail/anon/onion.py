@@ -14,6 +14,10 @@ circuit are strictly sequential, so the n-th cell's nonce is the counter n on bo
 is never sent: a relay sees no sequence number another hop could match. The confirmation of an
 Open uses the reserved counter OPENED_COUNTER.
 
+Every layer carries the onion's creation time, and a hop admits a layer's session key once
+and only within params.clock_skew of that time (anon/replay.py): a hop that re-sends the inner
+onion it forwarded, to replay the cells it carried, is refused (threat T-ANON-REPLAY).
+
 Invariants: a relay cannot read a cell (it lacks the inner keys), alter one (the next layer's
 authentication fails) or tell two cells of one size class apart by content; with padding, a
 cell's plaintext is padded to a size class (anon/options.py SIZE_CLASSES), so its size says
@@ -80,14 +84,17 @@ def unpad(data: bytes) -> tuple[bytes, bool]:
     return data[_HEADER:_HEADER + n], data[0] == 1
 
 
-def build_onion(hops: Sequence[NodeCert], keys: Sequence[bytes], rng: Rng) -> bytes:
-    """The Open onion for `hops` (first hop outermost) with their session `keys`."""
+def build_onion(hops: Sequence[NodeCert], keys: Sequence[bytes], rng: Rng, now: float) -> bytes:
+    """The Open onion for `hops` (first hop outermost) with their session `keys`, built at
+    `now` (the sender's clock): every layer says so, and a hop refuses a stale layer or one it
+    has seen (anon/replay.py), so no hop can replay the onion it passed on."""
     if not hops or len(hops) != len(keys):
         raise LocalError("one session key per hop")
+    created = int(now)
     inner = b""
     for i in reversed(range(len(hops))):
         nxt = hops[i + 1] if i + 1 < len(hops) else None
-        layer = wire.encode(OnionLayer(keys[i], nxt, inner))
+        layer = wire.encode(OnionLayer(keys[i], nxt, inner, created))
         inner = crypto.seal_to(crypto.box_public(hops[i].public_key), layer, rng, ONION_AD)
     if len(inner) > MAX_ONION:
         raise LocalError("onion too large")

@@ -3,9 +3,11 @@
 
 `RelayService` answers Open, Cell, Destroy and Locate (anon/messages.py):
 
-* Open: opens this hop's onion layer (anon/onion.py). With a next hop it draws a fresh circuit
-  id for the next link, passes the inner onion on and adds its layer to the confirmation; at
-  the end it confirms. The circuit is remembered under (previous hop, circuit id);
+* Open: opens this hop's onion layer (anon/onion.py) and admits its session key once, within
+  the clock skew of the layer's creation time (anon/replay.py: a hop replaying the onion it
+  passed on is refused, T-ANON-REPLAY). With a next hop it draws a fresh circuit id for the
+  next link, passes the inner onion on and adds its layer to the confirmation; at the end it
+  confirms. The circuit is remembered under (previous hop, circuit id);
 * Cell: removes this hop's layer; a relay passes the rest to the next hop and adds its layer
   to the answer; the end decodes the op and answers it (anon/anonymizer.py), padding its answer
   as the request was padded;
@@ -45,6 +47,7 @@ from anonmail import crypto, wire
 from anonmail.anon import messages as am
 from anonmail.anon import onion
 from anonmail.anon.anonymizer import Anonymizer, Sighting
+from anonmail.anon.replay import OnionReplayGuard
 from anonmail.clock import Clock
 from anonmail.errors import (
     DecryptError,
@@ -123,6 +126,7 @@ class RelayService:
         self._held: dict[bytes, int] = {}  # bytes of cells in flight, by previous hop
         self._held_total = 0
         self.cert_cache = cert_cache if cert_cache is not None else CertCache()
+        self.replays = OnionReplayGuard(params.clock_skew, started=clock.now())  # T-ANON-REPLAY
         self.end = Anonymizer(net, dht, key, params, clock, self._saw, self.cert_cache)
 
     def _saw(self, s: Sighting) -> None:
@@ -183,6 +187,9 @@ class RelayService:
                 self.cert_cache.verify(layer.next, self.params, now)
         except RemoteProtocolError:
             raise Refusal("not an onion for this node", ErrorCode.DENIED) from None
+        # Before anything is answered or passed on: an onion seen before, or outside the clock
+        # skew, is a hop replaying one it forwarded (anon/replay.py).
+        self.replays.admit(layer.key, layer.created, now, peer.node_id)
         if layer.next is not None and layer.next.node_id in (peer.node_id, self.key_id):
             raise Refusal("a circuit may not loop", ErrorCode.DENIED)
         keys = onion.HopKeys.from_session(layer.key)
