@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from anonmail.anon.relay import RelayService
+from anonmail.net.base import Peer
 from anonmail.permit.gate import gated_store
 from anonmail.records import ids
 from anonmail.sim.scenario import Scenario, SimNode
@@ -63,3 +65,17 @@ async def serving_grid(n: int, seed: int, trusted_cas: frozenset[bytes], *, perm
     finally:
         for service in svc.values():
             service.db.close()
+
+
+def record_requests(node: SimNode, *kinds: type) -> list[Any]:
+    """Every request of one of `kinds` that `node` receives, in order (its handler wrapped)."""
+    seen: list[Any] = []
+    handler = node.services.handle
+
+    async def h(peer: Peer, msg: Any) -> Any:
+        if isinstance(msg, kinds):
+            seen.append(msg)
+        return await handler(peer, msg)
+
+    node.net.set_handler(h)
+    return seen

@@ -11,7 +11,7 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
-from storegrid import serving_grid
+from storegrid import record_requests, serving_grid
 from trio.testing import MockClock
 
 from anonmail import wire
@@ -283,20 +283,6 @@ async def test_a_target_answering_more_than_a_cell_holds_is_no_answer(
         answer = await circuit.call(am.Forward((target.cert,), fetch, 0, 0))
         assert answer == am.Forwarded((am.TargetReply(target.node_id, b""),))
         assert isinstance(await circuit.call(am.FindNodes(bytes(32), 4)), am.Found)
-
-
-def record_requests(node: SimNode, kind: type) -> list[Any]:
-    """Every request of type `kind` that `node` receives."""
-    seen: list[Any] = []
-    handler = node.services.handle
-
-    async def h(peer: Peer, msg: Any) -> Any:
-        if isinstance(msg, kind):
-            seen.append(msg)
-        return await handler(peer, msg)
-
-    node.net.set_handler(h)
-    return seen
 
 
 @pytest.mark.threat("T-ANON-AMPLIFY")

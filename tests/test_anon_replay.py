@@ -9,13 +9,12 @@ forgotten exactly when the time alone refuses), the relay on a small simulated g
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
-from storegrid import serving_grid
+from storegrid import record_requests, serving_grid
 from trio.testing import MockClock
 
 from anonmail import wire
@@ -24,9 +23,8 @@ from anonmail.anon import onion
 from anonmail.anon.circuit import Circuit
 from anonmail.anon.replay import DIGEST_SIZE, OnionReplayGuard
 from anonmail.errors import ErrorCode, LocalError, Refusal, Refused
-from anonmail.net.base import Peer
 from anonmail.rng import SeededRng
-from anonmail.sim.scenario import Scenario, SimNode
+from anonmail.sim.scenario import Scenario
 from anonmail.store import messages as sm
 
 N = 30
@@ -160,20 +158,6 @@ async def grid() -> AsyncIterator[Scenario]:
         yield s
 
 
-def record(node: SimNode, kinds: tuple[type, ...]) -> list[Any]:
-    """Every request of one of `kinds` that `node` receives."""
-    seen: list[Any] = []
-    handler = node.services.handle
-
-    async def h(peer: Peer, msg: Any) -> Any:
-        if isinstance(msg, kinds):
-            seen.append(msg)
-        return await handler(peer, msg)
-
-    node.net.set_handler(h)
-    return seen
-
-
 @pytest.mark.parametrize("middle", [False, True])
 @pytest.mark.threat("T-ANON-REPLAY", "T-FAULT-REFLECT")
 async def test_a_hop_replaying_the_onion_it_forwarded_is_refused_and_nothing_repeats(
@@ -186,8 +170,8 @@ async def test_a_hop_replaying_the_onion_it_forwarded_is_refused_and_nothing_rep
         a, x, m, z, target = (grid.nodes[i] for i in range(5))
         hops = [x, m, z] if middle else [x, z]
         replayer = hops[-2]
-        seen = record(z, (am.Open, am.Cell))
-        stores = record(target, (sm.Store,))
+        seen = record_requests(z, am.Open, am.Cell)
+        stores = record_requests(target, sm.Store)
         built = grid.clock.now()
         circuit = await Circuit.open(a.net, [h.cert for h in hops], SeededRng(1), now=built)
         blob = wire.encode(sm.Store(bytes(32), sm.ObjectKind.BODY, b"x", 60, ()))
