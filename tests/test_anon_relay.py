@@ -21,6 +21,7 @@ from anonmail.anon.circuit import ChannelError, Circuit
 from anonmail.anon.options import SIZE_CLASSES
 from anonmail.anon.relay import RelayLimits, RelayService
 from anonmail.errors import ErrorCode, Refused
+from anonmail.net import rpc
 from anonmail.net.base import Peer
 from anonmail.records.certs import CertCache
 from anonmail.rng import SeededRng
@@ -298,3 +299,23 @@ async def test_the_lookup_budget_forgets_peers_idle_for_a_minute(
                 relay._lookup_budget(bytes([wave, i]) * 16)
             assert len(relay._lookups) <= 2 * 20 + 1  # the total's entry, and two minutes'
             await trio.sleep(61)
+
+
+@pytest.mark.threat("T-FAULT-REFLECT", "T-REPLAY-OWNER")
+async def test_a_senders_bad_request_through_z_is_refused_without_blame_on_z(
+        grid: Scenario, autojump_clock: MockClock) -> None:
+    """Storage nodes cannot tell a forwarded request's author from the Z that passed it on: a
+    fragment that does not match its key, or a forged owner proof, is refused DENIED (not a
+    fault), so a sender cannot get an honest anonymizer banned by every node it names."""
+    with trio.fail_after(600):
+        a, x, z = grid.nodes[0], grid.nodes[1], grid.nodes[2]
+        targets = tuple(n.cert for n in grid.nodes[3:11])
+        circuit = await Circuit.open(a.net, [x.cert, z.cert], SeededRng(9), now=grid.clock.now())
+        bogus = wire.encode(sm.Store(bytes(32), sm.ObjectKind.FRAGMENT, b"junk", 60, ()))
+        for _ in range(3):
+            answer = await circuit.call(am.Forward(targets, bogus, 0, 0))
+            assert isinstance(answer, am.Forwarded) and len(answer.replies) == len(targets)
+            for r in answer.replies:
+                refusal = wire.decode(r.reply, rpc.ErrorReply)
+                assert refusal.code is ErrorCode.DENIED
+        assert grid.world.stats.faults[z.node_id] == 0

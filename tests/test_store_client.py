@@ -129,9 +129,10 @@ async def test_client_retries_on_a_fresh_set_and_refusals_are_typed(
             await agent.net.request(full.cert, Store(key, ObjectKind.BODY, b"b", DAY, ()))
         assert e.value.code == ErrorCode.QUOTA
         assert s.world.stats.faults[agent.node_id] == faults
-        # ... while a fragment that does not match its address is the requester's fault.
+        # ... nor is a fragment that does not match its address: the node cannot tell its
+        # author from an anonymizer that forwarded it (T-FAULT-REFLECT), so it is DENIED.
         with pytest.raises(Refused) as e:
             await agent.net.request(closest[0].cert,
                                     Store(key, ObjectKind.FRAGMENT, b"not it", DAY, ()))
-        assert e.value.code == ErrorCode.REFUSED
-        assert s.world.stats.faults[agent.node_id] == faults + 1
+        assert e.value.code == ErrorCode.DENIED
+        assert s.world.stats.faults[agent.node_id] == faults

@@ -42,7 +42,7 @@ from anonmail.rng import Rng
 from anonmail.store import messages as sm
 from anonmail.store.client import Lookup, closest
 
-FORWARDABLE: tuple[type, ...] = (sm.Store, sm.Fetch, sm.Delete, sm.Append, sm.Read, sm.Ack)
+FORWARDABLE = sm.FORWARDABLE
 FORWARD_ERRORS = (TransportError, RemoteProtocolError, Refused)
 # What the targets' answers may take of a Forwarded: it must fit the largest padded cell, less
 # room for each TargetReply's node id and framing (~40 bytes, 16 targets at most). A target

@@ -74,6 +74,7 @@ from anonmail.store.context import (
 from anonmail.store.db import ObjectRow, StoreDb, entry_size, object_size
 from anonmail.store.errors import Denied, ErrorCode, Invalid, QuotaExceeded
 from anonmail.store.messages import (
+    FORWARDABLE,
     MAX_BLOB,
     MAX_PAGE,
     VERSIONED,
@@ -403,10 +404,23 @@ HANDLERS: dict[type, _Handler] = {
 }
 
 
+# What an anonymizer Z forwards for a sender it cannot vet (messages.FORWARDABLE).
+# Inconsistent content in one of these (a fragment not matching its key, a forged or replayed
+# owner proof, a policy that does not verify) is refused with DENIED, never counted as a fault:
+# this node cannot tell the author from the Z that passed it on, and a fault would let any
+# sender get honest anonymizers banned (threat T-FAULT-REFLECT). Probe and Replicate come
+# straight from the storing peer, so their faults stay faults.
+
+
 def dispatch(ctx: StoreContext, peer: bytes | Party, msg: Any, now: float) -> Any:
     """Answer one store request from `peer` (the party it is charged to: budget.party_of; a
     bare node id is judged by key alone). Raises `Denied` (honest) or `Invalid` (a fault)."""
     handler = HANDLERS.get(type(msg))
     if handler is None:
         raise Invalid(f"not a store request: {type(msg).__name__}")
-    return handler(ctx, msg, as_party(ctx, peer), now)
+    try:
+        return handler(ctx, msg, as_party(ctx, peer), now)
+    except Invalid as e:
+        if isinstance(msg, FORWARDABLE):
+            raise Denied(str(e)[:200], ErrorCode.DENIED) from None
+        raise

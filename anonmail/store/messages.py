@@ -323,3 +323,6 @@ def args_digest_ack(entry_ids: tuple[bytes, ...]) -> bytes:
 
 
 REQUESTS: tuple[type, ...] = (Store, Fetch, Delete, Append, Read, Ack, Probe, Replicate)
+# The requests a client makes, which an anonymizer may forward for a sender (anon/anonymizer.py);
+# Probe and Replicate pass only between storing nodes.
+FORWARDABLE: tuple[type, ...] = (Store, Fetch, Delete, Append, Read, Ack)
