@@ -114,6 +114,20 @@ def test_read_pages_through_a_full_inbox() -> None:
         ctx.db.close()
 
 
+def test_a_read_cursor_beyond_sqlites_integers_is_malformed(ctx: StoreContext) -> None:
+    """READ's cursor is a sequence number of a signed 64-bit SQLite column: 2^63 and beyond
+    are refused by the schema (MALFORMED), not raised as an OverflowError in the handler; the
+    largest cursor reads an empty page."""
+    append(ctx, b"an entry")
+    p = proof(OwnerOp.READ, args_digest_read(2 ** 63))
+    with pytest.raises(RemoteProtocolError):
+        wire.decode(wire.encode(Read(INBOX, 2 ** 63, p)), Read)
+    last = read(ctx, 2 ** 63 - 1)
+    assert last.entries == () and not last.more
+    with pytest.raises(RemoteProtocolError):  # a replica's reply cannot set the cursor there
+        wire.decode(wire.encode(Entries((), 2 ** 63, True)), Entries)
+
+
 def test_requests_inbox_belongs_to_the_same_owner(ctx: StoreContext) -> None:
     rts = ids.requests_key(BOB)
     append(ctx, b"rts", inbox=rts)

@@ -54,6 +54,9 @@ NONCE_SIZE = 16
 
 Key32 = Annotated[bytes, Size(32)]
 Ttl = Annotated[int, Range(1, MAX_TTL_WIRE)]
+# An inbox's READ cursor: a sequence number of the replica's SQLite table, whose integers are
+# signed 64-bit (a U64 above them raised OverflowError in the handler instead of MALFORMED).
+Cursor = Annotated[int, Range(0, (1 << 63) - 1)]
 
 DELETE_HASH_TAG = "delete"
 BLOB_DIGEST_TAG = "blob"
@@ -243,7 +246,7 @@ class Appended:
 @dataclass(frozen=True, slots=True)
 class Read:
     inbox: Key32
-    after: Annotated[int, wire.U64]  # cursor: 0, then the `next` of the previous page
+    after: Cursor  # 0, then the `next` of the previous page
     proof: OwnerProof
     # Only the ids of the entries (`EntryIds`): a check reads one replica whole and the others
     # briefly, and reads another whole only if it holds an entry the first lacked (issue 11).
@@ -254,7 +257,7 @@ class Read:
 @dataclass(frozen=True, slots=True)
 class Entries:
     entries: Annotated[tuple[InboxEntry, ...], Size(0, MAX_PAGE)]
-    next: Annotated[int, wire.U64]
+    next: Cursor
     more: bool
 
 
@@ -264,7 +267,7 @@ class EntryIds:
     """A brief READ's answer: the ids of a page of entries (`entry_id`)."""
 
     ids: Annotated[tuple[Key32, ...], Size(0, MAX_PAGE)]
-    next: Annotated[int, wire.U64]
+    next: Cursor
     more: bool
 
 
