@@ -20,6 +20,7 @@ from storectx import (
     PEER,
     SECRETS,
     append,
+    delete,
     fetch,
     make_ctx,
     proof,
@@ -36,6 +37,7 @@ from anonmail.store.handlers import handle_ack, handle_append, handle_store
 from anonmail.store.messages import (
     Ack,
     Append,
+    Deleted,
     ObjectKind,
     OwnerOp,
     Store,
@@ -107,6 +109,31 @@ class FailingCommitDb(StoreDb):
 
 
 @pytest.mark.threat("T-RECEIPT-DROP")
+@pytest.mark.threat("T-STORE-HOG")
+def test_a_delete_writes_its_own_size_not_the_objects() -> None:
+    """A DELETE (~70 bytes, charged to nobody) marks one delete hash used in place; it used to
+    rewrite the whole row, blob and every hash (audit: 200 DELETEs of a 960 KiB body with 1,024
+    hashes wrote 274 MB). Only the last right drops the blob and shrinks the charge."""
+    ctx = make_ctx()
+    try:
+        secrets = [i.to_bytes(2, "big") * 16 for i in range(256)]
+        store(ctx, b"b" * 200_000, secrets=secrets)
+        used = ctx.db.used_bytes()
+        conn = ctx.db._conn
+        for s in secrets[:-1]:
+            before = conn.total_changes
+            assert isinstance(delete(ctx, s), Deleted)
+            assert conn.total_changes - before == 1  # one hash row, whatever the object's size
+        assert fetch(ctx) == b"b" * 200_000 and ctx.db.used_bytes() == used
+        assert isinstance(delete(ctx, secrets[-1]), Deleted)
+        assert fetch(ctx) is None and ctx.db.used_bytes() == used - 200_000  # a tombstone
+        assert isinstance(delete(ctx, secrets[0]), Deleted)  # a repeat: idempotent
+        live, removed = ctx.db.get_hashes(BODY_KEY)
+        assert live == set() and len(removed) == 256
+    finally:
+        ctx.db.close()
+
+
 def test_no_receipt_without_a_commit() -> None:
     db = FailingCommitDb(":memory:")
     ctx = make_ctx(db)

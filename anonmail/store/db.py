@@ -219,6 +219,22 @@ class StoreDb:
         (self.ledger.replace if replace else self.ledger.settle)(object_item(row.key), size,
                                                                  self._payer)
 
+    def use_delete_right(self, key: bytes, h: bytes, last: bool) -> None:
+        """Mark the delete hash `h` of `key` used, in place; if it was the `last` live one, drop
+        the blob too and keep the row as a tombstone until expiry. A DELETE writes a few rows,
+        never the blob or the other hashes again: its cost is its own size, not the object's."""
+        self._need_tx()
+        c = self._conn
+        c.execute("UPDATE delete_hashes SET removed=1 WHERE key=? AND hash=?", (key, h))
+        if not last:
+            return  # as many hashes as before: the accounted size is unchanged
+        row = c.execute("SELECT size FROM objects WHERE key=?", (key,)).fetchone()
+        (hashes,) = c.execute("SELECT COUNT(*) FROM delete_hashes WHERE key=?", (key,)).fetchone()
+        size = object_size(None, int(hashes))
+        c.execute("UPDATE objects SET blob=NULL, size=? WHERE key=?", (size, key))
+        self._adjust(size - int(row[0]))
+        self.ledger.settle(object_item(key), size, self._payer)
+
     def drop_object(self, key: bytes) -> bool:
         """Forget an object entirely (no tombstone), and its charges. True if there was one."""
         if not self._forget_object(key):

@@ -230,14 +230,8 @@ def handle_delete(ctx: StoreContext, req: Delete, now: float) -> Deleted | NotFo
         return NotFound()
     if h not in live:
         raise Denied("delete secret does not match", ErrorCode.WRONG_SECRET)
-    live.discard(h)
-    removed.add(h)
-    with db.transaction():
-        if live:
-            db.put_object(row, live, removed)
-        else:  # the last right is used: drop the blob, keep a tombstone until expiry
-            db.put_object(ObjectRow(row.key, row.kind, None, row.digest, row.expires,
-                                    row.cert_issued, row.deletable, row.touched), (), removed)
+    with db.transaction():  # the last right used drops the blob: a tombstone until expiry
+        db.use_delete_right(req.key, h, last=live == {h})
     return Deleted()
 
 
