@@ -465,6 +465,29 @@ def test_request_inbox_quota_and_ttl(ctx: StoreContext) -> None:
     append(ctx, b"mail", permit(tokens()[0], b"mail"))
 
 
+@pytest.mark.threat("T-RTS-FLOOD")
+def test_an_acked_stamped_request_cannot_come_back_on_the_same_stamp(
+        ctx: StoreContext) -> None:
+    """The owner's ACK outlives the sender's short TTL: the same entry on the same stamp is
+    refused by APPEND within the stamp's days and by a Replicate 14 days on (the ACK record
+    used to last only until the entry's own expiry, so one stamp refilled a slot for free)."""
+    put_policy(ctx, policy())
+    rts = b"a stranger's request" * 4
+    stamp = stamped(rts)
+    append(ctx, rts, stamp, inbox=REQUESTS, ttl=60)
+    ack = make_owner_proof(OWNER.sign, OWNER.cert, OwnerOp.ACK, REQUESTS, [ctx.node_id],
+                           args_digest_ack((entry_id(rts),)), NOW + 10, SeededRng(b"ack"))
+    handle_ack(ctx, Ack(REQUESTS, (entry_id(rts),), ack), NOW + 10)
+    ctx.db.expire(NOW + 61)  # the entry's own expiry has passed
+    with pytest.raises(Refusal) as e:
+        handle_append(ctx, Append(REQUESTS, rts, 60, stamp), PEER, NOW + 61)
+    assert e.value.code is ErrorCode.GONE
+    later = NOW + 14 * DAY
+    ctx.db.expire(later)
+    push = (ReplicaEntry(rts, 60, stamp),)
+    assert handle_replicate(ctx, Replicate(REQUESTS, push), PEER, later).accepted == 0
+
+
 @pytest.mark.threat("T-PERMIT-SPAM")
 def test_an_open_inbox_takes_a_stamp_or_a_token(ctx: StoreContext) -> None:
     put_policy(ctx, policy(mode=PolicyMode.OPEN, bits=BITS))

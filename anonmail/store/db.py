@@ -326,8 +326,11 @@ class StoreDb:
         return rows
 
     def ack(self, inbox: bytes, eids: Iterable[bytes], default_expires: int) -> int:
-        """Delete these entries and remember them as ACKed until their expiry (unknown ids until
-        `default_expires`), so no replica can hand them back. Returns how many were held."""
+        """Delete these entries and remember them as ACKed until `default_expires` (or their own
+        expiry, if later), so no replica can hand them back. Not only until their expiry: its
+        TTL is the sender's choice, and an entry ACKed and then forgotten could be appended
+        again on the same proof-of-work stamp, which stays valid for days (a refill for free;
+        the stamp's whole life is shorter than the longest TTL). Returns how many were held."""
         self._need_tx()
         c = self._conn
         held = 0
@@ -335,8 +338,7 @@ class StoreDb:
             expires = self._remove_entry(inbox, eid)
             if expires is not None:
                 held += 1
-            else:
-                expires = default_expires
+            expires = default_expires if expires is None else max(expires, default_expires)
             old = c.execute("SELECT 1 FROM acked WHERE inbox=? AND entry_id=?",
                             (inbox, eid)).fetchone()
             if old is None:
