@@ -7,7 +7,7 @@ from __future__ import annotations
 from storectx import INBOX, NODE_CERT, NOW, SECRETS
 
 from anonmail.records import ids
-from anonmail.records.receipts import StoreOp
+from anonmail.records.receipts import StoreOp, store_terms
 from anonmail.store.budget import Party, party_of
 from anonmail.store.client import check_receipt
 from anonmail.store.errors import ErrorCode, QuotaExceeded
@@ -40,7 +40,8 @@ def put(ctx: StoreContext, who: Party, blob: bytes, key: bytes | None = None,
     except QuotaExceeded as e:
         assert e.code is ErrorCode.QUOTA and e.detail.startswith("quota")
         return False
-    check_receipt(reply.receipt, NODE_CERT, StoreOp.STORE, key, blob_digest(blob), now)
+    check_receipt(reply.receipt, NODE_CERT, StoreOp.STORE, key, blob_digest(blob), now,
+                  terms=store_terms(delete_hash(s) for s in secrets))
     return True
 
 

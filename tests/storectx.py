@@ -17,7 +17,7 @@ from anonmail import crypto
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert, CertificateAuthority, NodeCert
 from anonmail.records.params import testnet as make_testnet
-from anonmail.records.receipts import StoreOp
+from anonmail.records.receipts import StoreOp, store_terms
 from anonmail.rng import SeededRng
 from anonmail.store.client import check_receipt
 from anonmail.store.db import StoreDb
@@ -31,6 +31,7 @@ from anonmail.store.handlers import (
     handle_store,
 )
 from anonmail.store.messages import (
+    VERSIONED,
     Append,
     Delete,
     Entries,
@@ -81,7 +82,8 @@ def store(ctx: StoreContext, blob: bytes = b"ciphertext", *, key: bytes = BODY_K
     """STORE; returns the receipt's expiry after checking the receipt."""
     hashes = tuple(delete_hash(s) for s in (SECRETS[:1] if secrets is None else secrets))
     reply = handle_store(ctx, Store(key, kind, blob, ttl, hashes), now)
-    check_receipt(reply.receipt, NODE_CERT, StoreOp.STORE, key, blob_digest(blob), now)
+    check_receipt(reply.receipt, NODE_CERT, StoreOp.STORE, key, blob_digest(blob), now,
+                  terms=store_terms(() if kind in VERSIONED else hashes), ttl=ttl)
     return reply.receipt.expires
 
 

@@ -8,6 +8,7 @@ tombstones); certificate validation and replacement; and a hypothesis model of S
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,7 +20,9 @@ from storectx import (
     BOB_SIGN,
     BODY_KEY,
     CA,
+    NODE_CERT,
     NOW,
+    PARAMS,
     SECRETS,
     delete,
     fetch,
@@ -32,9 +35,19 @@ from anonmail import crypto, wire
 from anonmail.errors import ErrorCode, Refusal, RemoteProtocolError
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert, CertificateAuthority, self_certify
+from anonmail.records.receipts import StoreOp, store_terms
+from anonmail.store.client import check_receipt, receipt_terms
 from anonmail.store.errors import Denied, Invalid
 from anonmail.store.handlers import StoreContext, handle_fetch, handle_store
-from anonmail.store.messages import Deleted, Fetch, NotFound, ObjectKind, Store, delete_hash
+from anonmail.store.messages import (
+    Deleted,
+    Fetch,
+    NotFound,
+    ObjectKind,
+    Store,
+    blob_digest,
+    delete_hash,
+)
 
 # -- STORE / FETCH --------------------------------------------------------------------------------
 
@@ -151,10 +164,41 @@ def test_undeletable_object_takes_no_hash_an_attacker_could_then_use(ctx: StoreC
     store(ctx, secrets=[])
     with pytest.raises(Denied):
         delete(ctx, SECRETS[0])
-    store(ctx, secrets=[SECRETS[0]])  # the attacker merges its own right in ...
+    with pytest.raises(Denied) as e:  # the attacker tries to merge its own right in ...
+        store(ctx, secrets=[SECRETS[0]])
+    assert e.value.code is ErrorCode.CONFLICT  # (no receipt saying it was recorded)
     with pytest.raises(Denied):
         delete(ctx, SECRETS[0])  # ... which was not taken
     assert fetch(ctx) == b"ciphertext"
+
+
+@pytest.mark.threat("T-ANON-RECEIPTS")
+def test_a_receipt_binds_the_delete_rights_and_lifetime_asked_for(ctx: StoreContext) -> None:
+    """A STORE's receipt signs its delete hashes (all recorded) and its expiry, so the sender
+    refuses one for a request altered on the way (a Z that stripped the hashes, so nobody may
+    delete the body, or lengthened its TTL); and a copy held without delete rights or for
+    longer (someone stored the blob first) is not merged into: CONFLICT, not a receipt that
+    says otherwise."""
+    blob = b"sealed body" * 10
+    asked = Store(BODY_KEY, ObjectKind.BODY, blob, 3600, tuple(delete_hash(s) for s in SECRETS))
+    terms, ttl = receipt_terms(asked)
+    assert terms == store_terms(reversed(asked.delete_hashes)) != store_terms(())
+    for altered in (dataclasses.replace(asked, delete_hashes=()),
+                    dataclasses.replace(asked, ttl=30 * 86400)):
+        fresh = make_ctx()
+        try:
+            receipt = handle_store(fresh, altered, NOW).receipt
+            with pytest.raises(RemoteProtocolError):
+                check_receipt(receipt, NODE_CERT, StoreOp.STORE, BODY_KEY, blob_digest(blob),
+                              NOW, terms=terms, ttl=ttl)
+            with pytest.raises(Denied) as e:  # the honest STORE after it
+                handle_store(fresh, asked, NOW)
+            assert e.value.code is ErrorCode.CONFLICT
+        finally:
+            fresh.db.close()
+    receipt = handle_store(ctx, asked, NOW).receipt
+    check_receipt(receipt, NODE_CERT, StoreOp.STORE, BODY_KEY, blob_digest(blob), NOW,
+                  terms=terms, ttl=ttl)
 
 
 # -- certificates ---------------------------------------------------------------------------------
@@ -254,6 +298,10 @@ def test_store_delete_semantics_match_the_model(seq: list[Op]) -> None:
                     assert outcome == "ok"
                     m = Model(blob, set(hs), set(), bool(hs), False, now + n)
                 elif m.tomb or m.blob != blob:
+                    assert outcome == "denied"
+                elif (hs and not m.deletable) or m.expires > now + n + PARAMS.clock_skew:
+                    # its receipt would say rights were recorded, or a lifetime asked, that
+                    # were not (T-ANON-RECEIPTS)
                     assert outcome == "denied"
                 else:
                     assert outcome == "ok"

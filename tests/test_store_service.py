@@ -29,7 +29,7 @@ from anonmail.net.rpc import ErrorCode, ErrorReply
 from anonmail.net.services import ServiceRegistry
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert, Endpoint, NodeCert
-from anonmail.records.receipts import StoreOp
+from anonmail.records.receipts import StoreOp, store_terms
 from anonmail.rng import SeededRng
 from anonmail.sim.scenario import Scenario
 from anonmail.store.client import (
@@ -117,7 +117,8 @@ async def test_a_node_far_from_the_key_hands_over_and_drops(
         # Someone (a stale agent) stored straight onto a node that is not responsible.
         reply = await agent.net.request(far.cert, Store(key, ObjectKind.BODY, b"blob", DAY,
                                                         (delete_hash(b"x" * 32),)))
-        check_receipt(reply.receipt, far.cert, StoreOp.STORE, key, blob_digest(b"blob"))
+        check_receipt(reply.receipt, far.cert, StoreOp.STORE, key, blob_digest(b"blob"),
+                      terms=store_terms((delete_hash(b"x" * 32),)))
         sent = []
         for i in range(5):
             entry = b"entry %d" % i

@@ -44,7 +44,7 @@ from anonmail.records import ids
 from anonmail.records.certs import Endpoint, NodeCert
 from anonmail.records.receipts import StoreOp
 from anonmail.store import messages as sm
-from anonmail.store.client import check_receipt
+from anonmail.store.client import check_receipt, receipt_terms
 
 MAX_ROUNDS = 4  # Forward rounds (each through a different Z) for one request
 BELIEVE_AFTER = 2  # a missing answer or a refusal is believed once this many Zs report it
@@ -295,9 +295,10 @@ class AnonymousStore:
                 (StoreOp.APPEND, msg.inbox, sm.entry_id(msg.entry), sm.Appended))
             if not isinstance(answer, kind):
                 return None
+            terms, ttl = receipt_terms(msg)
             try:
                 check_receipt(answer.receipt, target, op, key, digest, self.clock.now(),
-                              self.params.clock_skew)
+                              self.params.clock_skew, terms=terms, ttl=ttl)
             except RemoteProtocolError:
-                return None
+                return None  # Z altered the request or the receipt (T-ANON-RECEIPTS)
         return Outcome(target, answer)

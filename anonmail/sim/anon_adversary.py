@@ -21,6 +21,7 @@ receipt (`AnonStats.bad_receipts`) and still delivered.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from anonmail.net.base import Network, Peer
 from anonmail.records import ids
 from anonmail.records.certs import CertCache, NodeCert
 from anonmail.records.params import NetworkParams
-from anonmail.records.receipts import Receipt, StoreOp
+from anonmail.records.receipts import NO_TERMS, Receipt, StoreOp, store_terms
 from anonmail.rng import Rng
 from anonmail.store import messages as sm
 from anonmail.store.client import Lookup
@@ -130,13 +131,15 @@ class HostileAnonymizer(Anonymizer):
         store = isinstance(request, sm.Store)
         if isinstance(request, sm.Store):
             what, key, digest = StoreOp.STORE, request.key, sm.blob_digest(request.blob)
+            terms = store_terms(() if request.kind in sm.VERSIONED else request.delete_hashes)
         else:
             what, key, digest = StoreOp.APPEND, request.inbox, sm.entry_id(request.entry)
+            terms = NO_TERMS
         replies = []
         for t in op.targets:
-            receipt = Receipt.issue(self.key, what, key, digest, int(now) + request.ttl, now)
-            receipt = Receipt(receipt.op, receipt.key, receipt.digest, receipt.expires,
-                              t.node_id, receipt.time, receipt.signature)  # in the target's name
+            receipt = Receipt.issue(self.key, what, key, digest, int(now) + request.ttl, now,
+                                    terms)
+            receipt = dataclasses.replace(receipt, node_id=t.node_id)  # in the target's name
             reply = sm.Stored(receipt) if store else sm.Appended(receipt)
             replies.append(am.TargetReply(t.node_id, wire.encode(reply)))
             if t.node_id != self.net.local_cert.node_id:
@@ -166,7 +169,7 @@ class HostileAnonymizer(Anonymizer):
             return r
         rc = reply.receipt
         digest = bytes([rc.digest[0] ^ 1]) + rc.digest[1:]
-        bad = Receipt(rc.op, rc.key, digest, rc.expires, rc.node_id, rc.time, rc.signature)
+        bad = dataclasses.replace(rc, digest=digest)
         self.hstats.altered += 1
         return am.TargetReply(r.node_id, wire.encode(type(reply)(bad)))
 

@@ -41,7 +41,7 @@ from anonmail.net.base import Network
 from anonmail.net.fanout import Outcome, fan_out
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert, NodeCert
-from anonmail.records.receipts import Receipt, StoreOp
+from anonmail.records.receipts import NO_TERMS, Receipt, StoreOp, store_terms
 from anonmail.store import messages as sm
 
 DEFAULT_ROUNDS = 3
@@ -88,18 +88,35 @@ async def closest(dht: Lookup, key: bytes, n: int) -> tuple[NodeCert, ...]:
     return found.nodes[:n]
 
 
+def receipt_terms(msg: sm.Store | sm.Append) -> tuple[bytes, int | None]:
+    """The terms and TTL a receipt for `msg` must show (check_receipt): a STORE's delete hashes
+    (none for a certificate or policy, which nobody may delete) and its TTL; an APPEND binds
+    its entry id only (a duplicate keeps the longer expiry it had)."""
+    if isinstance(msg, sm.Append):
+        return NO_TERMS, None
+    return store_terms(() if msg.kind in sm.VERSIONED else msg.delete_hashes), msg.ttl
+
+
 def check_receipt(receipt: Receipt, cert: NodeCert, op: StoreOp, key: bytes, digest: bytes,
-                  now: float | None = None, skew: int = DEFAULT_SKEW) -> None:
+                  now: float | None = None, skew: int = DEFAULT_SKEW, *,
+                  terms: bytes = NO_TERMS, ttl: int | None = None) -> None:
     """Raise RemoteProtocolError unless `receipt` is `cert`'s node's signed statement that it
-    holds `digest` under `key` for `op` (and, given `now`, was made now and has not expired)."""
+    holds `digest` under `key` for `op` on `terms` (a STORE's: `store_terms` of its delete
+    hashes), and, given `now`, was made now and has not expired, nor (given the `ttl` asked
+    for) lives longer than asked: a node may merge into a copy held up to `skew` longer, and
+    its clock may differ by as much again (store/handlers.py handle_store)."""
     receipt.verify(cert.public_key)  # also: node id = H(key)
     if receipt.op != op or receipt.key != key or receipt.digest != digest:
         raise RemoteProtocolError("receipt for something else")
+    if receipt.terms != terms:
+        raise RemoteProtocolError("receipt on other terms (delete rights) than asked")
     if now is not None:
         if abs(receipt.time - now) > skew:
             raise RemoteProtocolError("receipt time outside the clock skew")
         if receipt.expires <= now:
             raise RemoteProtocolError("receipt already expired")
+        if ttl is not None and receipt.expires > now + ttl + 2 * skew:
+            raise RemoteProtocolError("receipt for longer than asked")
 
 
 @dataclass
@@ -166,14 +183,15 @@ async def _receipted(net: Network, dht: Lookup, key: bytes, msg: sm.Store | sm.A
                      op: StoreOp, digest: bytes, r: int, clock: Clock | None, skew: int,
                      rounds: int) -> Placement:
     """`msg` on the r closest to `key`; each answer must carry a receipt for (op, key, digest)
-    from the node it went to."""
+    from the node it went to, on the terms asked for (receipt_terms)."""
     answer = sm.Stored if op is StoreOp.STORE else sm.Appended
+    terms, ttl = receipt_terms(msg)
 
     def receipt(cert: NodeCert, reply: Any) -> Receipt:
         if not isinstance(reply, answer):
             raise RemoteProtocolError(f"{op.name} answered with {type(reply).__name__}")
         check_receipt(reply.receipt, cert, op, key, digest,
-                      None if clock is None else clock.now(), skew)
+                      None if clock is None else clock.now(), skew, terms=terms, ttl=ttl)
         return reply.receipt
 
     async def call_all(targets: Sequence[NodeCert]) -> list[Outcome[NodeCert, Receipt]]:

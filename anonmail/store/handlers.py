@@ -59,7 +59,7 @@ from anonmail import wire
 from anonmail.errors import Refusal, RemoteProtocolError
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert
-from anonmail.records.receipts import Receipt, StoreOp
+from anonmail.records.receipts import Receipt, StoreOp, store_terms
 from anonmail.store import proofs
 from anonmail.store.budget import LOCAL, Party, admit, admit_ack, as_party, inbox_room, spend_cost
 from anonmail.store.context import (
@@ -190,6 +190,13 @@ def handle_store(ctx: StoreContext, req: Store, now: float, party: Party = LOCAL
             raise Denied("a record as new or newer is held", ErrorCode.CONFLICT)
         raise Denied("another object is stored under this key", ErrorCode.CONFLICT)
     else:
+        # The receipt says the requester's delete hashes are all recorded and the object lives
+        # no longer than it asked (store_terms, T-ANON-RECEIPTS): a copy held without delete
+        # rights (stored by someone who stripped them) or for longer cannot be merged into.
+        if hashes and not old.deletable:
+            raise Denied("held without delete rights", ErrorCode.CONFLICT)
+        if old.expires > expires + ctx.params.clock_skew:
+            raise Denied("held for longer than asked", ErrorCode.CONFLICT)
         live, removed = db.get_hashes(req.key)
         if old.deletable:
             live |= hashes - removed
@@ -206,7 +213,8 @@ def handle_store(ctx: StoreContext, req: Store, now: float, party: Party = LOCAL
     with db.transaction(party):
         db.put_object(row, live, removed, replace=row is fresh)
     # Signed only now: the transaction above has committed (durable).
-    receipt = Receipt.issue(ctx.key, StoreOp.STORE, req.key, digest, row.expires, now)
+    receipt = Receipt.issue(ctx.key, StoreOp.STORE, req.key, digest, row.expires, now,
+                            store_terms(hashes))
     return Stored(receipt)
 
 

@@ -56,7 +56,7 @@ from anonmail.net.fanout import fan_out
 from anonmail.records import ids
 from anonmail.records.certs import NodeCert
 from anonmail.records.params import NetworkParams
-from anonmail.records.receipts import StoreOp
+from anonmail.records.receipts import StoreOp, store_terms
 from anonmail.rng import Rng
 from anonmail.store.budget import party_of
 from anonmail.store.client import Lookup, check_receipt, closest
@@ -263,7 +263,8 @@ class StoreService:
                         await self._pull_newer(target, key, ObjectKind(row.kind))
                     return False
                 try:
-                    check_receipt(reply.receipt, target, StoreOp.STORE, key, row.digest)
+                    check_receipt(reply.receipt, target, StoreOp.STORE, key, row.digest,
+                                  terms=store_terms(() if row.kind in VERSIONED else chunk))
                 except RemoteProtocolError:
                     self.stats.push_failures += 1
                     return False
