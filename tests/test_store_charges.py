@@ -38,7 +38,16 @@ from anonmail.store.messages import (
     delete_hash,
     entry_id,
 )
-from anonmail.store.schema import CHARGES, SCHEMA, SCHEMA_VERSION, entry_size, object_size
+from anonmail.store.schema import (
+    ACKED_OVERHEAD,
+    CHARGES,
+    NONCE_OVERHEAD,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SPENT_OVERHEAD,
+    entry_size,
+    object_size,
+)
 
 
 def test_charges_follow_merges_deletes_acks_expiry_and_handover() -> None:
@@ -74,7 +83,7 @@ def test_charges_follow_merges_deletes_acks_expiry_and_handover() -> None:
         handle_ack(ctx, Ack(INBOX, acked, proof(OwnerOp.ACK, args_digest_ack(acked))), NOW,
                    owner)
         assert db.ledger.usage(alice)[0] == a + entry_size(entries[2], None)
-        assert db.ledger.usage(owner)[0] == 2 * 64 + 2 * 64  # two nonces, two ACK records
+        assert db.ledger.usage(owner)[0] == 2 * NONCE_OVERHEAD + 2 * ACKED_OVERHEAD
         check_books(ctx)
         # Handover: a dropped object releases its charges.
         assert put(ctx, bob, b"handed over")
@@ -111,32 +120,35 @@ def test_charges_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_version_2_database_migrates_and_keeps_its_rows(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 3 and CHARGES in SCHEMA
+    """Through version 3 (charges) to 4 (rows resized to the overheads they cost on disk)."""
+    assert SCHEMA_VERSION == 4 and CHARGES in SCHEMA
     path = tmp_path / "store.sqlite"
     conn = sqlite3.connect(path)
     conn.executescript(SCHEMA.replace(CHARGES, ""))
     k = b"\x01" * 32
     rows = [("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
              (k, int(ObjectKind.BODY), b"body", blob_digest(b"body"), int(NOW) + TTL, None, 1,
-              NOW, object_size(b"body", 1))),
+              NOW, 164 + 48)),  # version 2's overheads
             ("INSERT INTO delete_hashes VALUES (?, ?, 0)", (k, delete_hash(SECRETS[0]))),
             ("INSERT INTO entries (inbox, entry_id, entry, proof, expires, size) VALUES "
              "(?, ?, ?, NULL, ?, ?)", (INBOX, entry_id(b"old"), b"old", int(NOW) + TTL,
-                                       entry_size(b"old", None))),
+                                       128 + 3)),
             ("INSERT INTO acked VALUES (?, ?, ?)", (INBOX, b"\x02" * 32, int(NOW) + TTL)),
             ("INSERT INTO nonces VALUES (?, ?)", (b"\x03" * 32, int(NOW) + TTL)),
             ("INSERT INTO spent VALUES (?, ?, ?, ?)", (INBOX, b"\x04" * 32, entry_id(b"old"),
                                                        int(NOW) + TTL))]
     for sql, args in rows:
         conn.execute(sql, args)
-    used = object_size(b"body", 1) + entry_size(b"old", None) + 64 + 64 + 96
+    used = 164 + 48 + 131 + 64 + 64 + 96  # as version 2 counted them
     conn.execute("INSERT INTO meta VALUES ('schema_version', 2)")
     conn.execute("INSERT INTO meta VALUES ('used_bytes', ?)", (used,))
     conn.commit()
     conn.close()
     db = StoreDb(path)
     try:
-        assert db.used_bytes() == db.recount() == used
+        assert db.used_bytes() == db.recount() == (
+            object_size(b"body", 1) + entry_size(b"old", None) + ACKED_OVERHEAD
+            + NONCE_OVERHEAD + SPENT_OVERHEAD) > used
         ctx = make_ctx(db)
         obj = db.get_object(k)
         assert obj is not None and obj.blob == b"body"

@@ -46,6 +46,47 @@ def test_schema_is_versioned_and_unknown_versions_refused(tmp_path: Path) -> Non
         StoreDb(path)
 
 
+def on_disk(db: StoreDb) -> int:
+    """Bytes of the database file in use (after a checkpoint moved the WAL into it)."""
+    c = db._conn
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = c.execute("PRAGMA page_count").fetchone()[0] - \
+        c.execute("PRAGMA freelist_count").fetchone()[0]
+    return int(pages * c.execute("PRAGMA page_size").fetchone()[0])
+
+
+@pytest.mark.parametrize("kind", ["acks", "entries", "objects", "hashes", "nonces", "spent"])
+@pytest.mark.threat("T-STORE-HOG")
+def test_a_flood_of_small_rows_costs_no_more_disk_than_it_is_charged(
+        tmp_path: Path, kind: str) -> None:
+    """node_bytes and every share bound accounted bytes: a flood of the smallest rows of each
+    kind must not fill more of the file than it is charged for (an audit found ACK records
+    taking 4.6x their charge on disk)."""
+    db = StoreDb(tmp_path / "s.sqlite")
+    try:
+        before, used = on_disk(db), db.used_bytes()
+        n = 40 if kind == "hashes" else 3000
+        with db.transaction():
+            for i in range(n):
+                k = i.to_bytes(4, "big") * 8
+                if kind == "acks":
+                    db.ack(INBOX, [k], int(NOW) + 60)
+                elif kind == "entries":
+                    db.add_entry(k, k, b"e", None, int(NOW) + 60)
+                elif kind == "objects":
+                    db.put_object(row(k, b"x"), [], [])
+                elif kind == "hashes":
+                    db.put_object(row(k, b"x"), [bytes([j]) * 32 for j in range(256)], [])
+                elif kind == "nonces":
+                    db.add_nonce(k, int(NOW) + 60)
+                else:
+                    db.add_spent(INBOX, k, k, int(NOW) + 60)
+        disk, charged = on_disk(db) - before, db.used_bytes() - used
+        assert charged == db.recount() and disk <= charged, (disk / n, charged / n)
+    finally:
+        db.close()
+
+
 def test_wal_full_sync_and_private_file(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     old = os.umask(0)
