@@ -6,6 +6,15 @@ node watching one inbox cannot tell an agent's checks from its neighbours' by th
 * check the inbox (and the request inbox) every `check_interval` seconds, ±50%; each check
   flushes what waits for a permit that has come, sends the grants that are due, and retrieves
   every pending message, so the Maildir a mail client reads is current;
+* a pending message that could not be retrieved for now (its body or a fragment on no reachable
+  node) is tried again after one check interval, then with the wait doubling up to
+  RETRIEVE_RETRY_MAX (±50%), so a body that stays missing does not cost a fetch every check;
+* a pending message whose body is there but unreadable (retrieve.UnreadableMessage: it does
+  not decrypt, is malformed, or names another sender than its signed header) is *held*: the
+  notice stays on disk (the user decides: `anonmail read` shows why, `discard` drops it), its
+  message id goes to HELD_FILE, it is logged once and shown in the status, and the agent never
+  fetches it again by itself, since the same bytes would fail the same way (threat
+  T-MAIL-HOSTILE-BODY);
 * retry the Outbox: a message that failed (or was interrupted) is retried after 1 min, then with
   the wait doubling up to 1 h; a message handed in by a mail client (`submit`) is sent at once;
 * republish the address certificate and inbox policy when the last publication is older than
@@ -14,15 +23,18 @@ node watching one inbox cannot tell an agent's checks from its neighbours' by th
 Invariants: one operation at a time (a lock; the permit book and the Outbox have one writer);
 every operation is its own agent session with fresh client keys and go-betweens (session.py),
 exactly as a one-shot command, so a running agent is no easier to link than separate commands;
-a failing operation is logged as one line without addresses and retried later, never fatal; a
-submitted message is in the durable Outbox before `submit` returns.
+a failing operation is logged as one line without addresses and retried later, never fatal --
+not even an unexpected exception (a bug, or hostile input nobody foresaw: the agent shares its
+process with the node and the gateway, commands/run_cmd.py); each pending message is retrieved
+on its own, so one that fails does not stop the others; a submitted message is in the durable
+Outbox before `submit` returns.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -36,6 +48,7 @@ from anonmail.fileio import write_private
 from anonmail.mail import compose as compose_mod
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail
+from anonmail.mail.retrieve import UnreadableMessage
 from anonmail.mail.user_agent import MailAgent, with_bcc
 from anonmail.rng import Rng
 
@@ -47,6 +60,8 @@ REPUBLISH_AFTER = 7 * 86400  # nodes keep a certificate 30 days (user_agent.CERT
 RETRY_FIRST = 60.0
 RETRY_MAX = 3600.0
 PUBLISHED_FILE = "published"  # in the mail directory: when the certificate last went out
+HELD_FILE = "held"  # in the mail directory: message ids of pending messages held (unreadable)
+RETRIEVE_RETRY_MAX = 86400.0  # a body missing for long is tried about daily until it expires
 
 # (anonymous) -> one agent session; session.py's on the real network, a simulated node's in tests
 OpenSession = Callable[[bool], AbstractAsyncContextManager[MailAgent]]
@@ -86,6 +101,19 @@ async def publish_if_due(agent: MailAgent, mail_dir: Path) -> bool:
     return True
 
 
+def held_ids(mail_dir: Path) -> set[str]:
+    """Message ids of the pending messages the agent holds (module docstring)."""
+    try:
+        text = (mail_dir / HELD_FILE).read_text("ascii")
+    except (OSError, UnicodeDecodeError):
+        return set()
+    return {line for line in text.split() if compose_mod.is_message_id(line)}
+
+
+def write_held(mail_dir: Path, held: set[str]) -> None:
+    write_private(mail_dir / HELD_FILE, "".join(f"{m}\n" for m in sorted(held)).encode())
+
+
 @dataclass
 class Retry:
     attempts: int = 0
@@ -102,6 +130,8 @@ class AgentStatus:
     checks: int = 0
     sent: int = 0
     retries: dict[str, Retry] = field(default_factory=dict)
+    retrieve_waits: dict[str, Retry] = field(default_factory=dict)  # not retrievable for now
+    held: int = 0  # pending messages held as unreadable
 
 
 class AgentService:
@@ -189,7 +219,7 @@ class AgentService:
             async with self.operation() as agent:
                 report = await agent.retry(mid)
             self.status.sent += 1 if report.delivered else 0
-        except AnonmailError as e:
+        except Exception as e:  # never fatal (module docstring); Cancelled is no Exception
             self._failed("send", e)
         waiting = self.local.waiting(mid)
         if self.local.outgoing(mid) is None or (waiting and all(w.permit for w in waiting)):
@@ -212,23 +242,65 @@ class AgentService:
             async with self.operation() as agent:
                 report = await agent.check()
                 self.status.sent += sum(1 for s in report.flushed if s.delivered)
-                for notice in agent.pending():
-                    with suppress(AnonmailError):  # kept pending: retried next check
-                        await agent.retrieve(notice.header.message_id)
+                await self._retrieve_pending(agent)
                 await publish_if_due(agent, self.config.mail_dir)
             self.status.last_check_ok = True
             self.status.checks += 1
-        except AnonmailError as e:
+        except Exception as e:  # never fatal (module docstring); Cancelled is no Exception
             self.status.last_check_ok = False
             self._failed("check", e)
         self._track_outbox(RETRY_FIRST)
         self.status.next_check = self.clock.now() + self._jitter(self.check_interval)
 
-    def _failed(self, what: str, e: AnonmailError) -> None:
+    async def _retrieve_pending(self, agent: MailAgent) -> None:
+        """Retrieve every pending message that is due and not held, each on its own: whatever
+        one raises is recorded and the next one is tried (module docstring)."""
+        mail_dir = self.config.mail_dir
+        pending = [n.header.message_id for n in agent.pending()]
+        held = held_ids(mail_dir)
+        if held - set(pending):  # discarded or retrieved by a command meanwhile
+            held &= set(pending)
+            write_held(mail_dir, held)
+        waits = self.status.retrieve_waits
+        for mid in list(waits):
+            if mid not in pending:
+                del waits[mid]
+        self.status.held = len(held)
+        for mid in pending:
+            wait = waits.get(mid)
+            if mid in held or (wait is not None and wait.at > self.clock.now()):
+                continue
+            try:
+                await agent.retrieve(mid)
+            except UnreadableMessage as e:
+                # Written before anything else: the agent must not fetch it again, even
+                # after a crash. The notice itself stays: nothing stored is lost.
+                held.add(mid)
+                write_held(mail_dir, held)
+                waits.pop(mid, None)
+                self.status.held = len(held)
+                log.warning("a pending message is unreadable (%s); held: it is not fetched "
+                            "again until you read or discard it", type(e).__name__)
+                self.status.last_error = f"retrieve: {e}"
+            except Exception as e:  # kept pending, tried again later, with a growing wait
+                wait = waits.setdefault(mid, Retry())
+                wait.attempts += 1
+                wait.at = self.clock.now() + self._jitter(min(
+                    RETRIEVE_RETRY_MAX, self.check_interval * 2 ** (wait.attempts - 1)))
+                self._failed("retrieve", e)
+            else:
+                waits.pop(mid, None)
+
+    def _failed(self, what: str, e: Exception) -> None:
         # The error's class only in the log (its text may name an address); the status, which
-        # only the owner can read over the control socket, keeps the line.
-        log.warning("%s failed (%s); will try again", what, type(e).__name__)
-        self.status.last_error = f"{what}: {e}"
+        # only the owner can read over the control socket, keeps our own errors' one line.
+        # Anything else is a bug or input nobody foresaw: its text is not ours to show.
+        if isinstance(e, AnonmailError):
+            log.warning("%s failed (%s); will try again", what, type(e).__name__)
+            self.status.last_error = f"{what}: {e}"
+        else:
+            log.error("%s failed unexpectedly (%s); will try again", what, type(e).__name__)
+            self.status.last_error = f"{what}: unexpected {type(e).__name__}"
 
     def describe(self) -> dict[str, object]:
         """For `anonmail status`."""
@@ -245,4 +317,5 @@ class AgentService:
             "cert_published": last,
             "cert_republish": None if last is None else last + REPUBLISH_AFTER,
             "last_error": s.last_error,
+            "held": s.held,
         }

@@ -18,6 +18,12 @@ breaks the standard): addresses are RFC 5322 dot-atom addr-specs (certs.normaliz
 header values carry no CR/LF or other control characters, header bytes are ASCII, the header
 block ends with an empty line, and the whole message stays under `MAX_MESSAGE`. Anything wrong
 is one `UserError` line saying what to fix.
+
+Reading a received message is reading a hostile sender's bytes: the stdlib parses a header only
+when it is read (`msg.get`, `get_all`), and on some inputs raises IndexError, AttributeError,
+TypeError and the like (threat T-MAIL-HOSTILE-BODY). Every read of header values goes through
+`reading()`, which turns whatever the email package raises into one `UserError` line, so a
+malformed message is an error the caller expects, never a traceback or a dead agent.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ import datetime as _dt
 import email.policy
 import email.utils
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 
 from anonmail.clock import Clock
-from anonmail.errors import UserError
+from anonmail.errors import AnonmailError, UserError
 from anonmail.records.certs import normalize_address
 from anonmail.rng import Rng
 
@@ -249,15 +256,17 @@ def prepare(data: bytes, sender: str, clock: Clock, rng: Rng, *,
     bcc = _addresses("Bcc", _header_addresses(_parse_message(b"".join(bcc_fields) + eol),
                                               "bcc")) if bcc_fields else ()
     _check_recipients(parsed.to, parsed.cc, bcc)
-    date = msg.get("date")
     when = int(clock.now())
-    if date is not None:
-        try:
-            dt = email.utils.parsedate_to_datetime(str(date))
-        except (TypeError, ValueError):
-            raise UserError("malformed message: the Date header is not an RFC 5322 date") from None
-        if dt.tzinfo is not None:
-            when = int(dt.timestamp())
+    with reading("the Date header"):
+        date = msg.get("date")
+        if date is not None:
+            try:
+                dt = email.utils.parsedate_to_datetime(str(date))
+            except (TypeError, ValueError):
+                raise UserError("malformed message: the Date header is not an RFC 5322 "
+                                "date") from None
+            if dt.tzinfo is not None:
+                when = int(dt.timestamp())
     return Composed(prepared, sender, parsed.to, parsed.cc, bcc, parsed.subject, when, mid)
 
 
@@ -272,6 +281,21 @@ def _is_ascii(b: bytes) -> bool:
 # -- parsing --------------------------------------------------------------------------------------
 
 
+@contextmanager
+def reading(what: str, hint: str = "") -> Iterator[None]:
+    """Read header values of a message someone else wrote: anything the email package raises
+    in the block (its parsers fail on some hostile inputs with IndexError, AttributeError,
+    TypeError, ...) becomes one UserError line naming `what` (and what to do: `hint`). Our
+    own typed errors pass as they are; so does MemoryError, which is no fault of the message."""
+    try:
+        yield
+    except (AnonmailError, MemoryError):
+        raise
+    except Exception as e:
+        raise UserError(f"malformed message: {what} cannot be read ({type(e).__name__})"
+                        + (f"; {hint}" if hint else "")) from None
+
+
 def _parse_message(data: bytes) -> EmailMessage:
     try:
         # Headers only: the facts we need are there, and a 68 MB body need not be parsed.
@@ -284,18 +308,20 @@ def _parse_message(data: bytes) -> EmailMessage:
 
 
 def _header_addresses(msg: EmailMessage, name: str) -> list[str]:
-    values = msg.get_all(name) or []
+    bad = f"malformed message: the {name.title()} header is not a list of addresses"
     out = []
     try:
+        # get_all parses the field now (lazily, on this call): it may raise too.
+        values = msg.get_all(name) or []
         for v in values:
             for group_or_addr in v.addresses:
-                out.append(group_or_addr.addr_spec)
-    except (AttributeError, ValueError, IndexError):
-        raise UserError(f"malformed message: the {name.title()} header is not a list of "
-                        f"addresses") from None
+                out.append(str(group_or_addr.addr_spec))
+    except (AnonmailError, MemoryError):
+        raise
+    except Exception:  # whatever the parser raises on a hostile field (module docstring)
+        raise UserError(bad) from None
     if any(getattr(v, "defects", ()) for v in values):
-        raise UserError(f"malformed message: the {name.title()} header is not a list of "
-                        f"addresses")
+        raise UserError(bad)
     return out
 
 
@@ -303,15 +329,19 @@ def _facts(msg: EmailMessage) -> Parsed:
     senders = _header_addresses(msg, "from")
     if len(senders) != 1:
         raise UserError("malformed message: it needs exactly one From address")
-    subject = str(msg.get("subject", ""))
+    with reading("the Subject header"):
+        subject = str(msg.get("subject", ""))
     _check_subject(subject)
-    return Parsed(normalize_address(senders[0]), _addresses("To", _header_addresses(msg, "to")),
-                  _addresses("Cc", _header_addresses(msg, "cc")), subject,
-                  str(msg.get("message-id", "")).strip())
+    to = _addresses("To", _header_addresses(msg, "to"))
+    cc = _addresses("Cc", _header_addresses(msg, "cc"))
+    with reading("the Message-ID header"):
+        mid = str(msg.get("message-id", "")).strip()
+    return Parsed(normalize_address(senders[0]), to, cc, subject, mid)
 
 
 def parse(data: bytes) -> Parsed:
-    """The sender, recipients, subject and Message-ID of a message (UserError if malformed)."""
+    """The sender, recipients, subject and Message-ID of a message: UserError if malformed,
+    and nothing else whatever the bytes (tests/test_mail_hostile_parse.py)."""
     _check_size(len(data))
     _split(data)  # a header block must end with an empty line
     return _facts(_parse_message(data))

@@ -21,7 +21,11 @@ Invariants:
   certificate verifies (trusted CA or self-certifying, valid at the header's date) and the
   signature verifies under the certificate's sign key: `verify_header` raises `ForgedHeader`
   otherwise (threat T-MAIL-FORGE). The signature also covers the body digest, and through the
-  body the descriptor and every fragment's content address, so the whole message is signed.
+  body the descriptor and every fragment's content address, so the whole message is signed;
+* a signed header is still the sender's word: one naming a body larger than
+  `compose.MAX_MESSAGE` is refused at check time, before anything is fetched (a hostile sender
+  could otherwise make each retrieve download up to MAX_FRAGMENTS fragments; threat
+  T-MAIL-HOSTILE-BODY).
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ from typing import Annotated
 
 from anonmail import crypto, wire
 from anonmail.errors import RemoteProtocolError
-from anonmail.mail.compose import MAX_RECIPIENTS, MAX_SUBJECT, Composed, is_message_id
+from anonmail.mail.compose import (
+    MAX_MESSAGE,
+    MAX_RECIPIENTS,
+    MAX_SUBJECT,
+    Composed,
+    is_message_id,
+)
 from anonmail.permit.notes import PermitNote
 from anonmail.permit.records import HeldToken
 from anonmail.records import ids
@@ -248,6 +258,8 @@ def verify_header(header: MailHeader, me: str, trusted_cas: frozenset[bytes], no
         raise ForgedHeader("header has a malformed message id")
     if (header.layout is BodyLayout.INLINE) != (header.fragments == 0):
         raise ForgedHeader("header body layout is inconsistent")
+    if header.body_size > MAX_MESSAGE:
+        raise ForgedHeader("header names a body larger than a message may be")
     if header.date > now + skew or header.date < now - max_age - skew:
         raise ForgedHeader("header date is in the future or too old")
     try:

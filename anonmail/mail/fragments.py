@@ -24,6 +24,14 @@ their delete hashes. Fetching is parallel with a bound (`concurrency`) and start
 at a different replica (rotated by index), falling through to the others and to a slightly wider
 set (seed 002 §2.2: "widening its search") when a replica lacks it or serves bad bytes (the
 content address is checked: threat T-STORE-TAMPER).
+
+The descriptor is the sender's, so hostile (threat T-MAIL-HOSTILE-BODY): it is accepted only if
+it names exactly the fragments `encrypt_body` makes for the signed size (at most
+`compose.MAX_MESSAGE`): the count, each ciphertext's size, and distinct keys. A reader fetches
+them in index order, `concurrency` at a time, decrypts each as it arrives into the one padded
+plaintext (memory: about one body, not body plus every ciphertext), and stops everything at the
+first fragment no replica has or that does not decrypt. So one retrieve costs at most about one
+body of downloads, however the descriptor was made.
 """
 
 from __future__ import annotations
@@ -32,9 +40,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import trio
+
 from anonmail import crypto, wire
 from anonmail.clock import Clock
 from anonmail.errors import RemoteProtocolError
+from anonmail.mail.compose import MAX_MESSAGE
 from anonmail.mail.envelope import MAX_FRAGMENTS, BodyLayout
 from anonmail.net.base import Network
 from anonmail.net.fanout import fan_out
@@ -157,7 +168,19 @@ def decrypt_inline(blob: bytes, body_key: bytes, size: int) -> bytes:
     return _unpad(padded, size)
 
 
+def fragment_sizes(padded: int) -> list[int]:
+    """The ciphertext size of each fragment `encrypt_body` makes of a padded body."""
+    count = -(-padded // FRAGMENT_PLAIN)
+    last = padded - (count - 1) * FRAGMENT_PLAIN
+    return [FRAGMENT_PLAIN + crypto.AEAD_TAG_SIZE] * (count - 1) + [last + crypto.AEAD_TAG_SIZE]
+
+
 def open_descriptor(blob: bytes, body_key: bytes, count: int, size: int) -> Descriptor:
+    """The descriptor of a body of `size` bytes in `count` fragments (the signed header's),
+    if it names exactly what the sender's chunking makes (module docstring); else
+    RemoteProtocolError, before a single fragment is fetched."""
+    if size > MAX_MESSAGE:
+        raise RemoteProtocolError("body larger than a message may be")
     plain = crypto.aead_decrypt(_subkey(body_key, "mail-descriptor"), crypto.counter_nonce(0),
                                 blob, b"anonmail/descriptor")
     desc = wire.decode(plain, Descriptor, max_size=MAX_BLOB)
@@ -165,19 +188,57 @@ def open_descriptor(blob: bytes, body_key: bytes, count: int, size: int) -> Desc
         raise RemoteProtocolError("descriptor does not match the header")
     if -(-desc.padded_size // FRAGMENT_PLAIN) != count:
         raise RemoteProtocolError("descriptor fragment count does not match its size")
+    if [ref.size for ref in desc.fragments] != fragment_sizes(desc.padded_size):
+        raise RemoteProtocolError("descriptor fragment sizes do not match its size")
+    # Honest fragments differ (distinct nonces): a repeated key could only make us fetch one
+    # stored fragment many times.
+    if len({ref.key for ref in desc.fragments}) != count:
+        raise RemoteProtocolError("descriptor names a fragment twice")
     return desc
+
+
+class _Assembly:
+    """The padded plaintext of a fragmented body, filled in fragment by fragment."""
+
+    def __init__(self, desc: Descriptor, body_key: bytes) -> None:
+        self.desc = desc
+        self.key = _subkey(body_key, "mail-fragment")
+        self.padded = bytearray(desc.padded_size)
+        self.done = [False] * len(desc.fragments)
+
+    def add(self, index: int, ct: bytes) -> None:
+        count = len(self.desc.fragments)
+        chunk = crypto.aead_decrypt(self.key, crypto.counter_nonce(index), ct,
+                                    _fragment_ad(index, count))
+        at = index * FRAGMENT_PLAIN
+        if len(chunk) != min(FRAGMENT_PLAIN, len(self.padded) - at):
+            raise RemoteProtocolError("fragment size does not match the descriptor")
+        self.padded[at:at + len(chunk)] = chunk
+        self.done[index] = True
+
+    def plaintext(self, size: int) -> bytes:
+        if not all(self.done):
+            raise RemoteProtocolError("a fragment is missing")
+        n = len(self.padded)
+        if size > n or n != padded_size(size) or self.padded.count(0, size) != n - size:
+            raise RemoteProtocolError("body padding does not match the header's size")
+        del self.padded[size:]  # in place: no second copy of the padded body
+        plaintext = bytes(self.padded)
+        self.padded = bytearray()
+        if not crypto.constant_time_eq(plain_digest(plaintext), self.desc.plain_digest):
+            raise RemoteProtocolError("reassembled body does not match its digest")
+        return plaintext
 
 
 def decrypt_fragments(desc: Descriptor, cts: Sequence[bytes], body_key: bytes,
                       size: int) -> bytes:
-    fkey = _subkey(body_key, "mail-fragment")
-    count = len(desc.fragments)
-    parts = [crypto.aead_decrypt(fkey, crypto.counter_nonce(i), ct, _fragment_ad(i, count))
-             for i, ct in enumerate(cts)]
-    plaintext = _unpad(b"".join(parts), size)
-    if not crypto.constant_time_eq(plain_digest(plaintext), desc.plain_digest):
-        raise RemoteProtocolError("reassembled body does not match its digest")
-    return plaintext
+    """The message from all of its fragments' ciphertexts, in order."""
+    if len(cts) != len(desc.fragments):
+        raise RemoteProtocolError("the number of fragments does not match the descriptor")
+    whole = _Assembly(desc, body_key)
+    for i, ct in enumerate(cts):
+        whole.add(i, ct)
+    return whole.plaintext(size)
 
 
 def fragment_secret(secret: bytes, index: int) -> bytes:
@@ -225,22 +286,32 @@ async def fetch_fragment(net: Network, dht: Lookup, ref: FragmentRef, r: int,
     return blob
 
 
-async def fetch_fragments(net: Network, dht: Lookup, desc: Descriptor, r: int, *,
-                          concurrency: int = DEFAULT_CONCURRENCY) -> list[bytes]:
-    """Every fragment, in parallel (at most `concurrency` at once), each from its own replica."""
+async def fetch_body(net: Network, dht: Lookup, desc: Descriptor, body_key: bytes, size: int,
+                     r: int, *, concurrency: int = DEFAULT_CONCURRENCY) -> bytes:
+    """The message a fragmented body holds: every fragment fetched (in index order, at most
+    `concurrency` at once, each from its own replica) and decrypted as it arrives. The first
+    fragment that no replica has (BodyUnavailable) or that does not decrypt
+    (RemoteProtocolError) cancels the rest and is raised, as itself."""
+    whole = _Assembly(desc, body_key)
+    todo = iter(range(len(desc.fragments)))  # shared by the workers: each index taken once
+    failed: list[RemoteProtocolError] = []
 
-    async def one(item: tuple[int, FragmentRef]) -> bytes:
-        i, ref = item
-        return await fetch_fragment(net, dht, ref, r, i)
+    async def worker(cancel: trio.CancelScope) -> None:
+        for i in todo:
+            try:
+                whole.add(i, await fetch_fragment(net, dht, desc.fragments[i], r, i))
+            except RemoteProtocolError as e:
+                # The first failure decides: nothing after it is worth fetching.
+                failed.append(e)
+                cancel.cancel()
+                return
 
-    # A missing fragment is reported below, once, rather than as an exception group.
-    outcomes = await fan_out(list(enumerate(desc.fragments)), one, catch=(BodyUnavailable,),
-                             limit=concurrency)
-    out = [o.value for o in outcomes]
-    missing = sum(1 for b in out if b is None)
-    if missing:
-        raise BodyUnavailable(f"{missing} of {len(out)} fragments are on no replica")
-    return [b for b in out if b is not None]
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, concurrency)):
+            nursery.start_soon(worker, nursery.cancel_scope)
+    if failed:
+        raise failed[0]
+    return whole.plaintext(size)
 
 
 async def delete_fragments(net: Network, dht: Lookup, desc: Descriptor, secret: bytes, r: int,

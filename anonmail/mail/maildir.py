@@ -8,8 +8,8 @@ Layout under one root directory (created 0700; every file 0600):
 | `Maildir/` | retrieved messages, the exact RFC 5322 bytes (`mailbox.Maildir`) | message |
 | `Maildir/.Outbox/` | composed messages not yet fully sent (kept when a send fails) | message |
 | `Maildir/.Sent/` | messages sent | message |
-| `pending/<hex>` | a notification (opened, verified header) waiting for retrieval | message id |
-| `seen/<hex>` | an inbox entry already handled, until the entry's expiry | entry id |
+| `pending/<hex>[-<hex>]` | a verified header waiting for its body | message, sender |
+| `seen/<hex>` | a verified inbox entry, until it can neither be served nor verify | entry id |
 | `waiting/<hex>` | an Outbox message's recipients not yet delivered, and why | message id |
 | `permits.cbor` | the permit book (permit/book.py): who may write to whom | - |
 
@@ -325,28 +325,54 @@ class LocalMail:
 
     # -- pending notifications -------------------------------------------------------------------
 
-    def _pending_path(self, message_id: str) -> Path:
-        return self.root / PENDING / message_name(message_id)
+    def _pending_path(self, message_id: str, sender: str | None = None) -> Path:
+        """One notice per (message id, sender): a Message-ID is no secret (a co-recipient reads
+        it), and only the body shows whose it is. The first notice of a Message-ID is
+        pending/<message_name> (the only name before senders were told apart); another
+        sender's, pending/<message_name>-<hash of (message id, sender)>."""
+        name = message_name(message_id)
+        if sender is not None:
+            tag = crypto.hash("pending-sender", f"{message_id}\n{sender}".encode()).hex()[:32]
+            name = f"{name}-{tag}"
+        return self.root / PENDING / name
+
+    def _pending_file(self, message_id: str, sender: str | None) -> Path | None:
+        """The notice file of (message id, sender); sender None: the first notice, else the
+        lowest-named other one (every lookup and remove_pending pick the same)."""
+        first = self._pending_path(message_id)
+        if sender is None:
+            if first.exists():
+                return first
+            others = sorted(p for p in first.parent.glob(first.name + "-*")
+                            if not p.name.endswith(".tmp"))
+            return others[0] if others else None
+        if (other := self._pending_path(message_id, sender)).exists():
+            return other
+        try:
+            held = wire.decode(first.read_bytes(), PendingNotice)
+        except (FileNotFoundError, RemoteProtocolError):
+            return None  # a damaged first file is left for the user, never overwritten
+        return first if held.header.sender.address == sender else None
 
     def add_pending(self, notice: PendingNotice) -> bool:
-        """Record a notification; False if one for this message id is already here."""
-        path = self._pending_path(notice.header.message_id)
-        if path.exists():
+        """Record a notification; False if one for this message from this sender is here."""
+        mid, sender = notice.header.message_id, notice.header.sender.address
+        if self._pending_file(mid, sender) is not None:
             return False
-        write_private(path, wire.encode(notice))
+        path = self._pending_path(mid)
+        write_private(self._pending_path(mid, sender) if path.exists() else path,
+                      wire.encode(notice))
         return True
 
-    def has_pending(self, message_id: str) -> bool:
-        return self._pending_path(message_id).exists()
+    def has_pending(self, message_id: str, sender: str | None = None) -> bool:
+        return self._pending_file(message_id, sender) is not None
 
-    def get_pending(self, message_id: str) -> PendingNotice | None:
-        path = self._pending_path(message_id)
+    def get_pending(self, message_id: str, sender: str | None = None) -> PendingNotice | None:
+        path = self._pending_file(message_id, sender)
         try:
-            data = path.read_bytes()
+            return None if path is None else wire.decode(path.read_bytes(), PendingNotice)
         except FileNotFoundError:
             return None
-        try:
-            return wire.decode(data, PendingNotice)
         except RemoteProtocolError:
             raise UserError(f"the pending notification file {path} is damaged") from None
 
@@ -362,9 +388,9 @@ class LocalMail:
                 continue  # damaged: left on disk for the user, skipped here
         return sorted(out, key=lambda n: (n.received, n.header.date, n.header.message_id))
 
-    def remove_pending(self, message_id: str) -> None:
-        path = self._pending_path(message_id)
-        if path.exists():
+    def remove_pending(self, message_id: str, sender: str | None = None) -> None:
+        path = self._pending_file(message_id, sender)
+        if path is not None:
             path.unlink()
             fsync_dir(path.parent)
 
@@ -377,17 +403,19 @@ class LocalMail:
         return self._seen_path(entry_id).exists()
 
     def mark_seen(self, entry_id: bytes, expires: int) -> None:
-        """Remember a handled entry until it cannot exist on any node any more."""
+        """Remember a verified entry until `expires` (check.seen_until)."""
         write_private(self._seen_path(entry_id), str(int(expires)).encode())
 
-    def prune_seen(self, now: float) -> int:
+    def prune_seen(self, now: float, horizon: float | None = None) -> int:
+        """Forget entries past their time, and those kept beyond now + `horizon`, which no honest
+        entry needs (left by versions that believed a replica's stated expiry)."""
         gone = 0
         for p in (self.root / SEEN).iterdir():
             try:
                 expires = int(p.read_bytes())
             except ValueError:
                 expires = 0
-            if expires < now:
+            if expires < now or (horizon is not None and expires > now + horizon):
                 p.unlink()
                 gone += 1
         return gone

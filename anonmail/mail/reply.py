@@ -15,7 +15,10 @@
 Invariants: the original is someone else's input: only its addresses, subject, date, sender
 and msg-ids (`<...>` without spaces or control characters, at most MAX_REFERENCES) and its
 text part, quoted, go into the reply; control characters in what is copied become spaces
-(text keeps tabs and line ends). Nothing here touches the network or the disk.
+(text keeps tabs and line ends). Every header read is inside `compose.reading`: the stdlib
+parses a header only when it is read and raises on some hostile values, which must be one
+UserError line, not a traceback (threat T-MAIL-HOSTILE-BODY). Nothing here touches the network
+or the disk.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from email.message import EmailMessage
 
 from anonmail.clock import Clock
 from anonmail.errors import UserError
-from anonmail.mail.compose import MAX_SUBJECT, Attachment, Composed, compose
+from anonmail.mail.compose import MAX_SUBJECT, Attachment, Composed, compose, reading
 from anonmail.records.certs import normalize_address, normalize_address_or_none
 from anonmail.rng import Rng
 
@@ -37,6 +40,7 @@ _MSG_ID = re.compile(r"<[^<>\s\x00-\x1f\x7f]{1,126}>")
 _ALREADY_RE = re.compile(r"\s*re\s*(\[\d+\])?\s*:", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and line feed stay
+_HINT = "write a new message with `anonmail send` instead"
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -55,13 +59,16 @@ def one_line(text: str) -> str:
 
 
 def addresses(msg: EmailMessage, field: str) -> list[str]:
-    """The valid addresses of a header field, normalized (malformed ones skipped)."""
+    """The valid addresses of a header field, normalized (addresses that are not addr-specs
+    skipped). UserError if the field cannot be parsed at all: guessing another recipient for
+    a reply would be worse than saying so."""
     out = []
-    for value in msg.get_all(field) or []:
-        for addr in getattr(value, "addresses", ()):
-            checked = normalize_address_or_none(str(addr.addr_spec))
-            if checked is not None:
-                out.append(checked)
+    with reading(f"the {field.title()} header", _HINT):
+        for value in msg.get_all(field) or []:
+            for addr in getattr(value, "addresses", ()):
+                checked = normalize_address_or_none(str(addr.addr_spec))
+                if checked is not None:
+                    out.append(checked)
     return list(dict.fromkeys(out))
 
 
@@ -94,13 +101,14 @@ def recipients(msg: EmailMessage, own: str, *,
 def thread_ids(msg: EmailMessage) -> tuple[str | None, str | None]:
     """(In-Reply-To, References) of a reply to `msg` (None: the original has no usable
     Message-ID)."""
-    found = _MSG_ID.findall(str(msg.get("message-id", "")))
-    if not found:
-        return None, None
-    mid = found[0]
-    earlier = _MSG_ID.findall(" ".join(str(v) for v in msg.get_all("references") or []))
-    if not earlier:
-        earlier = _MSG_ID.findall(str(msg.get("in-reply-to", "")))[:1]
+    with reading("the Message-ID, References or In-Reply-To header", _HINT):
+        found = _MSG_ID.findall(str(msg.get("message-id", "")))
+        if not found:
+            return None, None
+        mid = found[0]
+        earlier = _MSG_ID.findall(" ".join(str(v) for v in msg.get_all("references") or []))
+        if not earlier:
+            earlier = _MSG_ID.findall(str(msg.get("in-reply-to", "")))[:1]
     refs = list(dict.fromkeys([*earlier, mid]))
     if len(refs) > MAX_REFERENCES:
         refs = [refs[0], *refs[-(MAX_REFERENCES - 1):]]
@@ -109,6 +117,11 @@ def thread_ids(msg: EmailMessage) -> tuple[str | None, str | None]:
 
 def text_of(msg: EmailMessage) -> str:
     """The original's text part ("" if it has none)."""
+    with reading("the MIME structure", _HINT):
+        return _text_of(msg)
+
+
+def _text_of(msg: EmailMessage) -> str:
     part = msg.get_body(preferencelist=("plain",))
     if part is None:
         return ""
@@ -122,8 +135,9 @@ def text_of(msg: EmailMessage) -> str:
 
 def quoted(msg: EmailMessage) -> str:
     """"On DATE, SENDER wrote:" and the original's text, each line quoted with "> "."""
-    sender = one_line(str(msg.get("from", ""))) or "the sender"
-    date = one_line(str(msg.get("date", "")))
+    with reading("the From or Date header", _HINT):
+        sender = one_line(str(msg.get("from", ""))) or "the sender"
+        date = one_line(str(msg.get("date", "")))
     head = f"On {date}, {sender} wrote:" if date else f"{sender} wrote:"
     lines = text_of(msg).rstrip("\n").split("\n")
     return "\n".join([head, *(f"> {line}".rstrip() for line in lines)]) + "\n"
@@ -140,5 +154,6 @@ def compose_reply(original: bytes, own: str, text: str, attachments: Sequence[At
         [("In-Reply-To", in_reply_to), ("References", references)]
     text = text.rstrip("\n")
     body = (f"{text}\n\n" if text else "") + quoted(msg)
-    return compose(own, to, cc, (), reply_subject(str(msg.get("subject", ""))), body,
-                   attachments, clock, rng, headers=headers)
+    with reading("the Subject header", _HINT):
+        subject = reply_subject(str(msg.get("subject", "")))
+    return compose(own, to, cc, (), subject, body, attachments, clock, rng, headers=headers)

@@ -6,9 +6,11 @@ For a pending notification (check.py):
    digest equals the digest the sender signed into the header (`store.client.fetch_any`; a
    replica without it or with other bytes is skipped, seed 002 §3.3), then from a slightly wider
    set (seed 002 §2.2 "widening its search");
-2. inline: decrypt it. Fragmented: decrypt the descriptor, fetch every fragment in parallel, each
-   from its own replica and checked against its content address (fragments.py), decrypt, check
-   the padding and the whole-plaintext digest;
+2. inline: decrypt it. Fragmented: decrypt the descriptor and check it names exactly the
+   fragments the signed size makes (distinct keys, the sender's chunk sizes); fetch the fragments
+   in parallel, each from its own replica and checked against its content address, decrypting
+   each as it arrives and stopping at the first that no replica has (fragments.py); check the
+   padding and the whole-plaintext digest;
 3. check the message's own From and Message-ID against the signed header (a sender may sign only
    as itself: threat T-MAIL-FORGE), then write the exact RFC 5322 bytes to the Maildir (durable);
 4. DELETE with this recipient's secret on all replicas of the body and of every fragment (seed
@@ -20,7 +22,14 @@ For a pending notification (check.py):
 A crash after step 3 leaves the message on disk and the notification pending: retrieving again
 skips the fetch and repeats the (idempotent) deletes. If the body is gone or the message does
 not match its header, the notification stays pending and the user gets one `UserError` line;
-`discard` removes it (and gives up this recipient's right on the network).
+`discard` removes it (and gives up this recipient's right on the network). Two kinds:
+
+* `UnreadableMessage`: the stored bytes are the ones the sender signed (digest checked) and
+  they are no readable message (do not decrypt, a descriptor that does not fit, a header block
+  the parser rejects, another From or Message-ID than the signed header). Trying again fetches
+  the same bytes: the agent holds such a notice instead of retrying it (agent/service.py;
+  threat T-MAIL-HOSTILE-BODY);
+* any other UserError (the body or a fragment is on no reachable node): worth a later try.
 """
 
 from __future__ import annotations
@@ -34,6 +43,11 @@ from anonmail.mail.maildir import LocalMail
 from anonmail.net.base import Network
 from anonmail.records.params import NetworkParams
 from anonmail.store.client import Lookup, delete_all, fetch_any
+
+
+class UnreadableMessage(UserError):
+    """The body the sender signed is no readable message: retrying cannot help (module
+    docstring). The text is one line naming the message id only."""
 
 
 @dataclass
@@ -65,29 +79,28 @@ async def fetch_message(net: Network, dht: Lookup, header: MailHeader, r: int,
             desc = fragments.open_descriptor(blob, header.body_key, header.fragments,
                                              header.body_size)
             try:
-                cts = await fragments.fetch_fragments(net, dht, desc, r,
-                                                      concurrency=concurrency)
+                data = await fragments.fetch_body(net, dht, desc, header.body_key,
+                                                  header.body_size, r, concurrency=concurrency)
             except fragments.BodyUnavailable as e:
                 raise UserError(f"part of {mid} is on no reachable node ({e}): try again "
                                 f"later") from None
-            data = fragments.decrypt_fragments(desc, cts, header.body_key, header.body_size)
     except RemoteProtocolError:
         # The digest matched what the sender signed, so the sender stored this garbage.
-        raise UserError(f"{mid} is damaged: its sender's data does not decrypt; discard "
-                        f"it") from None
+        raise UnreadableMessage(f"{mid} is damaged: its sender's data does not decrypt; "
+                                f"discard it") from None
     _matches(data, header)
     return data
 
 
 def _matches(data: bytes, header: MailHeader) -> None:
     try:
-        facts = compose.parse(data)
+        facts = compose.parse(data)  # raises UserError only, whatever the bytes
     except UserError:
-        raise UserError(f"{header.message_id} is not a well-formed message; discard "
-                        f"it") from None
+        raise UnreadableMessage(f"{header.message_id} is not a well-formed message; discard "
+                                f"it") from None
     if facts.sender != header.sender.address or facts.message_id != header.message_id:
-        raise UserError(f"{header.message_id} names another sender or message id than its "
-                        f"signed header: not saved; discard it")
+        raise UnreadableMessage(f"{header.message_id} names another sender or message id "
+                                f"than its signed header: not saved; discard it")
 
 
 async def delete_rights(net: Network, dht: Lookup, header: MailHeader, r: int, *,

@@ -7,6 +7,13 @@
   crosses the network about once instead of r times (issue 11; threat T-BRIEF-READ);
 * `ack_all`: ACK the ids on the r closest and on the nodes a READ reached.
 
+A replica answers READ with whatever it likes, so what one replica's answer may hold is capped at
+the inbox quota every honest node enforces (StoreLimits: 1,000 entries, 8 MiB of entries): a
+replica that goes past it is failed, paging stops there and none of its answer is used (its
+honest entries sit on the other replicas too). So one hostile replica costs the owner at most
+one inbox's worth of memory and work per check, not MAX_PAGES full pages (threat
+T-INBOX-FLOOD).
+
 Through an anonymizer (a `Multicast` network) every request is a padded cell that crosses the
 chain, so the brief READ of the r - 1 farther replicas goes as one request and the ACK of all
 of them as one per chunk, each under one proof naming the nodes it serves (store/proofs.py;
@@ -31,9 +38,18 @@ from anonmail.records.certs import AddressCert, NodeCert
 from anonmail.rng import Rng
 from anonmail.store import messages as sm
 from anonmail.store.client import REQUEST_ERRORS, Lookup, Multicast, closest
+from anonmail.store.context import StoreLimits
 from anonmail.store.proofs import make_owner_proof
 
 MAX_PAGES = 64  # READ pages per node per call (a full inbox is ~16)
+# What an honest replica can hold for one inbox (store/budget.py inbox_room): the most one
+# replica's READ answer may carry, all pages together.
+INBOX_ENTRIES = StoreLimits().inbox_entries
+INBOX_BYTES = StoreLimits().inbox_bytes
+
+
+class OverQuota(RemoteProtocolError):
+    """A replica's READ answer holds more than any honest replica can hold for one inbox."""
 
 
 @dataclass
@@ -44,9 +60,12 @@ class ReadResult:
 
 
 async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.SigningKey,
-                   cert: AddressCert, r: int, clock: Clock, rng: Rng) -> ReadResult:
+                   cert: AddressCert, r: int, clock: Clock, rng: Rng, *,
+                   max_entries: int = INBOX_ENTRIES,
+                   max_bytes: int = INBOX_BYTES) -> ReadResult:
     """READ every page from all r replicas; the union, de-duplicated by entry id (seed 002
-    §3.2: the replicas are not consistent, so take the superset).
+    §3.2: the replicas are not consistent, so take the superset). A replica answering more
+    than `max_entries` entries or `max_bytes` bytes of entries in all is failed (OverQuota).
 
     The closest replica is read whole and the others briefly, at once (ids only: every entry
     sits on r replicas, and reading it r times cost ~5% of a delivery's bytes, issue 11); a
@@ -66,7 +85,7 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
         `page`: its answer to the first page, when that came by multicast."""
         entries: list[sm.InboxEntry] = []
         named: set[bytes] = set()
-        after = 0
+        after = count = size = 0
         for _ in range(MAX_PAGES):
             if page is not None:
                 reply, page = page, None
@@ -74,10 +93,16 @@ async def read_all(net: Network, dht: Lookup, inbox: bytes, sign_key: crypto.Sig
                 reply = await net.request(node, read([node], after, brief))
             if brief and isinstance(reply, sm.EntryIds):
                 named.update(reply.ids)
+                count += len(reply.ids)
             elif not brief and isinstance(reply, sm.Entries):
                 entries.extend(reply.entries)
+                count += len(reply.entries)
+                size += sum(len(e.entry) for e in reply.entries)
             else:
                 raise RemoteProtocolError(f"READ answered with {type(reply).__name__}")
+            if count > max_entries or size > max_bytes:
+                # Counted as sent (repeats too): an honest replica never repeats an entry.
+                raise OverQuota("READ answered beyond the inbox quota")
             if not reply.more or reply.next <= after:
                 break
             after = reply.next
