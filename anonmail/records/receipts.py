@@ -1,11 +1,14 @@
 """Storage receipts: a storing node's signed statement that it holds something (seed 002 §4).
 
-A receipt names the operation, the key, a digest of what was stored, the terms it is held on
-(for a STORE, a digest of the requester's delete hashes, all recorded: `store_terms`), its
-expiry, the node, and the time, signed by the node's key under the "receipt" domain. The terms
+A receipt names the operation, the key, a digest of what was stored and on what terms, its
+expiry, the node, and the time, signed by the node's key under the "receipt" domain. For a
+STORE with delete hashes the digest is `receipt_digest(blob digest, store_terms(hashes))`, the
+hashes all recorded as rights to delete; otherwise the blob digest or entry id itself. Terms
 and expiry let a sender see that what was stored is what it asked for: an anonymizer that
 stripped the delete hashes or lengthened the TTL of a STORE it forwarded gets a receipt the
-sender refuses (threat T-ANON-RECEIPTS). A sender verifies every receipt
+sender refuses (threat T-ANON-RECEIPTS). The terms are folded into the digest rather than
+sent: the sender knows them, and 32 more bytes a receipt pushed the answer of an 8-replica
+Forward over its 2 KiB cell class (issue 11). A sender verifies every receipt
 against the NodeCert it cross-checked; a node that signs and then drops the data has signed
 evidence against it.
 """
@@ -34,6 +37,12 @@ def store_terms(delete_hashes: Iterable[bytes]) -> bytes:
     return crypto.hash("store-terms", *hashes) if hashes else NO_TERMS
 
 
+def receipt_digest(digest: bytes, terms: bytes = NO_TERMS) -> bytes:
+    """What a receipt's digest field holds for `digest` (a blob digest or an entry id) stored
+    on `terms`: `digest` itself when there are no terms."""
+    return digest if terms == NO_TERMS else crypto.hash("receipt-digest", digest, terms)
+
+
 class StoreOp(enum.IntEnum):
     STORE = 1
     APPEND = 2
@@ -44,8 +53,7 @@ class StoreOp(enum.IntEnum):
 class Receipt:
     op: StoreOp
     key: Annotated[bytes, Size(32)]
-    digest: Annotated[bytes, Size(32)]
-    terms: Annotated[bytes, Size(32)]  # store_terms(delete hashes), or NO_TERMS
+    digest: Annotated[bytes, Size(32)]  # receipt_digest(what was stored, its terms)
     expires: Annotated[int, wire.U64]
     node_id: Annotated[bytes, Size(32)]
     time: Annotated[int, wire.U64]
@@ -54,10 +62,11 @@ class Receipt:
     @classmethod
     def issue(cls, key: crypto.SigningKey, op: StoreOp, store_key: bytes, digest: bytes,
               expires: int, now: float, terms: bytes = NO_TERMS) -> Receipt:
-        unsigned = cls(op, store_key, digest, terms, expires, ids.node_id(key.public),
-                       int(now), bytes(64))
+        digest = receipt_digest(digest, terms)
+        unsigned = cls(op, store_key, digest, expires, ids.node_id(key.public), int(now),
+                       bytes(64))
         sig = key.sign(RECEIPT_DOMAIN, wire.signing_bytes(unsigned))
-        return cls(op, store_key, digest, terms, expires, unsigned.node_id, int(now), sig)
+        return cls(op, store_key, digest, expires, unsigned.node_id, int(now), sig)
 
     def verify(self, node_public_key: bytes) -> None:
         if ids.node_id(node_public_key) != self.node_id:

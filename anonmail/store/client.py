@@ -41,7 +41,7 @@ from anonmail.net.base import Network
 from anonmail.net.fanout import Outcome, fan_out
 from anonmail.records import ids
 from anonmail.records.certs import AddressCert, NodeCert
-from anonmail.records.receipts import NO_TERMS, Receipt, StoreOp, store_terms
+from anonmail.records.receipts import NO_TERMS, Receipt, StoreOp, receipt_digest, store_terms
 from anonmail.store import messages as sm
 
 DEFAULT_ROUNDS = 3
@@ -106,10 +106,10 @@ def check_receipt(receipt: Receipt, cert: NodeCert, op: StoreOp, key: bytes, dig
     for) lives longer than asked: a node may merge into a copy held up to `skew` longer, and
     its clock may differ by as much again (store/handlers.py handle_store)."""
     receipt.verify(cert.public_key)  # also: node id = H(key)
-    if receipt.op != op or receipt.key != key or receipt.digest != digest:
+    if receipt.op != op or receipt.key != key:
         raise RemoteProtocolError("receipt for something else")
-    if receipt.terms != terms:
-        raise RemoteProtocolError("receipt on other terms (delete rights) than asked")
+    if receipt.digest != receipt_digest(digest, terms):
+        raise RemoteProtocolError("receipt for other data or terms (delete rights) than asked")
     if now is not None:
         if abs(receipt.time - now) > skew:
             raise RemoteProtocolError("receipt time outside the clock skew")
