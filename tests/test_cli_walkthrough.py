@@ -45,8 +45,8 @@ from anonmail.rng import SeededRng, SystemRng
 
 ALICE = "alice@aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.anon"
 CAROL = "carol@example.org"
-MAIL_AND_PERMIT_COMMANDS = ("init", "address", "send", "inbox", "read", "reply", "requests",
-                            "allow", "block", "contacts", "outbox")
+MAIL_AND_PERMIT_COMMANDS = ("init", "address", "send", "inbox", "read", "reply", "discard",
+                            "requests", "allow", "block", "contacts", "outbox")
 
 
 @pytest.fixture

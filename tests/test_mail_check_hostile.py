@@ -22,6 +22,7 @@ from trio.testing import MockClock
 from anonmail.mail import check as check_mod
 from anonmail.mail import envelope
 from anonmail.mail.maildir import PendingNotice
+from anonmail.mail.retrieve import UnreadableMessage
 from anonmail.mail.user_agent import MailAgent
 from anonmail.records import ids
 from anonmail.rng import SeededRng
@@ -118,6 +119,49 @@ async def test_a_notices_are_kept_per_sender_whatever_came_first(
         assert local.get_pending(mid) == genuine  # ... and a lookup by id finds the other
         local.remove_pending(mid)
         assert local.pending() == [] and local.get_pending(mid) is None
+
+
+@pytest.mark.threat("T-MAIL-DEDUP")
+async def test_retrieve_and_discard_name_the_notice_by_its_sender(
+        sim: Sim, autojump_clock: MockClock) -> None:
+    """With Mallory's reused notice in the Message-ID's first file, Alice's is still
+    retrieved by naming her, and Mallory's discarded by naming her, each leaving the other."""
+    with trio.fail_after(TIMEOUT):
+        alice, bob, mallory = await people(sim, "alice", "bob", "mallory")
+        sent = await alice.send([bob.address], cc=[mallory.address], subject="s", body="b\n")
+        mid = sent.message_id
+        (genuine,) = (await bob.check()).new
+        bob.local.remove_pending(mid)
+        forged = replace(genuine, header=replace(genuine.header, sender=mallory.identity.cert),
+                         entry_id=bytes(32))
+        assert bob.local.add_pending(forged) and bob.local.add_pending(genuine)
+        got = await bob.retrieve(mid, alice.address)
+        assert got.fetched and b"From: " + alice.address.encode() in got.data
+        assert bob.pending() == [forged]
+        await bob.discard(mid, mallory.address)
+        assert bob.pending() == [] and bob.local.get_message(mid) == got.data
+
+
+@pytest.mark.threat("T-MAIL-DEDUP")
+async def test_another_senders_maildir_copy_does_not_spend_the_genuine_notice(
+        sim: Sim, autojump_clock: MockClock) -> None:
+    """The Maildir already holds a message under the Message-ID, but from Mallory (hers,
+    reusing it): retrieving Alice's notice must neither take that copy for Alice's message nor
+    drop Alice's right to her body, which would then never be saved."""
+    with trio.fail_after(TIMEOUT):
+        alice, bob, mallory = await people(sim, "alice", "bob", "mallory")
+        sent = await alice.send([bob.address], subject="contract", body="sign\n")
+        mid = sent.message_id
+        (notice,) = (await bob.check()).new
+        theirs = mallory.compose([bob.address], subject="contract", body="x\n").data
+        theirs = theirs.replace(theirs.split(b"Message-ID: ")[1].split(b"\r\n")[0],
+                                mid.encode())
+        bob.local.add_message(mid, theirs)
+        key = ids.body_key(mid)
+        with pytest.raises(UnreadableMessage, match="another message under this Message-ID"):
+            await bob.retrieve(mid)  # old code: "retrieved" from the copy, Alice's right dropped
+        assert len(sim.holders(key)) == R  # Alice's body and Bob's right to it stand
+        assert bob.local.get_pending(mid) == notice and bob.local.get_message(mid) == theirs
 
 
 # -- B: a replica flooding the reader --------------------------------------------------------------

@@ -6,15 +6,21 @@ node watching one inbox cannot tell an agent's checks from its neighbours' by th
 * check the inbox (and the request inbox) every `check_interval` seconds, ±50%; each check
   flushes what waits for a permit that has come, sends the grants that are due, and retrieves
   every pending message, so the Maildir a mail client reads is current;
+* pending messages are retrieved one notice at a time, each by (Message-ID, sender): a
+  co-recipient may sign a notice reusing a Message-ID (threat T-MAIL-DEDUP), and whatever
+  befalls that notice (a wait, a hold) must not befall the genuine one;
 * a pending message that could not be retrieved for now (its body or a fragment on no reachable
   node) is tried again after one check interval, then with the wait doubling up to
   RETRIEVE_RETRY_MAX (±50%), so a body that stays missing does not cost a fetch every check;
+* ... but not after its body's expiry (`notices.expired`: the expiry its sender signed, at the
+  latest the longest TTL after it arrived): the notice is *expired*, kept for the user to
+  discard (`anonmail inbox` marks it), counted in the status, and never fetched again;
 * a pending message whose body is there but unreadable (retrieve.UnreadableMessage: it does
   not decrypt, is malformed, or names another sender than its signed header) is *held*: the
-  notice stays on disk (the user decides: `anonmail read` shows why, `discard` drops it), its
-  message id goes to HELD_FILE, it is logged once and shown in the status, and the agent never
-  fetches it again by itself, since the same bytes would fail the same way (threat
-  T-MAIL-HOSTILE-BODY);
+  notice stays on disk (the user decides: `anonmail read` shows why, `anonmail discard` drops
+  it), it goes to HELD_FILE with its one-line reason (held.py), it is logged once and shown in
+  the status and `anonmail inbox`, and the agent never fetches it again by itself, since the
+  same bytes would fail the same way (threat T-MAIL-HOSTILE-BODY);
 * retry the Outbox: a message that failed (or was interrupted) is retried after 1 min, then with
   the wait doubling up to 1 h; a message handed in by a mail client (`submit`) is sent at once;
 * republish the address certificate and inbox policy when the last publication is older than
@@ -41,6 +47,7 @@ from typing import TypeVar
 
 import trio
 
+from anonmail.agent import held as held_mod
 from anonmail.agent.session import AgentConfig, session
 from anonmail.clock import Clock
 from anonmail.errors import AnonmailError
@@ -48,6 +55,7 @@ from anonmail.fileio import write_private
 from anonmail.mail import compose as compose_mod
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail
+from anonmail.mail.notices import expired
 from anonmail.mail.retrieve import UnreadableMessage
 from anonmail.mail.user_agent import MailAgent, with_bcc
 from anonmail.rng import Rng
@@ -60,7 +68,7 @@ REPUBLISH_AFTER = 7 * 86400  # nodes keep a certificate 30 days (user_agent.CERT
 RETRY_FIRST = 60.0
 RETRY_MAX = 3600.0
 PUBLISHED_FILE = "published"  # in the mail directory: when the certificate last went out
-HELD_FILE = "held"  # in the mail directory: message ids of pending messages held (unreadable)
+HELD_FILE = held_mod.HELD_FILE  # in the mail directory: the notices held (unreadable)
 RETRIEVE_RETRY_MAX = 86400.0  # a body missing for long is tried about daily until it expires
 
 # (anonymous) -> one agent session; session.py's on the real network, a simulated node's in tests
@@ -102,16 +110,8 @@ async def publish_if_due(agent: MailAgent, mail_dir: Path) -> bool:
 
 
 def held_ids(mail_dir: Path) -> set[str]:
-    """Message ids of the pending messages the agent holds (module docstring)."""
-    try:
-        text = (mail_dir / HELD_FILE).read_text("ascii")
-    except (OSError, UnicodeDecodeError):
-        return set()
-    return {line for line in text.split() if compose_mod.is_message_id(line)}
-
-
-def write_held(mail_dir: Path, held: set[str]) -> None:
-    write_private(mail_dir / HELD_FILE, "".join(f"{m}\n" for m in sorted(held)).encode())
+    """Message ids of the pending messages the agent holds (held.py has them by sender)."""
+    return {mid for mid, _ in held_mod.load(mail_dir)}
 
 
 @dataclass
@@ -130,8 +130,10 @@ class AgentStatus:
     checks: int = 0
     sent: int = 0
     retries: dict[str, Retry] = field(default_factory=dict)
-    retrieve_waits: dict[str, Retry] = field(default_factory=dict)  # not retrievable for now
+    # (Message-ID, sender) of a notice not retrievable for now -> when to try it again
+    retrieve_waits: dict[tuple[str, str], Retry] = field(default_factory=dict)
     held: int = 0  # pending messages held as unreadable
+    expired: int = 0  # pending messages whose body is gone from the network
 
 
 class AgentService:
@@ -253,43 +255,50 @@ class AgentService:
         self.status.next_check = self.clock.now() + self._jitter(self.check_interval)
 
     async def _retrieve_pending(self, agent: MailAgent) -> None:
-        """Retrieve every pending message that is due and not held, each on its own: whatever
-        one raises is recorded and the next one is tried (module docstring)."""
+        """Retrieve every pending message that is due, not held and not expired, each on its
+        own and by its sender: whatever one raises is recorded and the next one is tried
+        (module docstring)."""
         mail_dir = self.config.mail_dir
-        pending = [n.header.message_id for n in agent.pending()]
-        held = held_ids(mail_dir)
-        if held - set(pending):  # discarded or retrieved by a command meanwhile
-            held &= set(pending)
-            write_held(mail_dir, held)
-        waits = self.status.retrieve_waits
-        for mid in list(waits):
-            if mid not in pending:
-                del waits[mid]
-        self.status.held = len(held)
-        for mid in pending:
-            wait = waits.get(mid)
-            if mid in held or (wait is not None and wait.at > self.clock.now()):
+        now, skew = self.clock.now(), self.config.params.clock_skew
+        notices = [((n.header.message_id, n.sender), n) for n in agent.pending()]
+        loaded = held_mod.load(mail_dir)
+        held = held_mod.settle(loaded, [key for key, _ in notices])
+        if held != loaded:  # discarded or retrieved by a command meanwhile; an old file
+            held_mod.save(mail_dir, held)
+        # Expired: never fetched again. (One whose Maildir copy a crash left is still
+        # "retrieved": that needs no network, retrieve.py, and clears its notice.)
+        gone = {key for key, n in notices
+                if expired(n, now, skew) and not agent.local.has_message(key[0])}
+        waits, live = self.status.retrieve_waits, {key for key, _ in notices} - gone
+        for key in list(waits):
+            if key not in live:
+                del waits[key]
+        # Each counted once: an expired notice cannot be retrieved, held or not.
+        self.status.held, self.status.expired = len(held.keys() - gone), len(gone)
+        for key, _ in notices:
+            wait = waits.get(key)
+            if key in held or key in gone or (wait is not None and wait.at > self.clock.now()):
                 continue
+            mid, sender = key
             try:
-                await agent.retrieve(mid)
+                await agent.retrieve(mid, sender)
             except UnreadableMessage as e:
                 # Written before anything else: the agent must not fetch it again, even
                 # after a crash. The notice itself stays: nothing stored is lost.
-                held.add(mid)
-                write_held(mail_dir, held)
-                waits.pop(mid, None)
-                self.status.held = len(held)
+                held = held_mod.hold(mail_dir, mid, sender, str(e))
+                waits.pop(key, None)
+                self.status.held = len(held.keys() - gone)
                 log.warning("a pending message is unreadable (%s); held: it is not fetched "
                             "again until you read or discard it", type(e).__name__)
                 self.status.last_error = f"retrieve: {e}"
             except Exception as e:  # kept pending, tried again later, with a growing wait
-                wait = waits.setdefault(mid, Retry())
+                wait = waits.setdefault(key, Retry())
                 wait.attempts += 1
                 wait.at = self.clock.now() + self._jitter(min(
                     RETRIEVE_RETRY_MAX, self.check_interval * 2 ** (wait.attempts - 1)))
                 self._failed("retrieve", e)
             else:
-                waits.pop(mid, None)
+                waits.pop(key, None)
 
     def _failed(self, what: str, e: Exception) -> None:
         # The error's class only in the log (its text may name an address); the status, which
@@ -318,4 +327,5 @@ class AgentService:
             "cert_republish": None if last is None else last + REPUBLISH_AFTER,
             "last_error": s.last_error,
             "held": s.held,
+            "expired": s.expired,
         }

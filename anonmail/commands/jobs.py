@@ -1,16 +1,16 @@
 """The mail commands' network work, as named jobs that run where the address key is open.
 
-A command that needs the network (send, inbox, read, reply, requests, allow, block, contacts
-add, outbox --retry, address --publish and --verify) parses its arguments, then calls
+A command that needs the network (send, inbox, read, reply, discard, requests, allow, block,
+contacts add, outbox --retry, address --publish and --verify) parses its arguments, then calls
 `run_job(args, NAME, params)`: when `anonmail run` serves this home, the job is handed to that
 running agent over the control socket (no passphrase asked: the agent opened the key once; one
 writer for the Outbox and the permit book); otherwise the command opens the key itself (or
 passes the identity it opened already) and runs one agent session (agent/session.py). Either
 way the job is the same function below, given a MailAgent and JSON-able params, returning the
-lines to print (`out` on stdout, `err` on stderr). After the job, any session sends what waits
-for a permit that has come, and republishes the address certificate when it is due
-(agent/service.py), so an `init` that could not reach the network does not leave an address
-that is never published.
+lines to print (`out` on stdout, `err` on stderr). After the job (except a `bare` one, which
+does only what it says: `discard`), any session sends what waits for a permit that has come,
+and republishes the address certificate when it is due (agent/service.py), so an `init` that
+could not reach the network does not leave an address that is never published.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from anonmail import control
+from anonmail.agent import held
 from anonmail.agent.service import publish, publish_if_due
 from anonmail.agent.session import AgentConfig, own_node_endpoint, session
 from anonmail.anon.options import DEFAULT
@@ -36,6 +37,7 @@ from anonmail.commands import common
 from anonmail.errors import AnonmailError, UserError
 from anonmail.mail.compose import Attachment
 from anonmail.mail.identity import AddressIdentity
+from anonmail.mail.retrieve import UnreadableMessage
 from anonmail.mail.send import recipient_certs
 from anonmail.mail.user_agent import MailAgent
 from anonmail.paths import CONTROL_PATH_MAX, Home
@@ -63,11 +65,14 @@ class Output:
 
 Job = Callable[[MailAgent, dict[str, Any]], Awaitable[Output]]
 JOBS: dict[str, Job] = {}
+BARE: set[str] = set()  # jobs that do only what they say (no check, flush or republish after)
 
 
-def job(name: str) -> Callable[[Job], Job]:
+def job(name: str, *, bare: bool = False) -> Callable[[Job], Job]:
     def register(fn: Job) -> Job:
         JOBS[name] = fn
+        if bare:
+            BARE.add(name)
         return fn
     return register
 
@@ -147,6 +152,8 @@ async def execute(agent: MailAgent, name: str, params: dict[str, Any]) -> Output
     if fn is None:
         raise UserError(f"unknown job {name!r}")
     out = await fn(agent, params)
+    if name in BARE:
+        return out
     out.err += await flush_waiting(agent)
     with contextlib.suppress(AnonmailError):  # due again next time
         if await publish_if_due(agent, agent.local.root):
@@ -222,10 +229,40 @@ async def _check(agent: MailAgent, p: dict[str, Any]) -> Output:
     return Output([], err)
 
 
+def _notice(p: dict[str, Any]) -> tuple[str, str | None]:
+    """(Message-ID, sender or None: the Message-ID's first notice) a job names."""
+    sender = p.get("sender")
+    return str(p["message_id"]), None if sender is None else str(sender)
+
+
 @job("retrieve")
 async def _retrieve(agent: MailAgent, p: dict[str, Any]) -> Output:
-    await agent.retrieve(str(p["message_id"]))
+    """Retrieve one notice (`anonmail read`); an unreadable one is held, as the running agent
+    holds it (agent/held.py: no session fetches it again by itself), one held before and
+    retrieved now is no longer."""
+    mid, sender = _notice(p)
+    notice = agent.local.get_pending(mid, sender)
+    try:
+        await agent.retrieve(mid, sender)
+    except UnreadableMessage as e:
+        if notice is not None:
+            held.hold(agent.local.root, mid, notice.sender, str(e))
+        raise
+    if notice is not None:
+        held.release(agent.local.root, mid, notice.sender)
     return Output()
+
+
+@job("discard", bare=True)
+async def _discard(agent: MailAgent, p: dict[str, Any]) -> Output:
+    """Give up one pending notice (`anonmail discard`): our right to its body is dropped on
+    the network and the notice forgotten. Nothing else: no check, so nothing new is ACKed."""
+    mid, sender = _notice(p)
+    notice = agent.local.get_pending(mid, sender)
+    nodes = await agent.discard(mid, sender)
+    if notice is not None:
+        held.release(agent.local.root, mid, notice.sender)
+    return Output([], [f"your right to its body was dropped on {nodes} node(s)"])
 
 
 @job("cert")

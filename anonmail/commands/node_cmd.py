@@ -396,6 +396,12 @@ def agent_lines(agent: dict[str, Any], gateway: dict[str, Any]) -> list[str]:
              f"outbox    {agent.get('outbox')} message(s)",
              f"cert      published {_when(agent.get('cert_published'), now)}; next "
              f"{_when(agent.get('cert_republish'), now)}"]
+    if "held" in agent:  # pending messages the agent does not retrieve by itself
+        held, expired = agent.get("held") or 0, agent.get("expired") or 0
+        line = f"held      {held} unreadable, {expired} expired message(s)"
+        if held or expired:
+            line += ": `anonmail inbox` marks them, `anonmail discard ID` gives one up"
+        lines.append(line)
     if agent.get("last_error"):
         lines.append(f"error     {agent['last_error']}")
     for name in ("smtp", "pop3", "imap"):

@@ -1,12 +1,8 @@
-"""Reading commands: `anonmail inbox`, `read`, `reply` (docs/cli.md).
+"""Reading commands: `anonmail inbox`, `read`, `reply`, `discard` (docs/cli.md).
 
-A message is named by a *stable id*: the first 8 hex digits (more when two messages share
-them) of its key, which is its Maildir base name (`maildir.message_name` of its Message-ID, the
-same before and after retrieval) or, for a file another program put there, a hash of its base
-name. Ids never change when other messages arrive, are read or are deleted; `read` and `reply`
-take an id, any longer prefix of the key (at least 4 hex digits, unambiguous), or the
-Message-ID with or without <>. Bare list positions are not accepted: they changed after every
-read, and a number could also be the prefix of an id.
+Messages are listed and named as commands/listing.py says: one row per retrieved message and
+per pending notice (per Message-ID and sender), each with a stable id; `inbox` marks a notice
+held or expired and says why, `discard` gives one up.
 
 Reading a message marks it seen: Maildir's S flag, renaming the file into cur/ (maildir.py
 `set_flags`), so every Maildir reader and the IMAP gateway agree; `inbox` shows new/read from
@@ -30,11 +26,12 @@ import sys
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser
 from pathlib import Path
 
+from anonmail.agent import held as held_mod
 from anonmail.clock import SystemClock
 from anonmail.commands import common, jobs
+from anonmail.commands.listing import Row, listing, resolve, short_ids
 from anonmail.commands.mail_cmd import (
     MAIL_DIR,
     _direct_option,
@@ -45,14 +42,12 @@ from anonmail.commands.mail_cmd import (
 )
 from anonmail.errors import UserError
 from anonmail.mail import reply as reply_mod
+from anonmail.mail.check import retrieved
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import REPLIED_FLAG, SEEN_FLAG, LocalMail, message_name
 from anonmail.rng import SystemRng
 
-SHORT_ID = 8  # hex digits of an id at least
-MIN_PREFIX = 4  # hex digits `read` accepts at least
 SUBJECT_WIDTH = 60
-_HEX = re.compile(r"[0-9a-fA-F]+")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 INBOX_HELP = """\
@@ -83,6 +78,17 @@ REPLY_EX = """\
 examples:
   echo "Thanks, see you then." | anonmail reply 3f2a9c1e
   anonmail reply 3f2a9c1e answer.txt --all --attach notes.pdf"""
+
+DISCARD_HELP = """\
+Give up a message that is still on the network: one `anonmail inbox` marks held (its body is
+unreadable, so it is not retrieved by itself) or expired (its body has left the network), or
+any other you do not want. Its notice is removed and your right to its body dropped on the
+network (not needed for an expired one); nothing else is fetched or acknowledged. ID is the
+id `anonmail inbox` shows; a retrieved message is deleted with your mail client instead."""
+DISCARD_EX = """\
+examples:
+  anonmail discard 3f2a9c1e
+  anonmail inbox --offline      # held and expired messages are marked, with the reason"""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,116 +123,52 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _direct_option(y, "send")
     y.set_defaults(func=cmd_reply)
 
-
-# -- the listing ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Row:
-    key: str  # 40 hex digits; the id shown is its shortest unambiguous prefix (>= SHORT_ID)
-    message_id: str
-    name: str | None  # the Maildir base name; None: still on the network (a pending notice)
-    seen: bool
-    date: float | None
-    sender: str
-    subject: str
-
-
-def _date_of(value: object) -> float | None:
-    try:
-        dt = email.utils.parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
-        return None
-    return dt.timestamp() if dt.tzinfo is not None else None
-
-
-def _sender_of(msg: EmailMessage) -> str:
-    """The From field as "Name <address>" (or the address alone), on one line."""
-    try:
-        addrs = msg["from"].addresses if msg.get("from") is not None else ()
-    except (AttributeError, ValueError, IndexError):
-        addrs = ()
-    if not addrs:
-        return reply_mod.one_line(str(msg.get("from", "")))
-    a = addrs[0]
-    name = reply_mod.one_line(str(a.display_name))
-    return f"{name} <{a.addr_spec}>" if name else str(a.addr_spec)
-
-
-def listing(local: LocalMail) -> list[Row]:
-    """Every message: retrieved ones (the Maildir) and those still on the network (pending
-    notices), oldest first."""
-    rows: dict[str, Row] = {}
-    for stored in local.messages():
-        head = local.read_head(stored.name)
-        if head is None:
-            continue  # deleted meanwhile (a mail client)
-        msg = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
-        assert isinstance(msg, EmailMessage)
-        rows[stored.key] = Row(stored.key, str(msg.get("message-id", "")).strip(), stored.name,
-                               stored.seen, _date_of(msg.get("date")), _sender_of(msg),
-                               reply_mod.one_line(str(msg.get("subject", ""))))
-    for n in local.pending():
-        key = message_name(n.header.message_id)
-        rows.setdefault(key, Row(key, n.header.message_id, None, False, float(n.header.date),
-                                 n.header.sender.address, reply_mod.one_line(n.header.subject)))
-    return sorted(rows.values(), key=lambda r: (r.date or 0.0, r.key))
-
-
-def short_ids(keys: list[str]) -> dict[str, str]:
-    """Each key's shortest prefix of at least SHORT_ID digits that no other key shares."""
-    ordered = sorted(set(keys))
-    out = {}
-    for i, key in enumerate(ordered):
-        shared = 0
-        for other in ordered[max(0, i - 1):i] + ordered[i + 1:i + 2]:
-            n = 0
-            while n < len(key) and n < len(other) and key[n] == other[n]:
-                n += 1
-            shared = max(shared, n)
-        out[key] = key[:max(SHORT_ID, shared + 1)]
-    return out
-
-
-def resolve(rows: list[Row], ident: str) -> Row:
-    """The message `ident` names: a Message-ID (with or without <>), or a key prefix."""
-    text = ident.strip()
-    bare = text.strip("<>")
-    if "@" in bare:
-        for row in rows:
-            if row.message_id.strip().strip("<>") == bare:
-                return row
-        raise UserError(f"no message {text}: run `anonmail inbox` to list them")
-    if len(text) < MIN_PREFIX or not _HEX.fullmatch(text):
-        raise UserError(f"{text!r} is not a message id: give the id `anonmail inbox` shows "
-                        "(e.g. 3f2a9c1e) or the Message-ID")
-    found = [row for row in rows if row.key.startswith(text.lower())]
-    if not found:
-        raise UserError(f"no message {text}: run `anonmail inbox` to list them")
-    if len(found) > 1:
-        ids = short_ids([r.key for r in rows])
-        raise UserError(f"{text} names {len(found)} messages ("
-                        f"{', '.join(ids[r.key] for r in found[:5])}): give more digits")
-    return found[0]
+    d = sub.add_parser("discard", help="give up a message still on the network (held, "
+                                       "expired, unwanted)",
+                       **parser_kwargs(DISCARD_HELP, DISCARD_EX))
+    shared(d)
+    d.add_argument("id", help="the id `anonmail inbox` shows")
+    _direct_option(d, "drop your right to the body")
+    d.set_defaults(func=cmd_discard)
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
     home = common.home_of(args)
     if not args.offline:
         jobs.run_job(args, "check", {}).show()
-    rows = listing(LocalMail(home.root / MAIL_DIR))
+    rows = listing(LocalMail(home.root / MAIL_DIR), time.time())
     if not rows:
         print("your inbox is empty")
         return 0
     ids = short_ids([r.key for r in rows])
     width = max(len(r.sender) for r in rows)
+    state_width = max(4, *(len(r.state) for r in rows))  # wider only for held, expired
     for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.date)) if r.date else "?"
+        when = _local(r.date) if r.date else "?"
         subject = r.subject if len(r.subject) <= SUBJECT_WIDTH else \
             r.subject[:SUBJECT_WIDTH - 1] + "…"
-        line = f"{ids[r.key]}  {'read' if r.seen else 'new':4}  {when:16}  " \
+        line = f"{ids[r.key]}  {r.state:{state_width}}  {when:16}  " \
                f"{r.sender:{width}}  {subject}"
         print(line.rstrip())
+    notes = [_note(ids[r.key], r) for r in rows if r.state in ("held", "expired")]
+    for note in notes:
+        print(note, file=sys.stderr)
+    if notes:
+        print("`anonmail read ID` tries a held message once more; `anonmail discard ID` gives "
+              "a held or expired one up", file=sys.stderr)
     return 0
+
+
+def _local(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def _note(shown: str, row: Row) -> str:
+    """One line on why a listed notice is not retrieved by itself."""
+    if row.expired is not None:
+        return f"{shown}: expired: its body left the network on {_local(row.expired)}; it " \
+               "can no longer be retrieved"
+    return f"{shown}: held, not retrieved by itself: {row.held or 'its body is unreadable'}"
 
 
 # -- one message ----------------------------------------------------------------------------------
@@ -241,12 +183,21 @@ def fetch(args: argparse.Namespace, local: LocalMail, row: Row,
             raise UserError(f"{row.message_id or row.key} is gone: a mail client deleted it "
                             "meanwhile")
         return row.name, data
-    if not local.has_message(row.message_id):  # `anonmail run` may have fetched it meanwhile
+    if row.expired is not None:
+        raise UserError(f"{row.message_id} expired: its body left the network on "
+                        f"{_local(row.expired)}; `anonmail discard` gives it up")
+    sender = row.notice_sender
+
+    def here() -> bool:  # this sender's message, not another's reusing the Message-ID
+        return local.has_message(row.message_id) if sender is None else \
+            retrieved(local, row.message_id, sender)
+
+    if not here():  # `anonmail run` may have fetched it meanwhile
         try:
-            jobs.run_job(args, "retrieve", {"message_id": row.message_id},
+            jobs.run_job(args, "retrieve", {"message_id": row.message_id, "sender": sender},
                          identity=identity).show()
         except UserError:
-            if not local.has_message(row.message_id):  # not "already retrieved" meanwhile
+            if not here():  # not "already retrieved" meanwhile
                 raise
     data = local.get_message(row.message_id)
     if data is None:
@@ -351,7 +302,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         raise UserError("--raw and --save are two commands: run one, then the other")
     home = common.home_of(args)
     local = LocalMail(home.root / MAIL_DIR)
-    name, data = fetch(args, local, resolve(listing(local), args.id))
+    name, data = fetch(args, local, resolve(listing(local, time.time()), args.id))
     if args.raw:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -373,7 +324,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 def cmd_reply(args: argparse.Namespace) -> int:
     home = common.home_of(args)
     local = LocalMail(home.root / MAIL_DIR)
-    row = resolve(listing(local), args.id)
+    row = resolve(listing(local, time.time()), args.id)
     text = read_text(read_input(args.file))
     attachments = read_attachments(args.attach)
     own, identity = jobs.own_address(args, home)  # the passphrase, if asked, is asked once
@@ -383,4 +334,26 @@ def cmd_reply(args: argparse.Namespace) -> int:
     params = jobs.send_params([], [], [], "", None, [], composed.data)
     jobs.run_job(args, "send", params, identity=identity).show()
     local.set_flags(name, SEEN_FLAG + REPLIED_FLAG)
+    return 0
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    """Give up a message still on the network (a pending notice: held, expired, or one you do
+    not want): the notice goes, and with it (unless the body expired) your right to the body
+    on the network. Nothing else is done: no check, so nothing new is ACKed."""
+    home = common.home_of(args)
+    local = LocalMail(home.root / MAIL_DIR)
+    rows = listing(local, time.time())
+    row = resolve(rows, args.id)
+    shown = short_ids([r.key for r in rows])[row.key]
+    if row.notice_sender is None:
+        raise UserError(f"{shown} is in your Maildir, not waiting on the network: delete it "
+                        "with your mail client")
+    if row.expired is not None:  # the body is gone: no right to drop, no network needed
+        local.remove_pending(row.message_id, row.notice_sender)
+        held_mod.release(local.root, row.message_id, row.notice_sender)
+    else:
+        jobs.run_job(args, "discard", {"message_id": row.message_id,
+                                       "sender": row.notice_sender}).show()
+    print(f"discarded {shown} ({row.state}): {row.sender}  {row.subject}".rstrip())
     return 0

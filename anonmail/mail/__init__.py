@@ -8,7 +8,8 @@ Modules, one concept each:
 | `compose` | RFC 5322 messages (stdlib `email`): build, prepare, parse; UserError on bad input |
 | `envelope` | the per-recipient sealed header (wire tags 101-103), the sender's signature |
 | `fragments` | body encryption, padding, fragments and the descriptor of large bodies (tag 104) |
-| `maildir` | the local store: Maildir of retrieved mail, pending notifications, seen entries |
+| `maildir` | the local store: Maildir of retrieved mail, Outbox, Sent, what Outbox mail awaits |
+| `notices` | pending notifications (per Message-ID, sender; tag 105), seen entries, expiry |
 | `send` | Send: certificates, STORE once, seal + APPEND per recipient, receipts, retries |
 | `check` | Check: READ all inbox replicas, open, verify, save locally, then ACK |
 | `retrieve` | Retrieve: FETCH body (and fragments), verify, decrypt, save, DELETE |

@@ -8,8 +8,8 @@ Layout under one root directory (created 0700; every file 0600):
 | `Maildir/` | retrieved messages, the exact RFC 5322 bytes (`mailbox.Maildir`) | message |
 | `Maildir/.Outbox/` | composed messages not yet fully sent (kept when a send fails) | message |
 | `Maildir/.Sent/` | messages sent | message |
-| `pending/<hex>[-<hex>]` | a verified header waiting for its body | message, sender |
-| `seen/<hex>` | a verified inbox entry, until it can neither be served nor verify | entry id |
+| `pending/<hex>[-<hex>]` | a verified header waiting for its body (notices.py) | notice |
+| `seen/<hex>` | a verified inbox entry, until it can no longer verify (notices.py) | entry id |
 | `waiting/<hex>` | an Outbox message's recipients not yet delivered, and why | message id |
 | `permits.cbor` | the permit book (permit/book.py): who may write to whom | - |
 
@@ -41,13 +41,13 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Annotated
 
-from anonmail import crypto, wire
+from anonmail import wire
 from anonmail.errors import RemoteProtocolError, UserError
 from anonmail.fileio import fsync_dir, write_private
-from anonmail.mail.envelope import MailHeader
+from anonmail.mail.notices import PENDING, SEEN, NoticeStore
+from anonmail.mail.notices import PendingNotice as PendingNotice  # re-exported
+from anonmail.mail.notices import message_name as message_name  # re-exported
 
-PENDING = "pending"
-SEEN = "seen"
 WAITING = "waiting"
 OUTBOX = "Outbox"
 SENT = "Sent"
@@ -103,17 +103,6 @@ class OutboxState:
     waiting: Annotated[tuple[Waiting, ...], wire.Size(0, 1000)]
 
 
-@wire.message(tag=105)
-@dataclass(frozen=True, slots=True)
-class PendingNotice:
-    """A verified header waiting for its body to be retrieved."""
-
-    entry_id: Annotated[bytes, wire.Size(32)]
-    header: MailHeader
-    received: Annotated[int, wire.U64]
-    entry_expires: Annotated[int, wire.U64]
-
-
 def _message_id_of(data: bytes) -> str | None:
     value = BytesHeaderParser().parsebytes(data).get("Message-ID")
     return None if value is None else str(value).strip()
@@ -130,12 +119,10 @@ def _read_file(path: Path, limit: int | None) -> bytes | None:
         return f.read() if limit is None else f.read(limit)
 
 
-def message_name(message_id: str) -> str:
-    """The Maildir file name of a message: a hash of its id (no host name, no time)."""
-    return crypto.hash("maildir-name", message_id.encode()).hex()[:40]
+class LocalMail(NoticeStore):
+    """The mail directory: the Maildir with its Outbox and Sent folders, what each Outbox
+    message still waits for, and (NoticeStore, notices.py) pending notices and seen records."""
 
-
-class LocalMail:
     def __init__(self, root: Path) -> None:
         self.root = root
         try:
@@ -322,100 +309,3 @@ class LocalMail:
 
     def sent_keys(self) -> list[str]:
         return sorted(self.maildir.get_folder(SENT).keys())
-
-    # -- pending notifications -------------------------------------------------------------------
-
-    def _pending_path(self, message_id: str, sender: str | None = None) -> Path:
-        """One notice per (message id, sender): a Message-ID is no secret (a co-recipient reads
-        it), and only the body shows whose it is. The first notice of a Message-ID is
-        pending/<message_name> (the only name before senders were told apart); another
-        sender's, pending/<message_name>-<hash of (message id, sender)>."""
-        name = message_name(message_id)
-        if sender is not None:
-            tag = crypto.hash("pending-sender", f"{message_id}\n{sender}".encode()).hex()[:32]
-            name = f"{name}-{tag}"
-        return self.root / PENDING / name
-
-    def _pending_file(self, message_id: str, sender: str | None) -> Path | None:
-        """The notice file of (message id, sender); sender None: the first notice, else the
-        lowest-named other one (every lookup and remove_pending pick the same)."""
-        first = self._pending_path(message_id)
-        if sender is None:
-            if first.exists():
-                return first
-            others = sorted(p for p in first.parent.glob(first.name + "-*")
-                            if not p.name.endswith(".tmp"))
-            return others[0] if others else None
-        if (other := self._pending_path(message_id, sender)).exists():
-            return other
-        try:
-            held = wire.decode(first.read_bytes(), PendingNotice)
-        except (FileNotFoundError, RemoteProtocolError):
-            return None  # a damaged first file is left for the user, never overwritten
-        return first if held.header.sender.address == sender else None
-
-    def add_pending(self, notice: PendingNotice) -> bool:
-        """Record a notification; False if one for this message from this sender is here."""
-        mid, sender = notice.header.message_id, notice.header.sender.address
-        if self._pending_file(mid, sender) is not None:
-            return False
-        path = self._pending_path(mid)
-        write_private(self._pending_path(mid, sender) if path.exists() else path,
-                      wire.encode(notice))
-        return True
-
-    def has_pending(self, message_id: str, sender: str | None = None) -> bool:
-        return self._pending_file(message_id, sender) is not None
-
-    def get_pending(self, message_id: str, sender: str | None = None) -> PendingNotice | None:
-        path = self._pending_file(message_id, sender)
-        try:
-            return None if path is None else wire.decode(path.read_bytes(), PendingNotice)
-        except FileNotFoundError:
-            return None
-        except RemoteProtocolError:
-            raise UserError(f"the pending notification file {path} is damaged") from None
-
-    def pending(self) -> list[PendingNotice]:
-        """Every pending notification, oldest first."""
-        out = []
-        for p in sorted((self.root / PENDING).iterdir()):
-            if p.name.endswith(".tmp"):
-                continue
-            try:
-                out.append(wire.decode(p.read_bytes(), PendingNotice))
-            except RemoteProtocolError:
-                continue  # damaged: left on disk for the user, skipped here
-        return sorted(out, key=lambda n: (n.received, n.header.date, n.header.message_id))
-
-    def remove_pending(self, message_id: str, sender: str | None = None) -> None:
-        path = self._pending_file(message_id, sender)
-        if path is not None:
-            path.unlink()
-            fsync_dir(path.parent)
-
-    # -- entries already handled -----------------------------------------------------------------
-
-    def _seen_path(self, entry_id: bytes) -> Path:
-        return self.root / SEEN / entry_id.hex()
-
-    def seen(self, entry_id: bytes) -> bool:
-        return self._seen_path(entry_id).exists()
-
-    def mark_seen(self, entry_id: bytes, expires: int) -> None:
-        """Remember a verified entry until `expires` (check.seen_until)."""
-        write_private(self._seen_path(entry_id), str(int(expires)).encode())
-
-    def prune_seen(self, now: float, horizon: float | None = None) -> int:
-        """Forget entries past their time, and those kept beyond now + `horizon`, which no honest
-        entry needs (left by versions that believed a replica's stated expiry)."""
-        gone = 0
-        for p in (self.root / SEEN).iterdir():
-            try:
-                expires = int(p.read_bytes())
-            except ValueError:
-                expires = 0
-            if expires < now or (horizon is not None and expires > now + horizon):
-                p.unlink()
-                gone += 1
-        return gone

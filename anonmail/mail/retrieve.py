@@ -19,10 +19,17 @@ For a pending notification (check.py):
    have read it;
 5. forget the pending notification (its body key and delete secret).
 
-A crash after step 3 leaves the message on disk and the notification pending: retrieving again
-skips the fetch and repeats the (idempotent) deletes. If the body is gone or the message does
-not match its header, the notification stays pending and the user gets one `UserError` line;
-`discard` removes it (and gives up this recipient's right on the network). Two kinds:
+A notice is named by (Message-ID, sender): a co-recipient may sign a header reusing a
+Message-ID (threat T-MAIL-DEDUP), so `retrieve` and `discard` take the sender, and without it
+act on the Message-ID's first notice (maildir.py). A crash after step 3 leaves the message on
+disk and the notification pending: retrieving again skips the fetch and repeats the
+(idempotent) deletes -- but only if that Maildir copy is the message this notice signs (the
+same check as step 3): another sender's copy under the Message-ID must not cost this notice's
+delete right with its body never saved (UnreadableMessage). A notice past its body's expiry
+(`notices.expired`) is not fetched. If the body is gone or the message does not match its
+header, the notification stays pending and the user gets one `UserError` line; `discard`
+removes it (and gives up this recipient's right on the network, unless the body expired).
+Two kinds:
 
 * `UnreadableMessage`: the stored bytes are the ones the sender signed (digest checked) and
   they are no readable message (do not decrypt, a descriptor that does not fit, a header block
@@ -34,12 +41,14 @@ not match its header, the notification stays pending and the user gets one `User
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 from anonmail.errors import RemoteProtocolError, UserError
 from anonmail.mail import compose, fragments
 from anonmail.mail.envelope import BodyLayout, MailHeader
 from anonmail.mail.maildir import LocalMail
+from anonmail.mail.notices import body_gone_at, expired
 from anonmail.net.base import Network
 from anonmail.records.params import NetworkParams
 from anonmail.store.client import Lookup, delete_all, fetch_any
@@ -128,32 +137,60 @@ async def delete_rights(net: Network, dht: Lookup, header: MailHeader, r: int, *
 
 
 async def retrieve(net: Network, dht: Lookup, local: LocalMail, message_id: str, *,
-                   params: NetworkParams,
+                   params: NetworkParams, sender: str | None = None, now: float | None = None,
                    concurrency: int = fragments.DEFAULT_CONCURRENCY) -> RetrieveReport:
-    """Fetch, verify, decrypt, save and delete one pending message (module docstring)."""
+    """Fetch, verify, decrypt, save and delete one pending message (module docstring): the
+    notice of (message_id, sender), or without `sender` the Message-ID's first notice. With
+    `now`, a notice whose body can no longer be on the network (`notices.expired`) is not
+    fetched: one UserError line."""
     r = params.replication
-    notice = local.get_pending(message_id)
+    notice = local.get_pending(message_id, sender)
     if notice is None:
         if local.has_message(message_id):
             raise UserError(f"{message_id} was already retrieved")
         raise UserError(f"no message {message_id} is waiting: run check first")
     header = notice.header
+    gone = now is not None and expired(notice, now, params.clock_skew)
     data = local.get_message(message_id)
     fetched = data is None
     if data is None:
+        if gone:
+            raise UserError(f"{message_id} expired on {_utc(body_gone_at(notice, 0))}: its "
+                            f"body is gone from the network; discard it")
         data = await fetch_message(net, dht, header, r, concurrency)
+    else:
+        # The Maildir copy under this Message-ID (a retry after a crash, or another sender's
+        # message reusing it) stands for this notice only if it is the message the notice
+        # signs; else our right to the body would be given up with the body not saved.
+        try:
+            _matches(data, header)
+        except UnreadableMessage:
+            raise UnreadableMessage(f"{message_id}: your Maildir holds another message under "
+                                    f"this Message-ID; this one is not saved; discard "
+                                    f"it") from None
     key = local.add_message(message_id, data)  # durable before anything is deleted
-    body_nodes, frags = await delete_rights(net, dht, header, r, concurrency=concurrency)
-    local.remove_pending(message_id)
+    body_nodes, frags = (0, 0) if gone else await delete_rights(net, dht, header, r,
+                                                                concurrency=concurrency)
+    local.remove_pending(message_id, header.sender.address)
     return RetrieveReport(message_id, data, key, header.fragments, fetched, body_nodes, frags)
 
 
 async def discard(net: Network, dht: Lookup, local: LocalMail, message_id: str, *,
-                  params: NetworkParams,
-                  concurrency: int = fragments.DEFAULT_CONCURRENCY) -> None:
-    """Give up a pending message: drop our right to its body and forget the notification."""
-    notice = local.get_pending(message_id)
+                  params: NetworkParams, sender: str | None = None, now: float | None = None,
+                  concurrency: int = fragments.DEFAULT_CONCURRENCY) -> int:
+    """Give up a pending message: drop our right to its body (unless, with `now`, the body is
+    gone anyway) and forget the notification of (message_id, sender), or without `sender`
+    the Message-ID's first. Returns the nodes that no longer hold our right to the body."""
+    notice = local.get_pending(message_id, sender)
     if notice is None:
         raise UserError(f"no message {message_id} is waiting")
-    await delete_rights(net, dht, notice.header, params.replication, concurrency=concurrency)
-    local.remove_pending(message_id)
+    body_nodes = 0
+    if now is None or not expired(notice, now, params.clock_skew):
+        body_nodes, _ = await delete_rights(net, dht, notice.header, params.replication,
+                                            concurrency=concurrency)
+    local.remove_pending(message_id, notice.header.sender.address)
+    return body_nodes
+
+
+def _utc(t: int) -> str:
+    return datetime.datetime.fromtimestamp(t, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -35,6 +35,7 @@ from anonmail.mail import send as send_mod
 from anonmail.mail.compose import Attachment, Composed
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail, PendingNotice, Waiting
+from anonmail.mail.notices import expired
 from anonmail.mail.permits import Permits
 from anonmail.net.base import Network
 from anonmail.permit.book import PermitBook
@@ -257,20 +258,35 @@ class MailAgent:
     def pending(self) -> list[PendingNotice]:
         return self.local.pending()
 
-    async def retrieve(self, message_id: str) -> retrieve_mod.RetrieveReport:
+    async def retrieve(self, message_id: str, sender: str | None = None
+                       ) -> retrieve_mod.RetrieveReport:
+        """Retrieve the notice of (message_id, sender) (without sender: the Message-ID's
+        first); one UserError line if its body has expired (retrieve.py)."""
         try:
             return await retrieve_mod.retrieve(self.net, OperationLookups(self.dht), self.local,
-                                               message_id,
-                                               params=self.params, concurrency=self.concurrency)
+                                               message_id, sender=sender,
+                                               now=self.clock.now(), params=self.params,
+                                               concurrency=self.concurrency)
         finally:
             await self._retire()
 
     async def retrieve_all(self) -> list[retrieve_mod.RetrieveReport]:
-        return [await self.retrieve(n.header.message_id) for n in self.pending()]
+        """Retrieve every pending notice, each by its sender, except those whose body has
+        expired (kept for the user to discard)."""
+        now = self.clock.now()
+        return [await self.retrieve(n.header.message_id, n.sender) for n in self.pending()
+                if not expired(n, now, self.params.clock_skew)]
 
-    async def discard(self, message_id: str) -> None:
-        await retrieve_mod.discard(self.net, OperationLookups(self.dht), self.local, message_id,
-                                   params=self.params, concurrency=self.concurrency)
+    async def discard(self, message_id: str, sender: str | None = None) -> int:
+        """Give up the notice of (message_id, sender) (without sender: the Message-ID's
+        first); the nodes that no longer hold our right to its body (none asked when the body
+        has expired)."""
+        try:
+            return await retrieve_mod.discard(self.net, OperationLookups(self.dht), self.local,
+                                              message_id, sender=sender, now=self.clock.now(),
+                                              params=self.params, concurrency=self.concurrency)
+        finally:
+            await self._retire()
 
 
 def with_bcc(msg: Composed) -> bytes:
