@@ -7,27 +7,24 @@ replaced), and the two jobs themselves on the simulated mail network (tests/mail
 
 from __future__ import annotations
 
-import argparse
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clihome import captured as captured  # fixture
+from clihome import home as home  # fixture
+from clihome import one_line_error, run
 from mailsim import anon, people
 from mailsim import sim_fixture as sim_fixture
-from procnet import PASSPHRASE
 from storegrid import R
 from trio.testing import MockClock
 
-from anonmail import cli
 from anonmail.agent import held as held_mod
 from anonmail.commands import jobs, node_cmd
-from anonmail.commands.jobs import Output
 from anonmail.errors import UserError
 from anonmail.mail.envelope import BodyLayout, MailHeader
-from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail, PendingNotice, message_name
 from anonmail.mail.notices import notice_key
 from anonmail.records import ids
@@ -35,43 +32,6 @@ from anonmail.records import ids
 DAY = 86400
 MID = "<abcdefghijklmnopqrstuvwxyz234567@anonmail>"
 OTHER = "<bcdefghijklmnopqrstuvwxyz2345672@anonmail>"
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-         capsys: pytest.CaptureFixture[str]) -> Path:
-    monkeypatch.setenv("ANONMAIL_PASSPHRASE", PASSPHRASE)
-    h = tmp_path / "bob"
-    assert cli.main(["init", "--home", str(h), "--name", "bob", "--testnet", "--offline",
-                     "--fast-kdf"]) == 0
-    capsys.readouterr()
-    return h
-
-
-@pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """The jobs commands hand to the agent (none runs)."""
-    calls: list[tuple[str, dict[str, Any]]] = []
-
-    def fake(args: argparse.Namespace, name: str, params: dict[str, Any], *,
-             identity: AddressIdentity | None = None) -> Output:
-        calls.append((name, params))
-        return Output()
-
-    monkeypatch.setattr(jobs, "run_job", fake)
-    yield calls
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(result: tuple[int, str, str]) -> str:
-    code, out, err = result
-    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def notice(sender: str, mid: str, subject: str, *, age: float = 3600,
@@ -107,7 +67,8 @@ def test_two_senders_notices_of_one_message_id_are_two_rows_each_read_by_its_sen
     assert rows["hijack"][4] == reused.header.sender.address and rows["hijack"][1] == "new"
     err = one_line_error(run(capsys, "read", rows["hijack"][0], "--home", str(home)))
     assert "could not be retrieved" in err  # the captured job fetched nothing
-    assert captured == [("retrieve", {"message_id": MID, "sender": reused.header.sender.address})]
+    assert captured == [("retrieve", {"message_id": MID, "sender": reused.header.sender.address,
+                                     "identity given": False})]
     # The Message-ID now names two messages: refused, naming both ids.
     err = one_line_error(run(capsys, "read", MID, "--home", str(home)))
     assert "names 2 messages" in err and rows["hijack"][0] in err
@@ -137,7 +98,8 @@ def test_inbox_marks_held_and_expired_and_discard_gives_them_up(
     mallory = reused.header.sender.address
     code, out, _ = run(capsys, "discard", hijack, "--home", str(home))
     assert code == 0 and out.startswith(f"discarded {hijack} (held): {mallory}")
-    assert captured == [("discard", {"message_id": MID, "sender": mallory})]
+    assert captured == [("discard", {"message_id": MID, "sender": mallory,
+                                     "identity given": False})]
     code, out, _ = run(capsys, "discard", stale, "--home", str(home))  # locally: body gone
     assert code == 0 and f"discarded {stale} (expired)" in out and len(captured) == 1
     assert not local.has_pending(OTHER) and local.has_pending(MID, genuine.header.sender.address)

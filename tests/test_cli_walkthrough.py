@@ -16,13 +16,15 @@ import email.policy
 import os
 import re
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from clihome import captured as captured  # fixture
+from clihome import home as home  # fixture
+from clihome import one_line_error, run
 from mailsim import people
 from mailsim import sim_fixture as sim_fixture
 from procnet import PASSPHRASE, free_ports
@@ -31,7 +33,6 @@ from anonmail import cli
 from anonmail.agent.session import AgentConfig, session
 from anonmail.clock import FixedClock, SystemClock
 from anonmail.commands import jobs, node_cmd
-from anonmail.commands.jobs import Output
 from anonmail.commands.mail_cmd import parse_address
 from anonmail.errors import OtherNetwork, UserError
 from anonmail.mail.identity import AddressIdentity
@@ -47,43 +48,6 @@ ALICE = "alice@aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.anon"
 CAROL = "carol@example.org"
 MAIL_AND_PERMIT_COMMANDS = ("init", "address", "send", "inbox", "read", "reply", "discard",
                             "requests", "allow", "block", "contacts", "outbox")
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-         capsys: pytest.CaptureFixture[str]) -> Path:
-    monkeypatch.setenv("ANONMAIL_PASSPHRASE", PASSPHRASE)
-    h = tmp_path / "bob"
-    assert cli.main(["init", "--home", str(h), "--name", "bob", "--testnet", "--offline",
-                     "--fast-kdf"]) == 0
-    capsys.readouterr()
-    return h
-
-
-@pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """The jobs commands hand to the agent (none runs)."""
-    calls: list[tuple[str, dict[str, Any]]] = []
-
-    def fake(args: argparse.Namespace, name: str, params: dict[str, Any], *,
-             identity: AddressIdentity | None = None) -> Output:
-        calls.append((name, {**params, "identity given": identity is not None}))
-        return Output()
-
-    monkeypatch.setattr(jobs, "run_job", fake)
-    yield calls
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(result: tuple[int, str, str]) -> str:
-    code, out, err = result
-    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def message(mid: str, *, sender: str = f"Alice Example <{ALICE}>", subject: str = "Lunch",

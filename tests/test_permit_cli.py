@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from procnet import PASSPHRASE
+from clihome import new_home
 
 from anonmail import cli
 from anonmail.mail.maildir import LocalMail, Waiting
@@ -16,12 +16,7 @@ from anonmail.permit.book import PermitBook, Status
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
          capsys: pytest.CaptureFixture[str]) -> Path:
-    monkeypatch.setenv("ANONMAIL_PASSPHRASE", PASSPHRASE)
-    h = tmp_path / "alice"
-    assert cli.main(["init", "--home", str(h), "--name", "alice", "--testnet", "--offline",
-                     "--fast-kdf"]) == 0
-    capsys.readouterr()
-    return h
+    return new_home(tmp_path, "alice", monkeypatch, capsys)
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
