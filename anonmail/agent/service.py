@@ -18,7 +18,7 @@ node watching one inbox cannot tell an agent's checks from its neighbours' by th
 * a pending message whose body is there but unreadable (retrieve.UnreadableMessage: it does
   not decrypt, is malformed, or names another sender than its signed header) is *held*: the
   notice stays on disk (the user decides: `anonmail read` shows why, `anonmail discard` drops
-  it), it goes to HELD_FILE with its one-line reason (held.py), it is logged once and shown in
+  it), it goes to the held file with its one-line reason (held.py), it is logged once and shown in
   the status and `anonmail inbox`, and the agent never fetches it again by itself, since the
   same bytes would fail the same way (threat T-MAIL-HOSTILE-BODY);
 * retry the Outbox: a message that failed (or was interrupted) is retried after 1 min, then with
@@ -68,7 +68,6 @@ REPUBLISH_AFTER = 7 * 86400  # nodes keep a certificate 30 days (user_agent.CERT
 RETRY_FIRST = 60.0
 RETRY_MAX = 3600.0
 PUBLISHED_FILE = "published"  # in the mail directory: when the certificate last went out
-HELD_FILE = held_mod.HELD_FILE  # in the mail directory: the notices held (unreadable)
 RETRIEVE_RETRY_MAX = 86400.0  # a body missing for long is tried about daily until it expires
 
 # (anonymous) -> one agent session; session.py's on the real network, a simulated node's in tests
@@ -107,11 +106,6 @@ async def publish_if_due(agent: MailAgent, mail_dir: Path) -> bool:
         return False
     await publish(agent, mail_dir)
     return True
-
-
-def held_ids(mail_dir: Path) -> set[str]:
-    """Message ids of the pending messages the agent holds (held.py has them by sender)."""
-    return {mid for mid, _ in held_mod.load(mail_dir)}
 
 
 @dataclass
@@ -263,7 +257,7 @@ class AgentService:
         notices = [((n.header.message_id, n.sender), n) for n in agent.pending()]
         loaded = held_mod.load(mail_dir)
         held = held_mod.settle(loaded, [key for key, _ in notices])
-        if held != loaded:  # discarded or retrieved by a command meanwhile; an old file
+        if held != loaded:  # discarded or retrieved by a command meanwhile
             held_mod.save(mail_dir, held)
         # Expired: never fetched again. (One whose Maildir copy a crash left is still
         # "retrieved": that needs no network, retrieve.py, and clears its notice.)

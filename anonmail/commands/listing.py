@@ -112,7 +112,7 @@ def listing(local: LocalMail, now: float | None = None) -> list[Row]:
         gone = now is not None and expired(n, now, SKEW)
         rows[key] = Row(key, mid, None, False, float(n.header.date), sender,
                         reply_mod.one_line(n.header.subject), sender,
-                        held_mod.reason_of(held, mid, sender),
+                        held.get((mid, sender)),
                         body_gone_at(n, 0) if gone else None)
     return sorted(rows.values(), key=lambda r: (r.date or 0.0, r.key))
 

@@ -47,6 +47,7 @@ from anonmail.errors import RemoteProtocolError, UserError
 from anonmail.mail import compose, envelope
 from anonmail.mail.identity import AddressIdentity
 from anonmail.mail.maildir import LocalMail, PendingNotice, message_name
+from anonmail.mail.notices import MAX_TTL
 from anonmail.mail.permits import Settled
 from anonmail.mail.send import SendReport
 from anonmail.net.base import Network
@@ -55,10 +56,8 @@ from anonmail.records import ids
 from anonmail.records.params import NetworkParams
 from anonmail.rng import Rng
 from anonmail.store.client import Lookup
-from anonmail.store.context import StoreLimits
 from anonmail.store.owner_client import ReadResult, ack_all, read_all
 
-MAX_TTL = StoreLimits().max_ttl  # the longest any honest node keeps an entry
 MAX_AGE = MAX_TTL  # the oldest header date accepted (verify_header)
 
 # (verified entry, from the request inbox, entry id) -> False: drop it (a double spend)

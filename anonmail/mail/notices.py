@@ -13,7 +13,7 @@ Invariants:
 * names are hashes of message ids, senders and entry ids, never an address or a subject;
 * a Message-ID is no secret (every recipient reads it, and may sign a header reusing it), so
   notices are kept per (Message-ID, sender): the first for a Message-ID is
-  pending/<message_name>, another sender's pending/<message_name>-<hash of id and sender>
+  pending/<message_name>, another sender's pending/<message_name>-<notice_key>
   (threat T-MAIL-DEDUP). A notice holds a body key and a delete secret: it never leaves this
   directory and goes once the message is retrieved and deleted, or discarded;
 * a notice's body can exist on the network only until `body_gone_at` (its sender's stated
@@ -88,11 +88,10 @@ class NoticeStore:
         """One notice per (message id, sender): a Message-ID is no secret (a co-recipient reads
         it), and only the body shows whose it is. The first notice of a Message-ID is
         pending/<message_name> (the only name before senders were told apart); another
-        sender's, pending/<message_name>-<hash of (message id, sender)>."""
+        sender's, pending/<message_name>-<notice_key>."""
         name = message_name(message_id)
         if sender is not None:
-            tag = crypto.hash("pending-sender", f"{message_id}\n{sender}".encode()).hex()[:32]
-            name = f"{name}-{tag}"
+            name = f"{name}-{notice_key(message_id, sender)}"
         return self.root / PENDING / name
 
     def _pending_file(self, message_id: str, sender: str | None) -> Path | None:
@@ -148,8 +147,7 @@ class NoticeStore:
             except (FileNotFoundError, RemoteProtocolError):
                 continue  # gone meanwhile, or damaged: left on disk for the user, skipped here
             mid = notice.header.message_id
-            key = message_name(mid) if p.name == message_name(mid) else \
-                notice_key(mid, notice.sender)
+            key = p.name.rpartition("-")[2]  # the notice_key, or the first's message_name
             found.append((notice.received, notice.header.date, mid, p.name, key, notice))
         return [(key, notice) for *_, key, notice in sorted(found, key=lambda f: f[:4])]
 
