@@ -282,18 +282,19 @@ def _is_ascii(b: bytes) -> bool:
 
 
 @contextmanager
-def reading(what: str, hint: str = "") -> Iterator[None]:
+def reading(what: str, hint: str = "", *, message: str | None = None) -> Iterator[None]:
     """Read header values of a message someone else wrote: anything the email package raises
     in the block (its parsers fail on some hostile inputs with IndexError, AttributeError,
-    TypeError, ...) becomes one UserError line naming `what` (and what to do: `hint`). Our
-    own typed errors pass as they are; so does MemoryError, which is no fault of the message."""
+    TypeError, ...) becomes one UserError line naming `what` (and what to do: `hint`), or
+    `message` when given. Our own typed errors pass as they are; so does MemoryError, which is
+    no fault of the message."""
     try:
         yield
     except (AnonmailError, MemoryError):
         raise
     except Exception as e:
-        raise UserError(f"malformed message: {what} cannot be read ({type(e).__name__})"
-                        + (f"; {hint}" if hint else "")) from None
+        raise UserError(message or f"malformed message: {what} cannot be read "
+                        f"({type(e).__name__})" + (f"; {hint}" if hint else "")) from None
 
 
 def _parse_message(data: bytes) -> EmailMessage:
@@ -309,17 +310,10 @@ def _parse_message(data: bytes) -> EmailMessage:
 
 def _header_addresses(msg: EmailMessage, name: str) -> list[str]:
     bad = f"malformed message: the {name.title()} header is not a list of addresses"
-    out = []
-    try:
+    with reading(f"the {name.title()} header", message=bad):
         # get_all parses the field now (lazily, on this call): it may raise too.
         values = msg.get_all(name) or []
-        for v in values:
-            for group_or_addr in v.addresses:
-                out.append(str(group_or_addr.addr_spec))
-    except (AnonmailError, MemoryError):
-        raise
-    except Exception:  # whatever the parser raises on a hostile field (module docstring)
-        raise UserError(bad) from None
+        out = [str(a.addr_spec) for v in values for a in v.addresses]
     if any(getattr(v, "defects", ()) for v in values):
         raise UserError(bad)
     return out
